@@ -1,0 +1,71 @@
+# One entry point for a fresh Debian machine: every target installs what it needs, idempotently.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+KREL := $(shell uname -r)
+STAMP := $(VENV)/.stamp
+DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps kernel-headers bpffs venv test lint bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: system-deps kernel-headers bpffs venv ## install everything: Debian packages, headers, venv with bcc
+	@echo "installed: $(VENV)/bin/relayctl, $(VENV)/bin/transceiver"
+
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# bcc compiles against /lib/modules/$(uname -r)/build. A kernel that ships no headers of its own
+# gets Debian's generic ones: the XDP program only uses uapi headers, so any recent tree works.
+kernel-headers:
+	@if [ ! -e /lib/modules/$(KREL)/build/include ]; then \
+	  ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-amd64 >/dev/null); \
+	  build=$$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -n 1); \
+	  common=$$(ls -d /usr/src/linux-headers-*-common | sort -V | tail -n 1); \
+	  mkdir -p /lib/modules/$(KREL); \
+	  ln -sfn $$build /lib/modules/$(KREL)/build; \
+	  ln -sfn $$common /lib/modules/$(KREL)/source; \
+	  echo "linked /lib/modules/$(KREL)/build -> $$build"; \
+	fi
+
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+# Debian's bcc is not on PyPI: link its pure-Python package into the venv (it drives libbcc via ctypes).
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install -q --upgrade pip
+	@$(VPY) -m pip install -q -e '.[dev]'
+	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  ln -sfn /usr/lib/python3/dist-packages/bcc $$site/bcc
+	@$(VPY) -c 'import bcc, control, transceiver, wire' 
+	@touch $@
+
+test: install ## run the whole test suite (needs root)
+	@test "$$(id -u)" = 0 || { echo "make test needs root: it loads XDP programs and builds network namespaces"; exit 1; }
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff over the Python code
+	$(VENV)/bin/ruff check wire control transceiver tests bench scripts
+	$(VENV)/bin/ruff format --check wire control transceiver tests bench scripts
+
+bench: install ## run the benchmarks and print their tables
+	$(VPY) -m bench
+
+demo: install ## build the lab, run calls through the relay, print the report, tear it down
+	$(VPY) scripts/demo.py
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
