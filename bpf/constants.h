@@ -1,0 +1,62 @@
+/* Constants of the wire format (docs/wire-format.md) and of the relay's limits. */
+#ifndef EDGE_CONSTANTS_H
+#define EDGE_CONSTANTS_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/udp.h>
+
+/* Byte order: BPF on x86_64/arm64 is little-endian; these fold to constants for literals. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define edge_htons(x) ((__be16)__builtin_bswap16(x))
+#define edge_ntohs(x) ((__u16)__builtin_bswap16(x))
+#define edge_htonl(x) ((__be32)__builtin_bswap32(x))
+#define edge_ntohl(x) ((__u32)__builtin_bswap32(x))
+#else
+#define edge_htons(x) ((__be16)(x))
+#define edge_ntohs(x) ((__u16)(x))
+#define edge_htonl(x) ((__be32)(x))
+#define edge_ntohl(x) ((__u32)(x))
+#endif
+
+#define ETH_HDR_LEN 14
+#define IPV4_HDR_LEN 20 /* IHL 5: anything longer carries options */
+#define UDP_HDR_LEN 8
+#define IP_DF 0x4000
+#define IP_MF 0x2000
+#define IP_OFFMASK 0x1fff
+
+/* §2 STUN (RFC 8489) */
+#define STUN_HDR_LEN 20
+#define STUN_MAGIC 0x2112A442
+#define STUN_BINDING_REQUEST 0x0001
+#define STUN_ATTR_USERNAME 0x0006
+#define STUN_MAX_ATTRS 16
+/* Upper bound for attribute offsets so the verifier can bound packet pointers; an XDP frame
+ * without multi-buffer is at most a page, so no real message reaches it. */
+#define STUN_MAX_OFFSET 4096
+
+/* §1 routing ufrag */
+#define UFRAG_LEN 24
+#define UFRAG_BYTES 18
+#define UFRAG_VERSION 1
+#define UFRAG_SIGNED_LEN 12
+#define UFRAG_TAG_LEN 6
+#define USERNAME_MIN_LEN (UFRAG_LEN + 1) /* "ufrag:" at least */
+#define NUM_KEYS 16
+
+/* §3 tunnel */
+#define ENCAP_LEN (IPV4_HDR_LEN + UDP_HDR_LEN)
+#define ENCAP_TTL 64
+#define ENTROPY_MUL 0x7feb352dU
+
+/* §4 map sizes */
+#define MAX_VIPS 64
+#define MAX_TRANSCEIVERS 65536
+#define MAX_FLOWS 1048576
+/* Counter slots: more than the reasons of §5 so new reasons fit a map pinned by an older build. */
+#define COUNTER_SLOTS 32
+
+#endif

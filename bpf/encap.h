@@ -1,0 +1,91 @@
+/* The tunnel (spec §3): add or strip the outer IPv4+UDP header (28 bytes, no GUE header). */
+#ifndef EDGE_ENCAP_H
+#define EDGE_ENCAP_H
+
+#include "constants.h"
+#include "counters.h"
+#include "parse.h"
+
+/* Receivers spread flows over queues by the outer source port (as katran does). */
+static __always_inline __be16 flow_entropy(__be32 client_addr, __be16 client_port, __be16 vip_port)
+{
+	__u32 h = edge_ntohl(client_addr) ^
+		  (((__u32)edge_ntohs(client_port) << 16) | edge_ntohs(vip_port));
+
+	h ^= h >> 16;
+	h *= ENTROPY_MUL;
+	h ^= h >> 15;
+	return edge_htons(0x8000 | (h & 0x7fff));
+}
+
+/* Cuts link-layer padding after the IP packet, so that it is not tunnelled as payload. */
+static __always_inline int trim_frame(struct xdp_md *ctx, __u32 frame_len)
+{
+	int excess = (int)(ctx->data_end - ctx->data) - (int)frame_len;
+
+	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -excess))
+		return REASON_DROP_ENCAP;
+	return 0;
+}
+
+/* Prepends outer IPv4 + UDP in front of the client's packet d (left untouched). The Ethernet
+ * header moves to the new front with its MACs unchanged: fib.h rewrites them on success, and a
+ * packet handed to the kernel must keep our own MAC as its destination. Returns 0 or a reason. */
+static __always_inline int encap_udp4(struct xdp_md *ctx, const struct udp4 *d, __be32 saddr,
+				      __be32 daddr, __be16 sport, __be16 dport)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr eth_copy;
+	struct iphdr outer = {};
+	struct udphdr *udp;
+
+	if (data + ETH_HDR_LEN > data_end)
+		return REASON_DROP_ENCAP;
+	__builtin_memcpy(&eth_copy, data, ETH_HDR_LEN);
+	if (bpf_xdp_adjust_head(ctx, -ENCAP_LEN))
+		return REASON_DROP_ENCAP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	udp = data + ETH_HDR_LEN + IPV4_HDR_LEN;
+	if ((void *)(udp + 1) > data_end)
+		return REASON_DROP_ENCAP;
+
+	outer.version = 4;
+	outer.ihl = 5;
+	outer.tos = d->tos;
+	outer.tot_len = edge_htons(d->tot_len + ENCAP_LEN);
+	outer.frag_off = edge_htons(IP_DF);
+	outer.ttl = ENCAP_TTL;
+	outer.protocol = IPPROTO_UDP;
+	outer.saddr = saddr;
+	outer.daddr = daddr;
+	outer.check = ipv4_csum_fold(&outer);
+
+	__builtin_memcpy(data, &eth_copy, ETH_HDR_LEN);
+	__builtin_memcpy(data + ETH_HDR_LEN, &outer, IPV4_HDR_LEN);
+	udp->source = sport;
+	udp->dest = dport;
+	udp->len = edge_htons(d->tot_len + UDP_HDR_LEN);
+	udp->check = 0; /* allowed for UDP over IPv4; the inner packet has its own */
+	return 0;
+}
+
+/* Strips the outer 28 bytes; the Ethernet header (MACs kept, for the same reason as above) is
+ * rewritten just in front of the inner IPv4 header first. */
+static __always_inline int decap_udp4(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data + ENCAP_LEN;
+
+	if ((void *)(eth + 1) > data_end)
+		return REASON_DROP_ENCAP;
+	__builtin_memcpy(eth, data, 2 * ETH_ALEN); /* no overlap: 28 > 12 */
+	eth->h_proto = edge_htons(ETH_P_IP);
+	if (bpf_xdp_adjust_head(ctx, ENCAP_LEN))
+		return REASON_DROP_ENCAP;
+	return 0;
+}
+
+#endif

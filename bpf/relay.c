@@ -1,0 +1,206 @@
+/* xdp_relay: the edge relay's XDP program (docs/wire-format.md).
+ *
+ * Client datagrams to a VIP:port are tunnelled to the transceiver that owns the call: the first
+ * packet (a STUN Binding request) is routed by the keyed hint in its USERNAME and recorded in the
+ * flow map, later packets follow the flow map. Tunnel datagrams from transceivers are checked,
+ * stripped and forwarded to the client. Everything else goes to the kernel untouched.
+ * Every exit counts exactly one reason (counters.h), in xdp_relay only. */
+#include "constants.h"
+#include "maps.h"
+#include "counters.h"
+#include "parse.h"
+#include "stun.h"
+#include "siphash.h"
+#include "ufrag.h"
+#include "encap.h"
+#include "fib.h"
+
+#define PAYLOAD_OFF (ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN)
+
+/* The paths below return a reason: a fwd_* reason means the packet is ready for fib_forward.
+ * fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte stack. */
+static __always_inline int is_forward(__u32 reason)
+{
+	return reason >= REASON_FWD_FLOW && reason <= REASON_FWD_DECAP;
+}
+
+/* A STUN Binding request: route by ufrag, and create or move the flow only when it changes. */
+static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
+					struct txr_val *out)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *pl = data + PAYLOAD_OFF;
+	__u32 reason = REASON_FWD_STUN_KNOWN;
+	struct txr_key tk = {};
+	struct txr_val *txr;
+	struct flow_val *fv;
+	__u32 off = 0, len = 0;
+	int err;
+
+	err = stun_find_username(pl, data_end, msg_end, &off, &len);
+	if (err)
+		return err;
+	err = ufrag_verify(pl, data_end, off, len, &tk);
+	if (err)
+		return err;
+	txr = transceivers.lookup(&tk);
+	if (!txr)
+		return REASON_DROP_UNKNOWN_TXR;
+	*out = *txr;
+
+	fv = flows.lookup(fk);
+	if (!fv || fv->cluster != tk.cluster || fv->id != tk.id) {
+		struct flow_val nv = {
+			.cluster = tk.cluster,
+			.id = tk.id,
+			.created_ns = bpf_ktime_get_ns(),
+		};
+
+		flows.update(fk, &nv);
+		reason = REASON_FWD_STUN_NEW;
+	}
+	return reason;
+}
+
+/* Which transceiver gets a client datagram: by ufrag for a Binding request, else by flow. */
+static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct udp4 *d,
+					      struct txr_val *out)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 plen = d->udp_len - UDP_HDR_LEN;
+	struct flow_key fk = {
+		.client_addr = d->saddr,
+		.vip_addr = d->daddr,
+		.client_port = d->sport,
+		.vip_port = d->dport,
+	};
+	struct txr_key tk = {};
+	struct txr_val *txr;
+	struct flow_val *fv;
+
+	if (plen) {
+		__u32 msg_end = 0;
+		int reason = 0;
+
+		switch (stun_classify(data + PAYLOAD_OFF, data_end, plen, &msg_end, &reason)) {
+		case STUN_DROP:
+			return reason;
+		case STUN_BINDING:
+			return route_stun(ctx, &fk, msg_end, out);
+		default:
+			break;
+		}
+	}
+
+	fv = flows.lookup(&fk);
+	if (!fv)
+		return REASON_DROP_NO_FLOW;
+	tk.cluster = fv->cluster;
+	tk.id = fv->id;
+	txr = transceivers.lookup(&tk);
+	if (!txr) /* the transceiver left the map: its calls stop at once */
+		return REASON_DROP_UNKNOWN_TXR;
+	*out = *txr;
+	return REASON_FWD_FLOW;
+}
+
+/* A datagram from a client to one of our VIPs: into the tunnel to its transceiver. */
+static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *d,
+					 const struct relay_config *cfg, struct next_hop *hop)
+{
+	struct txr_val txr = {};
+	__u32 reason = pick_transceiver(ctx, d, &txr);
+
+	if (!is_forward(reason))
+		return reason;
+	hop->saddr = cfg->tunnel_addr;
+	hop->daddr = txr.addr;
+	hop->sport = flow_entropy(d->saddr, d->sport, d->dport);
+	hop->dport = txr.port;
+	hop->tos = d->tos;
+	hop->tot_len = d->tot_len + ENCAP_LEN;
+	if (encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport))
+		return REASON_DROP_ENCAP;
+	return reason;
+}
+
+/* A tunnel datagram: a registered transceiver's reply, from one of our VIPs, toward a client. */
+static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *d,
+					 struct next_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct vip_key peer = {.addr = d->saddr, .port = d->sport};
+	struct iphdr *ip = data + PAYLOAD_OFF;
+	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
+	struct vip_key src = {};
+
+	if (!txr_addrs.lookup(&peer))
+		return REASON_DROP_TUNNEL_STRANGER;
+	if (!inner_udp4_ok(ip, data_end, d->udp_len - UDP_HDR_LEN) || (void *)(udp + 1) > data_end)
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	src.addr = hop->saddr = ip->saddr;
+	src.port = hop->sport = udp->source;
+	if (!vips.lookup(&src))
+		return REASON_DROP_TUNNEL_FOREIGN_SRC;
+	hop->daddr = ip->daddr;
+	hop->dport = udp->dest;
+	hop->tos = ip->tos;
+	hop->tot_len = edge_ntohs(ip->tot_len);
+	if (decap_udp4(ctx))
+		return REASON_DROP_ENCAP;
+	return REASON_FWD_DECAP;
+}
+
+static __always_inline verdict_t relay(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct relay_config *cfg;
+	struct next_hop hop = {};
+	struct udp4 d = {};
+	__u32 zero = 0, reason;
+	int tunnel;
+
+	switch (parse_udp4(data, data_end, &d)) {
+	case PARSE_NOT_IPV4:
+		return PASS(REASON_PASS_NOT_IPV4);
+	case PARSE_NOT_UDP:
+		return PASS(REASON_PASS_NOT_OURS);
+	default:
+		break;
+	}
+
+	cfg = config.lookup(&zero);
+	tunnel = cfg && cfg->tunnel_port && d.daddr == cfg->tunnel_addr &&
+		 d.dport == cfg->tunnel_port;
+	if (!tunnel) {
+		struct vip_key vip = {.addr = d.daddr, .port = d.dport};
+
+		if (!vips.lookup(&vip))
+			return PASS(REASON_PASS_NOT_OURS);
+	}
+	if (!cfg || !cfg->tunnel_addr || !cfg->tunnel_port)
+		return DROP(REASON_DROP_NO_CONFIG);
+
+	reason = check_udp4(&d, data_end - data - ETH_HDR_LEN);
+	if (!reason)
+		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
+	if (reason)
+		return DROP(reason);
+	reason = tunnel ? from_tunnel(ctx, &d, &hop) : from_client(ctx, &d, cfg, &hop);
+	if (!is_forward(reason))
+		return DROP(reason);
+	return fib_forward(ctx, &hop, reason);
+}
+
+int xdp_relay(struct xdp_md *ctx)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	verdict_t v = relay(ctx);
+
+	count_packet(VERDICT_REASON(v), bytes);
+	return VERDICT_ACTION(v);
+}

@@ -1,0 +1,210 @@
+"""BPF_PROG_TEST_RUN through the raw bpf() syscall, and the network namespace it needs.
+
+An XDP test run with ctx_in.ingress_ifindex set looks the device up in the network namespace of
+the calling *thread*, and bpf_fib_lookup then routes in that namespace. NetnsWorker runs calls on
+a thread that has setns()'d into a namespace, so the rest of the process stays where it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+_NR_BPF = 321  # x86_64
+_BPF_PROG_TEST_RUN = 10
+_CLONE_NEWNET = 0x40000000
+_OUT_SLACK = 512  # the program may grow the packet (encapsulation adds 28 bytes)
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _TestAttr(ctypes.Structure):
+    """The `test` member of union bpf_attr (include/uapi/linux/bpf.h)."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _XdpMd(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int  # the XDP action (0 aborted, 1 drop, 2 pass, 3 tx, 4 redirect)
+    data_out: bytes  # the packet as the program left it
+    duration_ns: int  # mean time per run, as measured by the kernel
+
+
+def prog_test_run(
+    prog_fd: int, data: bytes, *, ingress_ifindex: int = 0, repeat: int = 1
+) -> TestRunResult:
+    """Run an XDP program on one packet (repeat times) and return its verdict and output."""
+    if len(data) < 14:
+        raise ValueError("an XDP test run needs at least an Ethernet header (14 bytes)")
+    buf_in = ctypes.create_string_buffer(data, len(data))
+    buf_out = ctypes.create_string_buffer(len(data) + _OUT_SLACK)
+    ctx = _XdpMd(data=0, data_end=len(data), ingress_ifindex=ingress_ifindex)
+    attr = _TestAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=len(buf_out),
+        data_in=ctypes.addressof(buf_in),
+        data_out=ctypes.addressof(buf_out),
+        repeat=repeat,
+        ctx_size_in=ctypes.sizeof(ctx) if ingress_ifindex else 0,
+        ctx_in=ctypes.addressof(ctx) if ingress_ifindex else 0,
+    )
+    rc = _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    return TestRunResult(attr.retval, buf_out.raw[: attr.data_size_out], attr.duration)
+
+
+class NetnsWorker:
+    """One thread living in the network namespace at netns_path (e.g. /run/netns/NAME)."""
+
+    def __init__(self, netns_path: str) -> None:
+        self._fd = os.open(netns_path, os.O_RDONLY)
+        self._pool = ThreadPoolExecutor(max_workers=1, initializer=self._enter)
+
+    def _enter(self) -> None:
+        if _libc.setns(self._fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+
+    def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run fn on the namespace's thread (a failed setns surfaces as BrokenThreadPool)."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def test_run(
+        self, prog_fd: int, data: bytes, *, ingress_ifindex: int = 0, repeat: int = 1
+    ) -> TestRunResult:
+        return self.call(
+            prog_test_run, prog_fd, data, ingress_ifindex=ingress_ifindex, repeat=repeat
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        os.close(self._fd)
+
+    def __enter__(self) -> NetnsWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# A network namespace in which bpf_fib_lookup has answers to give: two links with permanent
+# neighbours (known MACs), an unresolved neighbour, an unreachable prefix and a small-MTU route.
+# Both ends of each veth stay inside the namespace: nothing leaves it.
+@dataclass(frozen=True)
+class Link:
+    name: str
+    peer: str
+    addr: str  # ours, /24
+    mac: str
+    gateway: str  # a permanent neighbour on this link
+    gateway_mac: str
+
+
+CLIENT_LINK = Link(
+    "cli0", "cli1", "198.19.0.1", "02:ed:00:00:00:01", "198.19.0.2", "02:ed:00:00:00:02"
+)
+TXR_LINK = Link(
+    "txr0", "txr1", "198.19.1.1", "02:ed:00:00:01:01", "198.19.1.2", "02:ed:00:00:01:02"
+)
+CLIENT_NET = "198.19.64.0/18"  # clients, via the client gateway
+NEAR_TXR = ("198.19.1.10", "02:ed:00:00:01:10")  # a transceiver on the transceiver link
+TX_TXR = ("198.19.0.20", "02:ed:00:00:00:20")  # a transceiver on the client link: XDP_TX
+UNRESOLVED = "198.19.1.11"  # on-link, no neighbour entry: BPF_FIB_LKUP_RET_NO_NEIGH
+UNREACHABLE_NET = "198.19.3.0/24"
+SMALL_MTU_NET, SMALL_MTU = "198.19.4.0/24", 600  # via the transceiver gateway
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    name: str
+    path: str  # /run/netns/NAME
+    ifindex: dict[str, int]
+
+
+def _ip(*args: str, ns: str | None = None, script: str | None = None) -> str:
+    cmd = ["ip", *(["-n", ns] if ns else []), *args]
+    done = subprocess.run(cmd, input=script, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _script() -> str:
+    """The `ip -batch` commands that build the sandbox."""
+    cmds = ["link set lo up"]
+    for link in (CLIENT_LINK, TXR_LINK):
+        cmds += [
+            f"link add {link.name} address {link.mac} type veth peer name {link.peer}",
+            f"addr add {link.addr}/24 dev {link.name}",
+            f"link set {link.name} up",
+            f"link set {link.peer} up",
+            f"neigh replace {link.gateway} lladdr {link.gateway_mac} nud permanent dev {link.name}",
+        ]
+    for (addr, mac), link in ((NEAR_TXR, TXR_LINK), (TX_TXR, CLIENT_LINK)):
+        cmds.append(f"neigh replace {addr} lladdr {mac} nud permanent dev {link.name}")
+    cmds += [
+        f"route add {CLIENT_NET} via {CLIENT_LINK.gateway}",
+        f"route add default via {TXR_LINK.gateway}",
+        f"route add unreachable {UNREACHABLE_NET}",
+        f"route add {SMALL_MTU_NET} via {TXR_LINK.gateway} mtu lock {SMALL_MTU}",
+    ]
+    return "\n".join(cmds) + "\n"
+
+
+@contextmanager
+def fib_sandbox(prefix: str = "edgebpf") -> Iterator[Sandbox]:
+    """A throwaway namespace (unique name: prefix-pid-random), deleted on exit even on error."""
+    name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+    _ip("netns", "add", name)
+    try:
+        _ip("-batch", "-", ns=name, script=_script())
+        # bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards.
+        sysctl = ["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]
+        subprocess.run(sysctl, check=True, capture_output=True)
+        links = json.loads(_ip("-j", "link", "show", ns=name))
+        yield Sandbox(name, f"/run/netns/{name}", {i["ifname"]: i["ifindex"] for i in links})
+    finally:
+        _ip("netns", "del", name)

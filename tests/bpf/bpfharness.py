@@ -1,0 +1,226 @@
+"""Drive the compiled relay through BPF_PROG_TEST_RUN inside a fib sandbox (control.testrun).
+
+Addresses: the sandbox's links are 198.19.0.0/24 (clients' side) and 198.19.1.0/24
+(transceivers' side); VIPs live in 198.19.128.0/24 and clients in 198.19.64.0/18.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bcc import BPF
+
+from control.program import MAP_NAMES
+from control.reasons import Reason
+from control.testrun import (
+    CLIENT_LINK,
+    NEAR_TXR,
+    TX_TXR,
+    TXR_LINK,
+    UNRESOLVED,
+    NetnsWorker,
+    Sandbox,
+)
+from wire.encap import ipv4_udp
+from wire.stun import build_binding_request
+from wire.ufrag import mint
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+
+VIP = "198.19.128.10"
+VIP_PORTS = (3478, 443)
+TUNNEL_ADDR, TUNNEL_PORT = TXR_LINK.addr, 6080
+CLIENT, CLIENT_PORT = "198.19.64.5", 50000
+KEY_ID = 1
+KEY = bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")
+CLUSTER = 1
+
+
+@dataclass(frozen=True)
+class Txr:
+    cluster: int
+    id: int
+    addr: str
+    port: int
+
+
+NEAR = Txr(CLUSTER, 7, NEAR_TXR[0], 5000)  # on the transceiver link: XDP_REDIRECT from cli0
+ON_CLIENT_LINK = Txr(CLUSTER, 8, TX_TXR[0], 5000)  # egress == ingress: XDP_TX
+NO_NEIGH = Txr(CLUSTER, 9, UNRESOLVED, 5000)
+UNREACHABLE = Txr(CLUSTER, 10, "198.19.3.5", 5000)
+SMALL_MTU = Txr(CLUSTER, 11, "198.19.4.5", 5000)
+ALL_TXRS = (NEAR, ON_CLIENT_LINK, NO_NEIGH, UNREACHABLE, SMALL_MTU)
+
+
+def be32(addr: str) -> int:
+    """An IPv4 address as the u32 whose memory holds it in network order."""
+    return int.from_bytes(socket.inet_aton(addr), "little")
+
+
+def be16(port: int) -> int:
+    return socket.htons(port)
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def eth(
+    payload: bytes,
+    *,
+    dst: str = CLIENT_LINK.mac,
+    src: str = CLIENT_LINK.gateway_mac,
+    ethertype: int = 0x0800,
+) -> bytes:
+    return mac(dst) + mac(src) + ethertype.to_bytes(2, "big") + payload
+
+
+def client_frame(
+    payload: bytes,
+    *,
+    client: str = CLIENT,
+    port: int = CLIENT_PORT,
+    vip_port: int = VIP_PORTS[0],
+    tos: int = 0,
+) -> bytes:
+    """A client's datagram to the VIP, as it arrives on cli0."""
+    return eth(ipv4_udp(client, port, VIP, vip_port, payload, tos=tos))
+
+
+RTP = bytes([0x80, 0x6F]) + bytes(range(2, 160))  # first byte 128: not STUN (RFC 7983)
+
+
+def binding(txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04\x05") -> bytes:
+    """A Binding request whose ufrag routes to txr under the harness key."""
+    return build_binding_request(mint(KEY_ID, KEY, txr.cluster, txr.id, nonce) + ":cl1E")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: int
+    data: bytes
+    counts: dict[Reason, tuple[int, int]]  # reason -> (packets, bytes) counted by this run
+
+    @property
+    def reason(self) -> Reason:
+        """The one reason this run counted (fails unless exactly one packet was counted)."""
+        assert sum(p for p, _ in self.counts.values()) == 1, self.counts
+        (reason,) = self.counts
+        return reason
+
+
+class Relay:
+    """The loaded program, its maps and the sandbox it runs in."""
+
+    def __init__(self, bpf: BPF, prog_fd: int, worker: NetnsWorker, sandbox: Sandbox) -> None:
+        self.bpf = bpf
+        self.prog_fd = prog_fd
+        self.worker = worker
+        self.sandbox = sandbox
+        self.maps = {name: bpf[name.encode()] for name in MAP_NAMES}
+
+    # -- maps ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Clear every map and counter, then load the defaults: configured, both VIP ports,
+        key 1, every sandbox transceiver."""
+        for name in ("vips", "transceivers", "txr_addrs", "flows", "counters"):
+            self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
+        self.keys({})
+        self.configure(TUNNEL_ADDR, TUNNEL_PORT)
+        for port in VIP_PORTS:
+            self.add_vip(VIP, port)
+        self.keys({KEY_ID: KEY})
+        for txr in ALL_TXRS:
+            self.add_txr(txr)
+
+    def configure(self, addr: str | None, port: int) -> None:
+        cfg = self.maps["config"]
+        leaf = cfg.Leaf()
+        leaf.tunnel_addr = be32(addr) if addr else 0
+        leaf.tunnel_port = be16(port)
+        cfg[ct.c_uint32(0)] = leaf
+
+    def add_vip(self, addr: str, port: int, index: int = 0) -> None:
+        vips = self.maps["vips"]
+        key = vips.Key()
+        key.addr, key.port = be32(addr), be16(port)
+        vips[key] = ct.c_uint32(index)
+
+    def keys(self, keys: dict[int, bytes]) -> None:
+        table = self.maps["keys"]
+        for kid in range(16):
+            leaf = table.Leaf()
+            if kid in keys:
+                leaf.k0 = int.from_bytes(keys[kid][:8], "little")
+                leaf.k1 = int.from_bytes(keys[kid][8:], "little")
+                leaf.live = 1
+            table[ct.c_uint32(kid)] = leaf
+
+    def add_txr(self, txr: Txr) -> None:
+        table, addrs = self.maps["transceivers"], self.maps["txr_addrs"]
+        key, val = table.Key(), table.Leaf()
+        key.cluster, key.id = txr.cluster, txr.id
+        val.addr, val.port = be32(txr.addr), be16(txr.port)
+        table[key] = val
+        akey = addrs.Key()
+        akey.addr, akey.port = val.addr, val.port
+        count = addrs.get(akey)
+        addrs[akey] = ct.c_uint32((count.value if count is not None else 0) + 1)
+
+    def remove_txr(self, txr: Txr) -> None:
+        table = self.maps["transceivers"]
+        key = table.Key()
+        key.cluster, key.id = txr.cluster, txr.id
+        del table[key]
+
+    def flow_key(
+        self,
+        client: str = CLIENT,
+        port: int = CLIENT_PORT,
+        vip: str = VIP,
+        vip_port: int = VIP_PORTS[0],
+    ) -> ct.Structure:
+        key = self.maps["flows"].Key()
+        key.client_addr, key.vip_addr = be32(client), be32(vip)
+        key.client_port, key.vip_port = be16(port), be16(vip_port)
+        return key
+
+    def set_flow(self, txr: Txr, created_ns: int = 1, **where: object) -> None:
+        flows = self.maps["flows"]
+        val = flows.Leaf()
+        val.cluster, val.id, val.created_ns = txr.cluster, txr.id, created_ns
+        flows[self.flow_key(**where)] = val
+
+    def get_flow(self, **where: object) -> ct.Structure | None:
+        return self.maps["flows"].get(self.flow_key(**where))
+
+    def flows(self) -> list[tuple[ct.Structure, ct.Structure]]:
+        return list(self.maps["flows"].items())
+
+    def counters(self) -> dict[int, tuple[int, int]]:
+        table = self.maps["counters"]
+        out = {}
+        for reason in range(len(Reason)):
+            cpus = table.getvalue(ct.c_uint32(reason))
+            out[reason] = (sum(c.packets for c in cpus), sum(c.bytes for c in cpus))
+        return out
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, frame: bytes, *, ingress: str = CLIENT_LINK.name) -> Outcome:
+        before = self.counters()
+        res = self.worker.test_run(
+            self.prog_fd, frame, ingress_ifindex=self.sandbox.ifindex[ingress]
+        )
+        after = self.counters()
+        counts = {
+            Reason(r): (after[r][0] - before[r][0], after[r][1] - before[r][1])
+            for r in after
+            if after[r] != before[r]
+        }
+        return Outcome(res.retval, res.data_out, counts)
+
+    def run_many(self, frames: Iterable[bytes], **kw: str) -> list[Outcome]:
+        return [self.run(f, **kw) for f in frames]
