@@ -1,0 +1,139 @@
+"""The Redis registry layout against a real redis-server (fixture in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from wire import registry
+from wire.registry import RegistryError, TransceiverRecord
+
+KEY1 = bytes.fromhex("00112233445566778899aabbccddeeff")
+KEY2 = bytes.fromhex("ffeeddccbbaa99887766554433221100")
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_register_writes_the_documented_layout(r: redis.Redis) -> None:
+    rec = TransceiverRecord(1, 7, "198.18.2.2:5000", capacity=100, active=3, version="0.1")
+    registry.register(r, rec, ttl=10)
+    h = {k.decode(): v.decode() for k, v in r.hgetall("edge:txr:1:7").items()}
+    assert h["cluster"] == "1" and h["id"] == "7" and h["tunnel"] == "198.18.2.2:5000"
+    assert h["capacity"] == "100" and h["active"] == "3" and h["draining"] == "0"
+    assert h["version"] == "0.1" and abs(float(h["updated"]) - time.time()) < 5
+    assert 0 < r.pttl("edge:txr:1:7") <= 10_000
+
+
+def test_read_registry_round_trip_and_events(r: redis.Redis) -> None:
+    sub = r.pubsub()
+    sub.subscribe("edge:events")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    a = TransceiverRecord(1, 7, "198.18.2.2:5000", draining=True)
+    b = TransceiverRecord(2, 1, "198.18.2.3:5001")
+    registry.register(r, a)
+    registry.register(r, b)
+    registry.register(r, TransceiverRecord(9, 9, "198.18.2.9:1"), prefix="other")
+    registry.set_key(r, 1, KEY1)
+    registry.set_key(r, 2, KEY2)
+    registry.set_current_key(r, 2)
+    reg = registry.read_registry(r)
+    assert set(reg.transceivers) == {(1, 7), (2, 1)}
+    assert reg.transceivers[(1, 7)].draining and reg.transceivers[(1, 7)].tunnel == a.tunnel
+    assert reg.keys == {1: KEY1, 2: KEY2} and reg.current_key == 2 and not reg.problems
+    events = []
+    deadline = time.monotonic() + 5
+    while len(events) < 5 and time.monotonic() < deadline:
+        msg = sub.get_message(timeout=1)
+        if msg and msg["type"] == "message":
+            events.append(json.loads(msg["data"]))
+    assert [e["event"] for e in events] == ["register", "register", "key", "key", "current_key"]
+    registry.deregister(r, a)
+    registry.remove_key(r, 1)
+    reg = registry.read_registry(r)
+    assert set(reg.transceivers) == {(2, 1)} and set(reg.keys) == {2}
+    sub.close()
+
+
+def test_expired_transceiver_disappears(r: redis.Redis) -> None:
+    registry.register(r, TransceiverRecord(1, 1, "198.18.2.2:5000"), ttl=0.2)
+    assert (1, 1) in registry.read_registry(r).transceivers
+    deadline = time.monotonic() + 5
+    while r.exists("edge:txr:1:1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (1, 1) not in registry.read_registry(r).transceivers
+
+
+def test_malformed_entries_are_skipped_with_a_reason(r: redis.Redis) -> None:
+    r.hset("edge:txr:1:2", mapping={"cluster": "1", "id": "2", "tunnel": "nowhere"})
+    r.hset("edge:txr:1:3", mapping={"cluster": "1"})
+    r.hset("edge:keys", mapping={"1": "zz", "20": KEY1.hex(), "3": KEY1.hex()})
+    r.set("edge:keys:current", "x")
+    reg = registry.read_registry(r)
+    assert reg.transceivers == {} and reg.keys == {3: KEY1} and reg.current_key is None
+    assert len(reg.problems) == 5
+    assert any("edge:txr:1:2" in p and "IPV4:PORT" in p for p in reg.problems)
+
+
+def test_registry_file(tmp_path: Path) -> None:
+    p = tmp_path / "reg.json"
+    p.write_text(
+        json.dumps(
+            {
+                "keys": {"1": KEY1.hex()},
+                "current_key": 1,
+                "transceivers": [{"cluster": 1, "id": 7, "tunnel": "198.18.2.2:5000"}],
+            }
+        )
+    )
+    reg = registry.load_registry_file(p)
+    assert reg.keys == {1: KEY1} and reg.current_key == 1
+    assert reg.transceivers[(1, 7)].tunnel_endpoint == ("198.18.2.2", 5000)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not JSON"),
+        ("[]", "JSON object"),
+        ('{"keys": {"1": "abcd"}}', "16"),
+        ('{"keys": {"16": "00112233445566778899aabbccddeeff"}}', "0..15"),
+        ('{"transceivers": [{"cluster": 1, "id": 7}]}', "tunnel"),
+        ('{"transceivers": [{"cluster": 1, "id": 7, "tunnel": "1.2.3.4:x"}]}', "port"),
+        ('{"transceivers": [{"cluster": 70000, "id": 7, "tunnel": "1.2.3.4:1"}]}', "cluster"),
+        (
+            '{"transceivers": [{"cluster": 1, "id": 7, "tunnel": "1.2.3.4:1"},'
+            ' {"cluster": 1, "id": 7, "tunnel": "1.2.3.4:2"}]}',
+            "twice",
+        ),
+    ],
+)
+def test_registry_file_errors(tmp_path: Path, content: str, message: str) -> None:
+    p = tmp_path / "reg.json"
+    p.write_text(content)
+    with pytest.raises(RegistryError, match=message) as err:
+        registry.load_registry_file(p)
+    assert str(p) in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(RegistryError, match="No such file"):
+        registry.load_registry_file("/nonexistent/registry.json")
+
+
+def test_current_key_must_be_loaded(r: redis.Redis, tmp_path: Path) -> None:
+    registry.set_key(r, 1, KEY1)
+    registry.set_current_key(r, 2)
+    assert registry.read_registry(r).problems == ["current key 2 is not among the keys"]
+    p = tmp_path / "reg.json"
+    p.write_text(json.dumps({"keys": {"1": KEY1.hex()}, "current_key": 3}))
+    assert registry.load_registry_file(p).problems == ["current key 3 is not among the keys"]

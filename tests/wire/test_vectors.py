@@ -1,0 +1,77 @@
+"""tests/vectors/wire.json is exactly the generator's output, and every vector holds in Python."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wire import encap, stun, ufrag, vectors
+from wire.siphash import siphash24
+
+PATH = Path(__file__).resolve().parents[1] / "vectors" / "wire.json"
+DATA = json.loads(PATH.read_text())
+
+
+def test_file_equals_generator_output() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wire.vectors"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == PATH.read_text(), "regenerate: python -m wire.vectors > tests/vectors/wire.json"
+    assert out == vectors.render()
+
+
+def test_every_section_is_populated() -> None:
+    reasons = {v["reason"] for v in DATA["ufrag_invalid"]}
+    assert reasons == {"bad_ufrag", "unknown_key", "bad_tag"}
+    stun_reasons = {v.get("reason") for v in DATA["stun"]} - {None}
+    assert stun_reasons == set(stun.REASONS)
+    assert len(DATA["siphash"]) >= 17 and len(DATA["encap"]) >= 3 and len(DATA["ufrag"]) >= 4
+
+
+@pytest.mark.parametrize("v", DATA["siphash"])
+def test_siphash(v: dict) -> None:
+    assert f"{siphash24(bytes.fromhex(v['key']), bytes.fromhex(v['msg'])):016x}" == v["out"]
+
+
+@pytest.mark.parametrize("v", DATA["ufrag"])
+def test_ufrag(v: dict) -> None:
+    key = bytes.fromhex(v["key"])
+    assert (
+        ufrag.mint(v["key_id"], key, v["cluster"], v["transceiver"], bytes.fromhex(v["nonce"]))
+        == v["ufrag"]
+    )
+    hint = ufrag.verify(v["ufrag"], {v["key_id"]: key})
+    assert (hint.cluster, hint.transceiver) == (v["cluster"], v["transceiver"])
+
+
+@pytest.mark.parametrize("v", DATA["ufrag_invalid"])
+def test_ufrag_invalid(v: dict) -> None:
+    keys = {int(k): bytes.fromhex(h) for k, h in v["keys"].items()}
+    with pytest.raises(ufrag.UfragError) as err:
+        ufrag.verify(v["ufrag"], keys)
+    assert err.value.reason == v["reason"]
+
+
+@pytest.mark.parametrize("v", DATA["encap"])
+def test_encap(v: dict) -> None:
+    inner, outer = bytes.fromhex(v["inner"]), bytes.fromhex(v["outer"])
+    d = encap.parse_ipv4_udp(inner, verify_checksums=True)
+    assert (d.src, d.sport, d.dport) == (v["client_addr"], v["client_port"], v["vip_port"])
+    assert encap.flow_entropy(d.src, d.sport, d.dport) == v["entropy"]
+    assert encap.encapsulate(inner, v["relay_addr"], v["txr_addr"], v["txr_port"]) == outer
+    assert encap.decapsulate(outer) == inner
+
+
+@pytest.mark.parametrize("v", DATA["stun"])
+def test_stun(v: dict) -> None:
+    pkt = bytes.fromhex(v["packet"])
+    if "ufrag" in v:
+        assert stun.routing_ufrag(pkt) == v["ufrag"]
+    else:
+        with pytest.raises(stun.StunError) as err:
+            stun.routing_ufrag(pkt)
+        assert err.value.reason == v["reason"]
