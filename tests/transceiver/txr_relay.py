@@ -1,0 +1,92 @@
+"""A test-side stand-in for the XDP relay: plain UDP sockets doing the tunnel of wire-format §3.
+
+Client -> VIP socket: wrap as IPv4/UDP (src client, dst VIP) and send from the relay's tunnel
+socket to the transceiver. Transceiver -> tunnel socket: check the inner packet (checksums,
+source is our VIP) and emit its payload from the VIP socket to the inner destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+
+from wire import encap
+
+Addr = tuple[str, int]
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, handler) -> None:  # type: ignore[no-untyped-def]
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.handler(data, addr)
+
+
+@dataclass
+class TunnelRelay:
+    """One VIP and one or more tunnel sockets (one per relay address); `via` picks the uplink."""
+
+    vip: Addr
+    txr: Addr
+    tunnels: dict[str, _Proto] = field(default_factory=dict)
+    vip_proto: _Proto | None = None
+    via: str = ""
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, relay_addrs: list[str], vip_host: str = "127.0.0.1"):
+        """Bind the sockets; set `txr` to the transceiver's UDP address before traffic flows."""
+        loop = asyncio.get_running_loop()
+        relay = cls(vip=(vip_host, 0), txr=("0.0.0.0", 0))
+        _, relay.vip_proto = await loop.create_datagram_endpoint(
+            lambda: _Proto(relay._from_client), local_addr=(vip_host, 0)
+        )
+        relay.vip = relay.vip_proto.transport.get_extra_info("sockname")[:2]
+        # Every relay address shares one tunnel port, as the fleet-wide setting requires.
+        port = 0
+        for addr in relay_addrs:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((addr, port))
+            port = sock.getsockname()[1]
+            _, proto = await loop.create_datagram_endpoint(
+                lambda a=addr: _Proto(lambda d, s, a=a: relay._from_txr(a, d, s)), sock=sock
+            )
+            relay.tunnels[addr] = proto
+        relay.tunnel_port = port
+        relay.via = relay_addrs[0]
+        return relay
+
+    def _from_client(self, data: bytes, addr: Addr) -> None:
+        inner = encap.ipv4_udp(addr[0], addr[1], self.vip[0], self.vip[1], data)
+        self.counts[f"up:{self.via}"] += 1
+        self.tunnels[self.via].transport.sendto(inner, self.txr)
+
+    def _from_txr(self, relay_addr: str, data: bytes, src: Addr) -> None:
+        self.counts[f"down:{relay_addr}"] += 1
+        try:
+            if src != self.txr:
+                raise ValueError(f"tunnel datagram from stranger {src}")
+            d = encap.parse_ipv4_udp(data, verify_checksums=True)
+            if (d.src, d.sport) != self.vip:
+                raise ValueError(f"inner source {d.src}:{d.sport} is not our VIP")
+            if len(data) != 28 + len(d.payload):
+                raise ValueError("inner lengths disagree")
+        except ValueError as exc:
+            self.errors.append(str(exc))
+            return
+        self.vip_proto.transport.sendto(d.payload, (d.dst, d.dport))
+
+    def close(self) -> None:
+        if self.vip_proto is not None and self.vip_proto.transport is not None:
+            self.vip_proto.transport.close()
+        for proto in self.tunnels.values():
+            if proto.transport is not None:
+                proto.transport.close()
