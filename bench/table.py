@@ -24,7 +24,8 @@ class Table:
         line = "  ".join("-" * w for w in widths)
         out = [self.title, line]
         for n, row in enumerate(cells):
-            out.append("  ".join(c.rjust(w) if n else c.ljust(w) for c, w in zip(row, widths)))
+            pairs = zip(row, widths, strict=False)
+            out.append("  ".join(c.rjust(w) if n else c.ljust(w) for c, w in pairs))
             if n == 0:
                 out.append(line)
         out.extend(f"  {note}" for note in self.notes)

@@ -1,0 +1,11 @@
+"""Network-namespace labs for the relay: used by tests/lab, `make demo` and `make bench`.
+
+- lab.netns: namespaces, veths, addresses, sysctls, commands (nsenter) and sockets in a namespace,
+  XDP_PASS on veth peers, sweeping leftovers.
+- lab.topology: RelayLab, client / relay / transceiver namespaces with the relay loaded by relayctl.
+- lab.standin: a stand-in transceiver that echoes tunneled packets.
+- lab.pyrelay: the relay in userspace Python, the benchmark's baseline.
+- lab.blaster: a bounded sendmmsg UDP sender.
+
+`python -m lab sweep --stale` removes labs whose process is gone (`--prefix P` removes one lab).
+"""
