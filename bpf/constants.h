@@ -52,6 +52,9 @@
 #define ENCAP_TTL 64
 #define ENTROPY_MUL 0x7feb352dU
 
+/* §4 relay_config.flags */
+#define CONFIG_F_SLOW_PATH 0x1 /* a controller listens on the VIPs: pass unknown flows up */
+
 /* §4 map sizes */
 #define MAX_VIPS 64
 #define MAX_TRANSCEIVERS 65536

@@ -31,7 +31,8 @@ enum reason {
 	REASON_DROP_ENCAP = 23,
 	REASON_DROP_NO_CONFIG = 24,
 	REASON_DROP_REDIRECT = 25,
-	REASON_MAX = 26,
+	REASON_PASS_SLOW_PATH = 26,
+	REASON_MAX = 27,
 };
 
 /* A verdict carries the reason to count and the XDP action to return, so that the entry point

@@ -191,6 +191,10 @@ static __always_inline verdict_t relay(struct xdp_md *ctx)
 	if (reason)
 		return DROP(reason);
 	reason = tunnel ? from_tunnel(ctx, &d, &hop) : from_client(ctx, &d, cfg, &hop);
+	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
+	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
+	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
+		return PASS(REASON_PASS_SLOW_PATH);
 	if (!is_forward(reason))
 		return DROP(reason);
 	return fib_forward(ctx, &hop, reason);

@@ -32,6 +32,7 @@ class Reason(enum.IntEnum):
     DROP_ENCAP = 23
     DROP_NO_CONFIG = 24
     DROP_REDIRECT = 25
+    PASS_SLOW_PATH = 26
 
     @property
     def label(self) -> str:
@@ -67,4 +68,5 @@ VERDICT: dict[Reason, str] = {
     Reason.DROP_ENCAP: "DROP: adjust_head/adjust_tail failed",
     Reason.DROP_NO_CONFIG: "DROP: program attached but not configured",
     Reason.DROP_REDIRECT: "DROP",
+    Reason.PASS_SLOW_PATH: "PASS: no flow, to the controller's slow path (config flag set)",
 }

@@ -119,7 +119,7 @@ class RunProc:
         self.ns = ns
         self.name = name
         self.log = Path(tempfile.mkstemp(prefix=f"edge-run-{os.getpid()}-", suffix=".log")[1])
-        argv = [RELAYCTL, "run", "--name", name, "--redis", redis_url, "--interval", "0.2"]
+        argv = [RELAYCTL, "run", "--name", name, "--redis", redis_url]  # default interval
         argv += ["--metrics", f"127.0.0.1:{METRICS_PORT}", *extra]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
