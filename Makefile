@@ -58,8 +58,8 @@ test: install ## run the whole test suite (needs root)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff over the Python code
-	$(VENV)/bin/ruff check wire control transceiver tests bench scripts
-	$(VENV)/bin/ruff format --check wire control transceiver tests bench scripts
+	$(VENV)/bin/ruff check wire control transceiver lab tests bench scripts
+	$(VENV)/bin/ruff format --check wire control transceiver lab tests bench scripts
 
 bench: install ## run the benchmarks and print their tables
 	$(VPY) -m bench

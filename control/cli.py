@@ -102,7 +102,13 @@ def main() -> None:
 
 @main.command()
 @name_option
-@click.option("--iface", required=True, help="Interface that receives client and tunnel traffic.")
+@click.option(
+    "--iface",
+    "ifaces",
+    multiple=True,
+    required=True,
+    help="Interface that receives client or tunnel traffic (repeat when they arrive on several).",
+)
 @click.option(
     "--vip",
     "vips",
@@ -124,7 +130,7 @@ def main() -> None:
     show_default=True,
     help="XDP mode: driver (native) or generic (skb).",
 )
-def load(name: str, iface: str, vips: tuple, tunnel: tuple[str, int], mode: str) -> None:
+def load(name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int], mode: str) -> None:
     """Compile and attach the relay, pin its maps, write config and VIPs.
 
     Loading again replaces the attached program in place: the pinned maps are reused, so flows,
@@ -133,12 +139,12 @@ def load(name: str, iface: str, vips: tuple, tunnel: tuple[str, int], mode: str)
     from control import loader
 
     _privileged("load", name)
-    r = loader.load(name, iface, list(vips), tunnel, mode)
+    r = loader.load(name, list(ifaces), list(vips), tunnel, mode)
     replaced = f", replaced program {r.replaced}" if r.replaced else ""
     if r.also:
         replaced += f" (also on {', '.join(r.also)})"
     click.echo(
-        f"loaded relay {r.name!r} on {r.iface} ({r.mode}): program {r.prog_id}{replaced}; "
+        f"loaded relay {r.name!r} on {', '.join(r.ifaces)} ({r.mode}): program {r.prog_id}{replaced}; "
         f"VIPs {', '.join(f'{a}:{p}' for a, p in r.vips)}; tunnel {r.tunnel[0]}:{r.tunnel[1]}"
     )
 

@@ -19,7 +19,7 @@ PROG_PIN = "prog"
 @dataclass
 class LoadResult:
     name: str
-    iface: str
+    ifaces: list[str]
     mode: str
     prog_id: int
     replaced: int  # id of the program this one replaced on the interface, 0 if none
@@ -73,15 +73,20 @@ def configure(maps: RelayMaps, vips: list[tuple[str, int]], tunnel: tuple[str, i
 
 
 def load(
-    name: str, iface: str, vips: list[tuple[str, int]], tunnel: tuple[str, int], mode: str
+    name: str, ifaces: list[str], vips: list[tuple[str, int]], tunnel: tuple[str, int], mode: str
 ) -> LoadResult:
+    """Attach to every interface in `ifaces`: an edge host may take client traffic on one NIC and
+    tunnel traffic on another, and the program must see both directions."""
     from control.program import ProgramError, compile_relay, load_xdp_fn
 
     if not vips:
         raise RelayctlError("give at least one --vip ADDR:PORT")
     if len(set(vips)) > 64:
         raise RelayctlError("at most 64 VIPs")
-    index = xdp.ifindex(iface)
+    if not ifaces:
+        raise RelayctlError("give at least one --iface")
+    ifaces = list(dict.fromkeys(ifaces))
+    indexes = [xdp.ifindex(iface) for iface in ifaces]  # fails early on a missing interface
     ensure_bpffs()
     directory = pin_dir(name)
     fresh = not directory.exists()
@@ -98,11 +103,12 @@ def load(
         # unconfigured; a reload sees the same maps, so flows and transceivers stay.
         with RelayMaps(directory) as maps:
             configure(maps, list(dict.fromkeys(vips)), tunnel)
-        before = xdp.attached(index)
+        before = xdp.attached(indexes[0])
         # Other interfaces running the previous build of this relay get the new one too.
         old_id = pinned_prog_id(directory)
-        others = [(d, m) for d, m in attachments(old_id) if d != iface] if old_id else []
-        xdp.attach(iface, fn.fd, mode)
+        others = [(d, m) for d, m in attachments(old_id) if d not in ifaces] if old_id else []
+        for iface in ifaces:
+            xdp.attach(iface, fn.fd, mode)
         for dev, dev_mode in others:
             xdp.attach(dev, fn.fd, dev_mode)
         _pin(fn.fd, directory / PROG_PIN)
@@ -114,7 +120,7 @@ def load(
         bpf.cleanup()  # drops bcc's fds; the attachment and the pins keep program and maps alive
     return LoadResult(
         name=name,
-        iface=iface,
+        ifaces=ifaces,
         mode=mode,
         prog_id=prog_id,
         replaced=before.native or before.generic,

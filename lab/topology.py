@@ -225,19 +225,15 @@ class RelayLab:
         return netns.run(self.relay_ns, argv, timeout=timeout, check=check).stdout
 
     def load(self) -> None:
-        """`relayctl load` on the client-side link, then the same program on the transceiver
-        links: replies from transceivers enter the relay there. relayctl takes one --iface (an
-        edge host has one NIC for both directions); the lab has one link per side, so it
-        attaches the pinned program to the other links itself, and `relayctl unload`, which
-        detaches that program wherever it is attached in the namespace, removes all of them.
-        """
-        args = ["load", "--iface", self.relay_ifaces[0]]
+        """`relayctl load` on every relay link: client datagrams arrive on one, transceiver
+        replies on the others, and the program must see both directions."""
+        args = ["load"]
+        for iface in self.relay_ifaces:
+            args += ["--iface", iface]
         args += ["--vip", f"{self.vip}:{self.vip_port}"]
         args += ["--tunnel", f"{self.tunnel_addr}:{self.tunnel_port}", "--mode", self.mode]
         self.state.loaded = True  # set first: a half-done load is unloaded too
         self.relayctl(*args)
-        for iface in self.relay_ifaces[1:]:
-            netns.attach_pinned_xdp(self.relay_ns, iface, str(self.prog_pin), self.mode)
         self.sync()
 
     @property

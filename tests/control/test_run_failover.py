@@ -88,11 +88,11 @@ def flow_redis_key(lab: RelayLab, sock: socket.socket) -> str:
 
 def load_second_relay(lab: RelayLab, name: str) -> None:
     """Another relay (its own --name, empty maps) on the same links: a failover target."""
-    argv = [RELAYCTL, "load", "--name", name, "--iface", "rc", "--vip", f"{lab.vip}:{lab.vip_port}"]
+    argv = [RELAYCTL, "load", "--name", name, "--vip", f"{lab.vip}:{lab.vip_port}"]
+    for iface in lab.relay_ifaces:
+        argv += ["--iface", iface]
     argv += ["--tunnel", f"{lab.tunnel_addr}:{lab.tunnel_port}", "--mode", lab.mode]
     netns.run(lab.relay_ns, argv)
-    for iface in lab.relay_ifaces[1:]:
-        netns.attach_pinned_xdp(lab.relay_ns, iface, f"/sys/fs/bpf/{name}/prog", lab.mode)
 
 
 def unload(lab: RelayLab, name: str) -> None:
