@@ -130,7 +130,9 @@ def main() -> None:
     show_default=True,
     help="XDP mode: driver (native) or generic (skb).",
 )
-def load(name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int], mode: str) -> None:
+def load(
+    name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int], mode: str
+) -> None:
     """Compile and attach the relay, pin its maps, write config and VIPs.
 
     Loading again replaces the attached program in place: the pinned maps are reused, so flows,
@@ -143,8 +145,9 @@ def load(name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int
     replaced = f", replaced program {r.replaced}" if r.replaced else ""
     if r.also:
         replaced += f" (also on {', '.join(r.also)})"
+    where = ", ".join(r.ifaces)
     click.echo(
-        f"loaded relay {r.name!r} on {', '.join(r.ifaces)} ({r.mode}): program {r.prog_id}{replaced}; "
+        f"loaded relay {r.name!r} on {where} ({r.mode}): program {r.prog_id}{replaced}; "
         f"VIPs {', '.join(f'{a}:{p}' for a, p in r.vips)}; tunnel {r.tunnel[0]}:{r.tunnel[1]}"
     )
 

@@ -22,8 +22,21 @@ def redis_server() -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="edge-redis-"))
     sock = workdir / "redis.sock"
     proc = subprocess.Popen(
-        [exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [
+            exe,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
