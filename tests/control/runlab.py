@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,75 +39,6 @@ def wait_until(pred: Callable[[], T], timeout: float, what: str, step: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
-
-
-class RedisProc:
-    """A redis-server of the test's own on a unix socket in a temp dir (stop/start at will)."""
-
-    def __init__(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed: run `make install`"
-        self.exe = exe
-        self.dir = Path(tempfile.mkdtemp(prefix=f"edge-run-redis-{os.getpid()}-"))
-        self.sock = self.dir / "redis.sock"
-        self.url = f"unix://{self.sock}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisProc:
-        self.proc = subprocess.Popen(
-            [
-                self.exe,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.sock),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 10, "redis-server to answer")
-        return self
-
-    def _answers(self) -> bool:
-        import redis
-
-        assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
-        try:
-            client = redis.Redis.from_url(self.url)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.sock.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_timeout=5)
 
 
 class RunProc:

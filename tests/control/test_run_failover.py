@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from runlab import (
     RELAYCTL,
-    RedisProc,
     RunProc,
     config_flags,
     flow_in_map,
@@ -23,6 +22,7 @@ from runlab import (
 )
 
 from lab import netns
+from lab.redis_server import RedisServer
 from lab.standin import StandIn
 from lab.topology import RelayLab
 from wire import registry, stun
@@ -192,7 +192,7 @@ def test_fresh_relay_takes_over_a_flow_via_the_slow_path(
 
 
 def test_redis_outage_stops_only_what_needs_redis(lab: RelayLab, standin: StandIn) -> None:
-    store = RedisProc().start()
+    store = RedisServer().start()
     proc: RunProc | None = None
     try:
         r = store.client()
