@@ -3,6 +3,10 @@
 Redis (prefix default "edge"):
   hash    {prefix}:txr:{cluster}:{id}  cluster, id, tunnel "ip:port", capacity, active,
                                        draining "0"/"1", updated (unix float), version; EXPIREs
+  set     {prefix}:txrs                "<cluster>:<id>" of every registered transceiver: readers
+                                       find entries without a SCAN over the whole database
+                                       (which also holds the relays' flow keys); members whose
+                                       hash has expired are pruned by readers
   hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
   string  {prefix}:keys:current        the key id transceivers mint with
   channel {prefix}:events              a JSON message on every change (readers poll anyway)
@@ -71,6 +75,17 @@ def txr_key(prefix: str, cluster: int, txr_id: int) -> str:
     return f"{prefix}:txr:{cluster}:{txr_id}"
 
 
+def index_key(prefix: str) -> str:
+    return f"{prefix}:txrs"
+
+
+# Prune an index member only if its hash is really gone: a transceiver re-registering between a
+# reader's HGETALL and this call must not vanish from the index until its next refresh.
+_PRUNE = (
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end"
+)
+
+
 def _publish(r: Any, prefix: str, event: str, **data: Any) -> None:
     r.publish(f"{prefix}:events", json.dumps({"event": event, **data}))
 
@@ -93,12 +108,16 @@ def register(
     pipe = r.pipeline(transaction=True)
     pipe.hset(name, mapping=fields)
     pipe.pexpire(name, max(1, int(ttl * 1000)))
+    pipe.sadd(index_key(prefix), f"{rec.cluster}:{rec.id}")
     pipe.execute()
     _publish(r, prefix, "register", cluster=rec.cluster, id=rec.id)
 
 
 def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = DEFAULT_PREFIX) -> None:
-    r.delete(txr_key(prefix, rec.cluster, rec.id))
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(txr_key(prefix, rec.cluster, rec.id))
+    pipe.srem(index_key(prefix), f"{rec.cluster}:{rec.id}")
+    pipe.execute()
     _publish(r, prefix, "deregister", cluster=rec.cluster, id=rec.id)
 
 
@@ -164,19 +183,18 @@ def record_from_fields(fields: dict[Any, Any]) -> TransceiverRecord:
         raise RegistryError(f"transceiver entry {f!r}: {exc}") from None
 
 
-def _escape_glob(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
 def read_registry(r: Any, *, prefix: str = DEFAULT_PREFIX) -> Registry:
     """Everything the relay needs from Redis; malformed entries are skipped into `problems`."""
     reg = Registry()
-    names = sorted(r.scan_iter(match=_escape_glob(prefix) + ":txr:*", count=1000))
+    members = sorted(_s(m) for m in r.smembers(index_key(prefix)))
+    names = [f"{prefix}:txr:{m}" for m in members]
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(name)
-    for name, fields in zip(names, pipe.execute(), strict=True):
-        if not fields:  # expired between SCAN and HGETALL
+    gone = []
+    for member, name, fields in zip(members, names, pipe.execute(), strict=True):
+        if not fields:  # its TTL ran out: the transceiver is gone
+            gone.append((member, name))
             continue
         try:
             rec = record_from_fields(fields)
@@ -184,6 +202,11 @@ def read_registry(r: Any, *, prefix: str = DEFAULT_PREFIX) -> Registry:
             reg.problems.append(f"{_s(name)}: {exc}")
             continue
         reg.transceivers[rec.key] = rec
+    if gone:
+        pipe = r.pipeline(transaction=False)
+        for member, name in gone:
+            pipe.eval(_PRUNE, 2, name, index_key(prefix), member)
+        pipe.execute()
     for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
         try:
             k, key = parse_key(kid, hex_key)

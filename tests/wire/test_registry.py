@@ -70,12 +70,36 @@ def test_expired_transceiver_disappears(r: redis.Redis) -> None:
     deadline = time.monotonic() + 5
     while r.exists("edge:txr:1:1") and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert r.sismember("edge:txrs", "1:1")  # only readers prune the index
     assert (1, 1) not in registry.read_registry(r).transceivers
+    assert not r.sismember("edge:txrs", "1:1")
+
+
+def test_reader_finds_transceivers_by_index_not_by_scan(r: redis.Redis) -> None:
+    registry.register(r, TransceiverRecord(1, 1, "198.18.2.2:5000"))
+    # A hash that is not in the index (a stray key, or a flow key lookalike) is not read.
+    r.hset("edge:txr:9:9", mapping={"cluster": "9", "id": "9", "tunnel": "198.18.2.9:5000"})
+    assert set(registry.read_registry(r).transceivers) == {(1, 1)}
+    registry.deregister(r, TransceiverRecord(1, 1, "198.18.2.2:5000"))
+    assert r.smembers("edge:txrs") == set()
+
+
+def test_pruning_spares_a_transceiver_that_came_back(r: redis.Redis) -> None:
+    # The prune script runs after HGETALL saw nothing; if the hash exists again by then, the
+    # member stays (otherwise the relay would drop a live transceiver until its next refresh).
+    r.sadd("edge:txrs", "1:5")
+    r.hset("edge:txr:1:5", mapping={"cluster": "1", "id": "5", "tunnel": "198.18.2.5:5000"})
+    r.eval(registry._PRUNE, 2, "edge:txr:1:5", "edge:txrs", "1:5")
+    assert r.sismember("edge:txrs", "1:5")
+    r.delete("edge:txr:1:5")
+    r.eval(registry._PRUNE, 2, "edge:txr:1:5", "edge:txrs", "1:5")
+    assert not r.sismember("edge:txrs", "1:5")
 
 
 def test_malformed_entries_are_skipped_with_a_reason(r: redis.Redis) -> None:
     r.hset("edge:txr:1:2", mapping={"cluster": "1", "id": "2", "tunnel": "nowhere"})
     r.hset("edge:txr:1:3", mapping={"cluster": "1"})
+    r.sadd("edge:txrs", "1:2", "1:3")
     r.hset("edge:keys", mapping={"1": "zz", "20": KEY1.hex(), "3": KEY1.hex()})
     r.set("edge:keys:current", "x")
     reg = registry.read_registry(r)
