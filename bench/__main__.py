@@ -27,6 +27,7 @@ BENCHMARKS = (
     ("bench.bpf_paths", "XDP program paths"),
     ("bench.relay_pps", "Relay throughput and latency"),
     ("bench.calls", "Transceiver calls per core"),
+    ("bench.registry_read", "Registry read beside the flow cache"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures

@@ -40,7 +40,7 @@ class RunOptions:
     name: str
     redis_url: str
     prefix: str = "edge"
-    flow_redis_url: str | None = None  # flows in another Redis/db (keeps the registry SCAN small)
+    flow_redis_url: str | None = None  # flows in another Redis/db, if the fleet wants them apart
     interval: float = DEFAULT_INTERVAL
     flow_ttl: float = 120.0
     flow_batch: int = 4096
@@ -466,7 +466,7 @@ class _HostPort(click.ParamType):
 @click.option(
     "--flow-redis",
     metavar="URL",
-    help="Write/read learned flows here instead (another db keeps the registry small).",
+    help="Write/read learned flows here instead of --redis (the same for every relay).",
 )
 @click.option(
     "--metrics",
