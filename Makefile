@@ -46,8 +46,9 @@ bpffs:
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	@$(VPY) -m pip install -q --upgrade pip
-	@$(VPY) -m pip install -q -e '.[dev]'
+	@echo "installing the project and its Python dependencies into $(VENV) (log: $(VENV)/pip.log)"
+	@$(VPY) -m pip install -q --upgrade pip > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(VPY) -m pip install -q -e '.[dev]' >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	  ln -sfn /usr/lib/python3/dist-packages/bcc $$site/bcc
 	@$(VPY) -c 'import bcc, control, transceiver, wire' 
