@@ -22,8 +22,9 @@ An application is any object with this shape (see `CallApp`):
 - `media = "pcm"`: `call.recv()` yields `av.AudioFrame`s (48 kHz, s16, decoded by aiortc) and
   `call.send()` takes `av.AudioFrame`s, which aiortc encodes to Opus.
 
-`call.send()` never blocks: the outbound queue holds about a second of audio, the oldest frame
-is dropped when an app sends faster than real time (counted in `call.dropped_out`).
+`call.send()` never blocks. Opus calls on the fast path (transceiver/fastpath.py) send the frame
+at once; otherwise the outbound queue holds about a second of audio, the oldest frame dropped
+when an app sends faster than real time (counted in `call.dropped_out`).
 
 The default application is `EchoApp` (Opus, no codec work); `PcmEchoApp` echoes through the
 decoder and encoder. `load_app("module:attr")` loads another one (`transceiver serve --app`).
@@ -32,8 +33,10 @@ decoder and encoder. `load_app("module:attr")` loads another one (`transceiver s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -74,25 +77,47 @@ class Call:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0
-        self._in: asyncio.Queue[Frame | None] = asyncio.Queue()
+        # Inbound frames: a deque plus the futures of waiting recv()s, not an asyncio.Queue:
+        # this runs for every packet of every call, and Queue.get/put_nowait cost about twice.
+        self._in: deque[Frame] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._out: asyncio.Queue[Frame | None] = asyncio.Queue(OUT_QUEUE_FRAMES)
+        # Set by the Opus fast path (transceiver/fastpath.py): frames go out at once instead
+        # of through the queue aiortc's sender drains.
+        self._sink: Callable[[OpusFrame], None] | None = None
         self.ended = False
 
     async def recv(self) -> Frame:
-        frame = await self._in.get()
-        if frame is None:
-            self._in.put_nowait(None)
-            raise CallEnded(self.id)
-        return frame
+        """The next frame; frames that arrived before the end are still returned first."""
+        while not self._in:
+            if self.ended:
+                raise CallEnded(self.id)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:  # cancelled: leave the queue, pass on a wake-up we got
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                if self._in and not waiter.cancelled():
+                    self._wake_one()
+                raise
+        return self._in.popleft()
 
     def __aiter__(self) -> AsyncIterator[Frame]:
-        return self._iterate()
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Frame]:
-        while True:
-            try:
-                yield await self.recv()
-            except CallEnded:
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.recv()
+        except CallEnded:
+            raise StopAsyncIteration from None
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
                 return
 
     def send(self, frame: Frame) -> None:
@@ -101,6 +126,10 @@ class Call:
         want = OpusFrame if self.media == "opus" else av.AudioFrame
         if not isinstance(frame, want):
             raise TypeError(f"a {self.media} call sends {want.__name__}, not {type(frame)}")
+        if self._sink is not None:
+            self.frames_out += 1
+            self._sink(frame)  # type: ignore[arg-type]
+            return
         if self._out.full():
             self._out.get_nowait()
             self.dropped_out += 1
@@ -112,7 +141,9 @@ class Call:
     def _deliver(self, frame: Frame) -> None:
         if not self.ended:
             self.frames_in += 1
-            self._in.put_nowait(frame)
+            self._in.append(frame)
+            if self._waiters:
+                self._wake_one()
 
     async def _next_out(self) -> Frame | None:
         return await self._out.get()
@@ -120,7 +151,11 @@ class Call:
     def _end(self) -> None:
         if not self.ended:
             self.ended = True
-            self._in.put_nowait(None)
+            self._sink = None
+            while self._waiters:  # every waiting recv() sees the end
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
             if self._out.full():
                 self._out.get_nowait()
             self._out.put_nowait(None)

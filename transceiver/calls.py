@@ -10,6 +10,7 @@ import time
 from aioice import Candidate
 
 from transceiver.app import CallApp
+from transceiver.certs import SharedCertificate
 from transceiver.keys import Keyring, NoRoutingKey
 from transceiver.metrics import Metrics
 from transceiver.mux import SocketMux
@@ -42,6 +43,7 @@ class CallManager:
         capacity: int,
         consent_timeout: float = 30.0,
         setup_timeout: float = 30.0,
+        fast_media: bool = True,
     ) -> None:
         self.mux = mux
         self.keyring = keyring
@@ -53,6 +55,8 @@ class CallManager:
         self.capacity = capacity
         self.consent_timeout = consent_timeout
         self.setup_timeout = setup_timeout
+        self.fast_media = fast_media
+        self.certificate = SharedCertificate()  # one DTLS certificate for every call
         self.draining = False
         self.sessions: dict[str, CallSession] = {}
         self._idle = asyncio.Event()
@@ -86,6 +90,9 @@ class CallManager:
             app=self.app,
             consent_timeout=self.consent_timeout,
             setup_timeout=self.setup_timeout,
+            fast_media=self.fast_media,
+            fast_stats=self.metrics,
+            certificate=self.certificate,
             on_connected=lambda s: self.metrics.setup_seconds.observe(time.monotonic() - received),
             on_end=self._ended,
         )

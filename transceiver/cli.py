@@ -52,6 +52,13 @@ def main() -> None:
 @click.option("--consent-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True)
 @click.option("--setup-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True)
 @click.option("--app", default="echo", show_default=True, help="echo, pcm-echo or module:attr")
+@click.option(
+    "--media-path",
+    default="fast",
+    type=click.Choice(["fast", "aiortc"]),
+    show_default=True,
+    help="Opus apps: RTP handled in the socket mux (fast) or by aiortc's sender/receiver",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) -> None:
     """Serve calls: POST /v1/calls, DELETE /v1/calls/<id>, GET /healthz, GET /metrics."""

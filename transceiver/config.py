@@ -44,3 +44,4 @@ class Settings:
     registry_ttl: int = 10
     registry_refresh: float = 3.0
     app: str = "echo"
+    media_path: str = "fast"  # Opus apps: "fast" (transceiver/fastpath.py) or "aiortc"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,12 +22,15 @@ from aioice import stun as aiostun
 
 from transceiver.icelite import IceLiteConnection, binding_error
 from transceiver.paths import Addr, Path
+from transceiver.tunnel import PathHeader, inbound_key, path_key
 
 log = logging.getLogger(__name__)
 
 STUN_COOKIE = 0x2112A442
 TUNNEL_FIRST_BYTE = 0x45
 DEFAULT_RELAY_TUNNEL_PORT = 6080
+DRAIN_MAX = 64  # datagrams read per readiness event beyond the one asyncio hands us
+RECV_MAX = 65535  # any UDP datagram
 
 # Drop reasons (also the `reason` label of the drops metric).
 NOT_WEBRTC = "not_webrtc"  # first byte in no RFC 7983 range we serve
@@ -38,6 +42,8 @@ ROLE_CONFLICT = "role_conflict"  # the client claims to be controlled: we are li
 NO_ROUTE = "no_route"  # DTLS/RTP from a path no authenticated check bound
 TUNNEL_BAD_INNER = "tunnel_bad_inner"  # tunnel payload is not a sane IPv4/UDP packet
 TUNNEL_FOREIGN_VIP = "tunnel_foreign_vip"  # tunneled to a VIP we are not configured with
+# RFC 7983 first bytes that go to a bound call: DTLS (20..63) and SRTP/SRTCP (128..191).
+_IS_MEDIA = tuple(20 <= b <= 63 or 128 <= b <= 191 for b in range(256))
 DROP_REASONS = (
     NOT_WEBRTC,
     BAD_STUN,
@@ -61,6 +67,7 @@ class MuxStats(Protocol):
 class _Route:
     conn: IceLiteConnection
     relay: str | None  # outer source address of the latest tunnel datagram on this path
+    header: PathHeader | None = None  # tunneled paths: the reply header, made once
 
 
 class SocketMux(asyncio.DatagramProtocol):
@@ -72,11 +79,18 @@ class SocketMux(asyncio.DatagramProtocol):
         relay_tunnel_port: int = DEFAULT_RELAY_TUNNEL_PORT,
     ) -> None:
         self.transport: asyncio.DatagramTransport | None = None
+        # The transport's own (non-blocking) socket, when the owner hands it over: read
+        # directly to drain queued datagrams (see datagram_received).
+        self.sock: socket.socket | None = None
         self._stats = stats
         self._vips = set(vips)
         self.relay_tunnel_port = relay_tunnel_port
         self._by_ufrag: dict[str, IceLiteConnection] = {}
         self._routes: dict[Path, _Route] = {}
+        # The same routes by what a datagram carries, for the hot path (no Path, no parse):
+        # tunneled by the inner header's raw addresses/ports, direct by the source address.
+        self._by_key: dict[bytes, _Route] = {}
+        self._direct: dict[Addr, _Route] = {}
         self.drops: Counter[str] = Counter()
 
     # --- registration ------------------------------------------------------------------------
@@ -88,7 +102,23 @@ class SocketMux(asyncio.DatagramProtocol):
         if self._by_ufrag.get(conn.local_username) is conn:
             del self._by_ufrag[conn.local_username]
         for path in [p for p, r in self._routes.items() if r.conn is conn]:
-            del self._routes[path]
+            self._unbind(path)
+
+    def _bind(self, path: Path, conn: IceLiteConnection, relay: str | None) -> _Route:
+        if path.vip is None:
+            route = self._direct[path.client] = _Route(conn=conn, relay=relay)
+        else:
+            route = _Route(conn=conn, relay=relay, header=PathHeader(path.vip, path.client))
+            self._by_key[path_key(path.client, path.vip)] = route
+        self._routes[path] = route
+        return route
+
+    def _unbind(self, path: Path) -> None:
+        del self._routes[path]
+        if path.vip is None:
+            self._direct.pop(path.client, None)
+        else:
+            self._by_key.pop(path_key(path.client, path.vip), None)
 
     def paths_of(self, conn: IceLiteConnection) -> list[Path]:
         return [p for p, r in self._routes.items() if r.conn is conn]
@@ -108,13 +138,44 @@ class SocketMux(asyncio.DatagramProtocol):
         log.debug("socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self._received(data, addr)
+        # asyncio reads one datagram per readiness event; under load many are queued, and
+        # reading them here saves an event-loop pass per datagram and lets the app tasks they
+        # wake run back to back. Bounded, so timers and HTTP still get their turn.
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(DRAIN_MAX):
+            try:
+                data, addr = sock.recvfrom(RECV_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            self._received(data, addr)
+
+    def _received(self, data: bytes, addr: Addr) -> None:
         if self._stats is not None:
             self._stats.rx(len(data))
         try:
-            if data[:1] == bytes([TUNNEL_FIRST_BYTE]):
-                self._tunnel_received(data, addr)
+            if not data:
+                self._drop(NOT_WEBRTC)
+            elif data[0] == TUNNEL_FIRST_BYTE:
+                # Hot path: DTLS/SRTP on a bound tunneled path, found by its raw inner header.
+                key = inbound_key(data)
+                route = self._by_key.get(key) if key is not None else None
+                if route is not None and len(data) > 28 and _IS_MEDIA[data[28]]:
+                    route.relay = addr[0]
+                    self._to_call(route, data[28:])
+                else:
+                    self._tunnel_received(data, addr)
             else:
-                self._payload_received(data, Path(client=(addr[0], addr[1])), relay=None)
+                route = self._direct.get(addr)
+                if route is not None and _IS_MEDIA[data[0]]:
+                    self._to_call(route, data)
+                else:
+                    self._payload_received(data, Path(client=(addr[0], addr[1])), relay=None)
         except Exception:  # a bug must cost one datagram, never the socket
             log.exception("datagram from %s dropped", addr)
             self._drop(NOT_WEBRTC)
@@ -155,9 +216,19 @@ class SocketMux(asyncio.DatagramProtocol):
                 return
             if relay is not None:
                 route.relay = relay
-            route.conn.handle_data(data)
+            self._to_call(route, data)
         else:
             self._drop(NOT_WEBRTC)
+
+    def _to_call(self, route: _Route, data: bytes) -> None:
+        """DTLS or SRTP/SRTCP on a bound path: SRTP to the call's fast path if it has one."""
+        conn = route.conn
+        sink = conn.rtp_sink
+        # RFC 5761 §4: a second byte of 192..223 is RTCP, which stays with aiortc.
+        if sink is not None and data[0] >= 128 and len(data) > 1 and not 192 <= data[1] <= 223:
+            sink(data)
+        else:
+            conn.handle_data(data)
 
     def _stun_received(self, data: bytes, path: Path, relay: str | None) -> None:
         try:
@@ -191,7 +262,7 @@ class SocketMux(asyncio.DatagramProtocol):
             return
         route = self._routes.get(path)
         if route is None or route.conn is not conn:
-            route = self._routes[path] = _Route(conn=conn, relay=relay)
+            route = self._bind(path, conn, relay)
         elif relay is not None:
             route.relay = relay
         self._send(path, relay, conn.handle_check(msg, path))
@@ -200,9 +271,14 @@ class SocketMux(asyncio.DatagramProtocol):
 
     def send_on_path(self, path: Path, data: bytes) -> None:
         route = self._routes.get(path)
-        self._send(path, route.relay if route is not None else None, data)
+        if route is None:
+            self._send(path, None, data)
+        else:
+            self._send(path, route.relay, data, route.header)
 
-    def _send(self, path: Path, relay: str | None, data: bytes) -> None:
+    def _send(
+        self, path: Path, relay: str | None, data: bytes, header: PathHeader | None = None
+    ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         if path.vip is None:
@@ -210,9 +286,9 @@ class SocketMux(asyncio.DatagramProtocol):
         else:
             if relay is None:
                 return  # tunneled path whose relay we never saw: nowhere to send
-            from wire import encap
-
-            packet = encap.ipv4_udp(path.vip[0], path.vip[1], path.client[0], path.client[1], data)
+            if header is None:  # replies before the path is bound (STUN errors)
+                header = PathHeader(path.vip, path.client)
+            packet = header.wrap(data)
             dest = (relay, self.relay_tunnel_port)
         self.transport.sendto(packet, dest)
         if self._stats is not None:

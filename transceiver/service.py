@@ -12,7 +12,9 @@ from aiohttp import web
 
 from transceiver.app import CallApp, load_app
 from transceiver.calls import CallManager
+from transceiver.certs import check_aiortc_certificates
 from transceiver.config import Settings
+from transceiver.fastpath import check_aiortc_fields
 from transceiver.icelite import host_candidates
 from transceiver.keys import Keyring
 from transceiver.media import check_aiortc_hooks
@@ -38,6 +40,8 @@ class Transceiver:
             self.app = app if app is not None else load_app(settings.app)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if settings.media_path not in ("fast", "aiortc"):
+            raise ConfigError(f"media path must be fast or aiortc, got {settings.media_path!r}")
         self.metrics = Metrics()
         self.keyring = Keyring()
         if settings.key is not None:
@@ -114,6 +118,8 @@ class Transceiver:
 
     async def start(self) -> None:
         check_aiortc_hooks()
+        check_aiortc_fields()
+        check_aiortc_certificates()
         s = self.settings
         if s.redis_url and s.tunnel is None and not s.advertise and s.udp[0] == "0.0.0.0":
             # Relays only accept tunnel datagrams from the registered address (spec §3).
@@ -127,6 +133,7 @@ class Transceiver:
             sock.close()
             raise ConfigError(f"cannot bind UDP {s.udp[0]}:{s.udp[1]}: {exc.strerror}") from None
         self._udp, _ = await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
+        self.mux.sock = sock
         try:
             self.manager = CallManager(
                 mux=self.mux,
@@ -139,6 +146,7 @@ class Transceiver:
                 capacity=s.capacity,
                 consent_timeout=s.consent_timeout,
                 setup_timeout=s.setup_timeout,
+                fast_media=s.media_path == "fast",
             )
             if s.redis_url:
                 self.registry = self._registry_agent()
@@ -187,5 +195,6 @@ class Transceiver:
             await self._runner.cleanup()
             self._runner = None
         if self._udp is not None:
+            self.mux.sock = None
             self._udp.close()
             self._udp = None

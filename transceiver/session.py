@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from aioice import Candidate
 from aiortc import (
@@ -23,14 +24,22 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.sdp import SessionDescription
 
 from transceiver import media
 from transceiver.app import Call, CallApp
+from transceiver.certs import SharedCertificate
+from transceiver.fastpath import OpusFastPath
 from transceiver.icelite import IceLiteConnection
 from transceiver.mux import SocketMux
 from transceiver.sdp import OfferError, add_ice_lite, validate_offer
 
 log = logging.getLogger(__name__)
+
+
+class FastPathStats(Protocol):
+    def fastpath_started(self, fast: OpusFastPath) -> None: ...
+    def fastpath_ended(self, fast: OpusFastPath) -> None: ...
 
 
 class CallSession:
@@ -44,6 +53,9 @@ class CallSession:
         app: CallApp,
         consent_timeout: float,
         setup_timeout: float,
+        fast_media: bool = True,
+        fast_stats: FastPathStats | None = None,
+        certificate: SharedCertificate | None = None,
         on_connected: Callable[[CallSession], None] | None = None,
         on_end: Callable[[CallSession, str], None] | None = None,
     ) -> None:
@@ -54,6 +66,10 @@ class CallSession:
         self.call = Call(call_id, app.media)
         self._app = app
         self._mux = mux
+        self._fast_media = fast_media
+        self._fast_stats = fast_stats
+        self._opus_pts: set[int] = set()
+        self.fastpath: OpusFastPath | None = None
         self._on_connected = on_connected
         self._on_end = on_end
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,9 +83,11 @@ class CallSession:
             setup_timeout=setup_timeout,
             on_close=self._ice_closed,
         )
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        if certificate is None:
+            self.pc = RTCPeerConnection(config)
+        else:
+            self.pc = certificate.peer_connection(config)
 
     @property
     def ufrag(self) -> str:
@@ -99,6 +117,7 @@ class CallSession:
                 if c.mimeType.lower() == "audio/opus"
             }
             media.tap_opus(transceiver.receiver, self.call, opus)
+            self._opus_pts = opus
         dtls.on("statechange", lambda: self._dtls_state(dtls.state))
         pc.on("connectionstatechange", self._pc_state)
         try:
@@ -116,12 +135,38 @@ class CallSession:
     def _dtls_state(self, state: str) -> None:
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.monotonic()
+            if self.call.media == "opus" and self._fast_media:
+                self._start_fastpath()
             self._tasks.append(asyncio.ensure_future(self._run_app()))
             if self.call.media == "pcm":
                 track = self.pc.getTransceivers()[0].receiver.track
                 self._tasks.append(asyncio.ensure_future(media.pump_pcm(track, self.call)))
             if self._on_connected is not None:
                 self._on_connected(self)
+
+    def _start_fastpath(self) -> None:
+        # Runs inside RTCDtlsTransport.start() right after _setup_srtp(), before any SRTP can
+        # be received, so every RTP packet of the call goes through the fast path.
+        transceiver = self.pc.getTransceivers()[0]
+        answer = SessionDescription.parse(self.pc.localDescription.sdp)
+        codecs = [c for m in answer.media if m.kind == "audio" for c in m.rtp.codecs]
+        if not codecs or codecs[0].mimeType.lower() != "audio/opus":
+            log.info("call %s: answer does not send Opus first, media stays on aiortc", self.id)
+            return
+        dtls = transceiver.receiver.transport
+        fast = OpusFastPath(
+            dtls=dtls,
+            sender=transceiver.sender,
+            call=self.call,
+            payload_types=self._opus_pts,
+            send_payload_type=codecs[0].payloadType,
+            write=self.ice.send_now,
+        )
+        self.fastpath = fast
+        if self._fast_stats is not None:
+            self._fast_stats.fastpath_started(fast)
+        self.ice.rtp_sink = fast.rtp_received
+        self.call._sink = fast.send
 
     async def _run_app(self) -> None:
         # The app returning is its way to hang up; an app that fails hangs up too.
@@ -163,6 +208,8 @@ class CallSession:
             log.exception("call %s: close failed", self.id)
         await self.ice.close()
         self._mux.remove(self.ice)
+        if self.fastpath is not None and self._fast_stats is not None:
+            self._fast_stats.fastpath_ended(self.fastpath)
         if self.connected_at is not None:
             try:
                 await self._app.call_ended(self.call, reason)

@@ -60,13 +60,30 @@ async def main(calls: int, seconds: float, app: str) -> None:
             total = float(re.search(r"txr_call_setup_seconds_sum (\S+)", text).group(1))
             count = float(re.search(r"txr_call_setup_seconds_count (\S+)", text).group(1))
             await asyncio.gather(*(c.close() for c in clients))
-        print(f"app={app} calls={calls} setup_mean={1000 * total / count:.0f} ms")
+        p50 = _histogram_p50(text, "txr_call_setup_seconds")
+        print(f"app={app} calls={calls} setup_mean={1000 * total / count:.0f} ms p50~{p50:.0f} ms")
         print(f"server CPU: idle {100 * idle:.1f}%, with calls {100 * busy:.1f}% of one core")
         per_call = 100 * (busy - idle) / calls
         print(f"  = {per_call:.2f}% of a core per call; client heard {echoed:.1f} frames/s")
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def _histogram_p50(text: str, name: str) -> float:
+    """Median in ms, interpolated linearly inside the Prometheus bucket that holds it."""
+    buckets = [
+        (float(le), float(n))
+        for le, n in re.findall(rf'{name}_bucket{{le="([^"]+)"}} (\S+)', text)
+        if le != "+Inf"
+    ]
+    total = float(re.search(rf"{name}_count (\S+)", text).group(1))
+    lower, below = 0.0, 0.0
+    for le, n in buckets:
+        if n >= total / 2:
+            return 1000 * (lower + (le - lower) * (total / 2 - below) / max(n - below, 1))
+        lower, below = le, n
+    return float("inf")
 
 
 def _is_rtp(data: bytes) -> bool:
