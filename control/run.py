@@ -113,6 +113,8 @@ class Controller:
         self._rewrite_flows = False
         self._flag_mine = False
         self._last_problems: list[str] = []
+        self._redis_run_id: str | None = None
+        self._hold_removals_until = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -352,6 +354,20 @@ class Controller:
         self._redis_state(True)
         current = sync.read_state(self.maps)
         held = []
+        if self._redis_restarted():
+            # A Redis that restarted without persistence refills as transceivers re-register,
+            # one by one within their refresh interval: removing those not back yet would drop
+            # their calls. Removals wait; additions and changes go through.
+            self._hold_removals_until = time.monotonic() + self.opts.empty_grace
+            log.warning(
+                "redis restarted: removals wait %.0f s for re-registration", self.opts.empty_grace
+            )
+        if time.monotonic() < self._hold_removals_until:
+            for key, rec in self._records_of(current).items():
+                reg.transceivers.setdefault(key, rec)
+            for kid, key in current.keys.items():
+                reg.keys.setdefault(kid, key)
+            held.append("redis restarted: removals wait for re-registration (--empty-grace)")
         if not self.guard.believe("keys", not reg.keys) and current.keys:
             reg.keys = dict(current.keys)
             held.append("no keys: keeping the loaded ones for now (--empty-grace)")
@@ -372,6 +388,13 @@ class Controller:
         self.metrics.transceivers.set(len(reg.transceivers))
         self.metrics.draining.set(sum(1 for t in reg.transceivers.values() if t.draining))
         self.metrics.synced()
+
+    def _redis_restarted(self) -> bool:
+        """True once each time the registry's Redis is a new process (its run_id changed)."""
+        run_id = str(self.redis.info("server").get("run_id", ""))
+        restarted = self._redis_run_id is not None and run_id != self._redis_run_id
+        self._redis_run_id = run_id
+        return restarted
 
     @staticmethod
     def _records_of(state: Any) -> dict:
@@ -520,7 +543,7 @@ class _HostPort(click.ParamType):
     default=DEFAULT_EMPTY_GRACE,
     show_default=True,
     help="Seconds an empty key or transceiver table must stay empty before the maps "
-    "are emptied (a restarted Redis refills first).",
+    "are emptied, and removals wait after Redis restarts (transceivers re-register first).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def run_command(

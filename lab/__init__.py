@@ -6,6 +6,11 @@
 - lab.standin: a stand-in transceiver that echoes tunneled packets.
 - lab.pyrelay: the relay in userspace Python, the benchmark's baseline.
 - lab.blaster: a bounded sendmmsg UDP sender.
+- lab.edge: EdgeLab, two XDP relays behind one VIP (client ECMP), two `transceiver serve --redis`,
+  `relayctl run` on each relay, a private redis-server (lab.redis_server): tests/e2e and
+  `make demo`.
+- lab.callclient / lab.calldriver: aiortc calls in the client namespace, echoed RTP counted and
+  gaps measured; lab.browsercall: one headless Chromium call.
 
 `python -m lab sweep --stale` removes labs whose process is gone (`--prefix P` removes one lab).
 """

@@ -1,8 +1,11 @@
 """A private redis-server for tests, the demo and benchmarks: a unix socket in a temp dir, no
-persistence, stoppable and restartable (the fault tests take Redis away mid-call)."""
+persistence, stoppable and restartable (the fault tests take Redis away mid-call).
+
+Unix sockets are not bound to a network namespace, so every lab namespace reaches it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -11,37 +14,47 @@ from pathlib import Path
 from typing import Any
 
 
+class RedisError(RuntimeError):
+    """redis-server is missing or did not come up."""
+
+
 class RedisServer:
-    def __init__(self, prefix: str = "edge-redis-") -> None:
+    def __init__(self, workdir: Path | None = None, ns: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            raise RuntimeError("redis-server is not installed: run `make install`")
+            raise RedisError("redis-server is not installed: run `make install`")
         self.exe = exe
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self._own_dir = workdir is None
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix=f"edge-redis-{os.getpid()}-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / "redis.sock"
         self.url = f"unix://{self.sock}"
         self.proc: subprocess.Popen[bytes] | None = None
+        # Run inside a lab namespace when given: deleting the namespace (or sweeping a lab whose
+        # owner was SIGKILLed) then kills it too.
+        self.ns = ns
 
     def start(self, timeout: float = 10) -> RedisServer:
         argv = [self.exe, "--port", "0", "--unixsocket", str(self.sock)]
         argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(self.dir)]
+        if self.ns is not None:
+            argv = ["nsenter", f"--net=/run/netns/{self.ns}", "--", *argv]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer within {timeout} s")
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RedisError(f"redis-server did not answer within {timeout} s")
             time.sleep(0.02)
         return self
 
-    def _answers(self) -> bool:
+    def ping(self) -> bool:
         import redis
 
         if not self.sock.exists():
             return False
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -62,7 +75,8 @@ class RedisServer:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def client(self) -> Any:
         import redis

@@ -1,43 +1,35 @@
-"""`make demo`: a lab in network namespaces, calls through the XDP relay, a report, teardown.
+"""`make demo`: real WebRTC calls through two XDP relays behind one VIP, a report, teardown.
 
-Builds client / relay / two transceiver namespaces (lab/topology.py), loads the relay with
-`relayctl load` and `relayctl map sync`, starts two stand-in transceivers, then runs a few calls:
-each sends a STUN Binding request carrying a routing ufrag minted for its transceiver to the VIP,
-then DTLS- and RTP-like packets on the flow the relay learned; the stand-ins echo every packet
-back through the tunnel and the relay. Prints per call which transceiver answered, packets each
-way and RTTs, then `relayctl flows` and `relayctl stats`. Everything is removed at the end, also
-on Ctrl-C or SIGTERM. Exits 1 if a call did not get all its replies.
+Builds the EdgeLab (lab/edge.py): a client namespace reaching the VIP over an ECMP route through
+two relays (XDP program loaded by `relayctl load`, each with `relayctl run` syncing from Redis),
+two transceivers (`transceiver serve --redis`, they register themselves), and a private
+redis-server in a temp dir. Then places a few standard aiortc calls from the client namespace
+(the client only ever sees the VIP as the transceiver's address), lets the audio be echoed,
+measures round trips through the relay (with DEMO_BROWSER=1 also a headless Chromium call
+from the client namespace, lab/browsercall.py), and prints: set-up time, RTP packets each way, RTT,
+which relay and transceiver carried each call, and the relays' counters. Everything is removed
+at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed or its audio did not come back.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
-from lab.topology import RelayLab, sweep_stale_labs
-from wire import stun
-
-PREFIX = (b"txr-7|", b"txr-8|")
-
-
-@dataclass
-class Call:
-    number: int
-    client: tuple[str, int]
-    txr: int
-    sent: int = 0
-    received: int = 0
-    wrong: int = 0  # echoes from the wrong transceiver or with the wrong bytes
-    rtts_ms: list[float] = field(default_factory=list)
-
+from lab.calldriver import CallDriver
+from lab.edge import EdgeLab
+from lab.topology import sweep_stale_labs
 
 MAIN_PID = os.getpid()
+MIN_ECHO = 0.8  # fraction of the sent RTP packets that must come back
 
 
 class Interrupted(Exception):
@@ -50,50 +42,76 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted
 
 
-def run_call(lab: RelayLab, number: int, txr: int, packets: int) -> Call:
-    with lab.client_socket(lab.client_addrs[number % 2]) as sock:
-        sock.settimeout(1.0)
-        call = Call(number, sock.getsockname(), txr)
-        payloads = [stun.build_binding_request(f"{lab.mint(txr)}:demo{number}")]
-        payloads.append(b"\x16\xfe\xfd" + b"\x00" * 80)  # DTLS-like (first byte 22)
-        payloads += [b"\x80\x6f" + i.to_bytes(2, "big") + b"\x00" * 156 for i in range(packets)]
-        for payload in payloads:
-            t0 = time.perf_counter()
-            sock.sendto(payload, (lab.vip, lab.vip_port))
-            call.sent += 1
-            try:
-                data, src = sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            call.received += 1
-            if src != (lab.vip, lab.vip_port) or data != PREFIX[txr] + payload:
-                call.wrong += 1
-            call.rtts_ms.append((time.perf_counter() - t0) * 1000)
-    return call
+def _ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.2f}"
 
 
-def report(lab: RelayLab, calls: list[Call]) -> None:
-    print("\ncalls (client -> VIP -> relay -> transceiver, echoed back the same way)")
-    print(
-        f"{'call':>4}  {'client':<20} {'transceiver':<24} {'sent':>5} {'back':>5} "
-        f"{'wrong':>5} {'RTT p50 ms':>10} {'RTT max ms':>10}"
+def run_calls(lab: EdgeLab, calls: int, seconds: float) -> list[dict[str, Any]]:
+    urls = [lab.txrs[i % len(lab.txrs)].url for i in range(calls)]
+    driver = CallDriver(lab, urls)
+    try:
+        for _ in urls:
+            driver.wait_call()
+        for i in range(calls):
+            driver.wait_rtp(i, int(seconds * 50))  # 50 packets a second
+        rtts = [driver.rtt(i, 20) for i in range(calls)]
+        where = [lab.carrier(tuple(c["local"])) for c in driver.calls]
+        final = driver.hangup()
+    finally:
+        driver.close()
+    rows = []
+    for i, c in enumerate(driver.calls):
+        rows.append({**c, **final[i], "rtts": rtts[i], "where": where[i]})
+    return rows
+
+
+def browser_call(lab: EdgeLab) -> dict[str, Any]:
+    """DEMO_BROWSER=1: headless Chromium in the client namespace calls through the VIP."""
+    proc = lab.spawn_client(
+        [sys.executable, "-m", "lab.browsercall", lab.txrs[0].url, "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
-    for c in calls:
-        t = lab.txrs[c.txr]
-        where = f"{t.cluster}/{t.id} @ {t.tunnel}"
-        p50 = statistics.median(c.rtts_ms) if c.rtts_ms else float("nan")
-        top = max(c.rtts_ms) if c.rtts_ms else float("nan")
-        client = f"{c.client[0]}:{c.client[1]}"
+    out, _ = proc.communicate(timeout=90)
+    lines = out.decode().strip().splitlines()
+    return dict(json.loads(lines[-1])) if lines else {"state": "failed", "error": "no output"}
+
+
+def report(lab: EdgeLab, rows: list[dict[str, Any]], setup_s: float) -> None:
+    print(f"\nlab set up in {setup_s:.1f} s (namespaces, 2 relays loaded, controllers, Redis, "
+          "2 transceivers registered)")  # fmt: skip
+    print("\ncalls (aiortc client -> VIP -> XDP relay -> transceiver (echo) -> relay -> client)")
+    head = f"{'call':>4}  {'client':<20} {'relay':>5} {'txr':>4} {'setup ms':>8} "
+    print(
+        head + f"{'RTP sent':>8} {'RTP back':>8} {'max gap ms':>10} {'RTT p50':>8} {'RTT p99':>8}"
+    )
+    for r in rows:
+        client = f"{r['local'][0]}:{r['local'][1]}"
+        relay = ",".join(str(w[0]) for w in r["where"]) or "-"
+        txr = ",".join(str(w[1]) for w in r["where"]) or "-"
         print(
-            f"{c.number:>4}  {client:<20} {where:<24} {c.sent:>5} "
-            f"{c.received:>5} {c.wrong:>5} {p50:>10.3f} {top:>10.3f}"
+            f"{r['call']:>4}  {client:<20} {relay:>5} {txr:>4} {r['setup_ms']:>8.1f} "
+            f"{r['sent'] or 0:>8} {r['rtp']:>8} {r['max_gap_ms']:>10.1f} "
+            f"{_ms(r['rtts'], 0.5):>8} {_ms(r['rtts'], 0.99):>8}"
         )
+    all_rtts = [x for r in rows for x in r["rtts"]]
+    if all_rtts:
+        print(f"RTT (STUN Binding round trips through the relay, ms): median "
+              f"{statistics.median(all_rtts):.2f} over {len(all_rtts)} probes")  # fmt: skip
+    for relay in lab.relays:
+        stats = {k: v for k, v in lab.stats(relay.index).items() if v}
+        print(f"\n$ relayctl stats --name {relay.name}   (relay {relay.index})")
+        for k, v in stats.items():
+            print(f"  {k:<24} {v:>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=4)
-    ap.add_argument("--packets", type=int, default=20, help="RTP-like packets per call")
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0, help="audio per call before the report")
     ap.add_argument("--mode", choices=("native", "generic"), default="native")
     ap.add_argument("--keep", action="store_true", help="keep the lab up until Ctrl-C")
     args = ap.parse_args(argv)
@@ -101,30 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_signal)
     for leftover in sweep_stale_labs():  # labs of earlier runs that were killed outright
         print(f"removed leftover {leftover}")
-    lab = RelayLab(transceivers=2, mode=args.mode)
+    lab = EdgeLab(mode=args.mode)
     try:
-        print(f"building lab {lab.prefix} and loading the relay with relayctl ...", flush=True)
+        print(f"building lab {lab.prefix}: 2 relays, 2 transceivers, redis ...", flush=True)
+        t0 = time.monotonic()
         with lab:
+            setup_s = time.monotonic() - t0
             print(
-                f"relay loaded: VIP {lab.vip}:{lab.vip_port}, tunnel "
-                f"{lab.tunnel_addr}:{lab.tunnel_port}, namespaces {lab.prefix}-*",
+                f"relays loaded: VIP {lab.vip}:{lab.vip_port} via ECMP over "
+                f"{', '.join(r.ns for r in lab.relays)}",
                 flush=True,
             )
-            standins = [lab.standin(i, prefix=PREFIX[i]).start() for i in range(2)]
-            try:
-                calls = [run_call(lab, n, n % 2, args.packets) for n in range(args.calls)]
-            finally:
-                for s in standins:
-                    s.stop()
-            report(lab, calls)
-            print("\n$ relayctl flows")
-            print(lab.relayctl("flows").rstrip())
-            print("\n$ relayctl stats")
-            print(lab.relayctl("stats").rstrip())
+            rows = run_calls(lab, args.calls, args.seconds)
+            browser = browser_call(lab) if os.environ.get("DEMO_BROWSER") == "1" else None
+            report(lab, rows, setup_s)
+            if browser is not None:
+                print(f"\nheadless Chromium call (the page at {lab.txrs[0].url}/): {browser}")
             if args.keep:
                 print(
-                    f"\nlab kept: try `nsenter --net=/run/netns/{lab.relay_ns} "
-                    f".venv/bin/relayctl stats --name {lab.name}`; Ctrl-C removes it",
+                    f"\nlab kept: try `nsenter --net=/run/netns/{lab.relays[0].ns} "
+                    f".venv/bin/relayctl flows --name {lab.relays[0].name}`; Ctrl-C removes it",
                     flush=True,
                 )
                 signal.pause()
@@ -134,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear message, no traceback, the lab already removed
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
-    bad = [c for c in calls if c.received != c.sent or c.wrong]
     print("\nlab removed")
-    if bad:
-        print(f"FAILED: calls {[c.number for c in bad]} missed or garbled replies", file=sys.stderr)
+    bad = [r["call"] for r in rows if not r["sent"] or r["rtp"] < MIN_ECHO * r["sent"]]
+    bad += [r["call"] for r in rows if len(r["where"]) != 1]
+    if browser is not None and browser.get("state") != "connected":
+        print(f"FAILED: the Chromium call: {browser.get('error')}", file=sys.stderr)
         return 1
-    print(f"OK: {len(calls)} calls, every packet answered by the right transceiver")
+    if bad:
+        print(f"FAILED: calls {sorted(set(bad))}: audio not echoed or not on one relay",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"OK: {len(rows)} calls, audio echoed through the XDP relays")
     return 0
 
 

@@ -82,16 +82,18 @@ def _prefix(line: str) -> str:
 
 
 def test_demo_reports_calls_through_both_transceivers() -> None:
-    demo = Demo("--calls", "2", "--packets", "5")
+    demo = Demo("--calls", "2", "--seconds", "1")
     demo.wait_line("building lab", timeout=10)
-    out, err = demo.finish(timeout=120)
+    out, err = demo.finish(timeout=150)
     assert demo.proc.returncode == 0, err
+    # call, client, relay, transceiver, setup ms, RTP sent, RTP back
     rows = re.findall(
-        r"^\s+(\d)\s+198\.18\.1\.\d+:\d+\s+1/(\d) @ \S+\s+(\d+)\s+(\d+)\s+0\s", out, re.M
+        r"^\s+(\d)\s+198\.18\.1\.\d+:\d+\s+([01])\s+(\d)\s+[\d.]+\s+(\d+)\s+(\d+)\s", out, re.M
     )
-    assert rows == [("0", "7", "7", "7"), ("1", "8", "7", "7")]
-    assert "$ relayctl flows" in out and "2 flows" in out
-    assert re.search(r"fwd_stun_new\s+2\s", out)
+    assert [(c, t) for c, _, t, _, _ in rows] == [("0", "7"), ("1", "8")]
+    for _, _, _, sent, back in rows:
+        assert int(sent) >= 50 and int(back) >= 0.8 * int(sent)
+    assert len(re.findall(r"fwd_decap\s+\d+", out)) >= 1
     assert "OK: 2 calls" in out
     assert_clean(demo.prefix)
 
@@ -100,15 +102,15 @@ def test_demo_reports_calls_through_both_transceivers() -> None:
     ("sig", "when"),
     [
         (signal.SIGINT, "lab kept"),  # Ctrl-C while the lab is up and idle
-        (signal.SIGINT, "relay loaded"),  # Ctrl-C while calls are running
+        (signal.SIGINT, "relays loaded"),  # Ctrl-C while calls are running
         (signal.SIGTERM, "lab kept"),
     ],
 )
 def test_demo_interrupted_removes_the_lab(sig: signal.Signals, when: str) -> None:
-    demo = Demo("--keep", "--packets", "300")
+    demo = Demo("--keep", "--seconds", "5")
     demo.wait_line(when)
     demo.proc.send_signal(sig)
-    out, err = demo.finish()
+    out, err = demo.finish(timeout=90)
     assert demo.proc.returncode == 130, f"stdout:\n{out}\nstderr:\n{err}"
     assert "interrupted: lab removed" in err and "Traceback" not in err
     assert_clean(demo.prefix)

@@ -1,0 +1,76 @@
+"""One call from headless Chromium (the transceiver's demo page), run inside a client netns.
+
+    python -m lab.browsercall http://198.18.2.2:8080 [packets]
+
+Loads the page the transceiver serves, clicks Call (fake microphone), waits until `packets`
+echoed audio packets came back, reads the call's state and hangs up. Prints one JSON line:
+{"state", "packets", "energy", "setup_ms", "error"}; exits 1 if the call did not connect.
+The page is served over plain http from a lab address, so Chromium is told to treat that origin
+as secure (getUserMedia needs a secure context).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def call(url: str, packets: int) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}"]
+    with tempfile.TemporaryDirectory(prefix="edge-chromium-") as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=args
+        )
+        try:
+            page = ctx.new_page()
+            page.goto(f"{url}/")
+            page.click("#call")
+            page.wait_for_function(
+                f"window.packetsReceived > {packets} || window.callState === 'failed'",
+                timeout=30_000,
+            )
+            result = dict(
+                page.evaluate(
+                    "({state: window.callState, error: window.callError,"
+                    " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
+                    " setup_ms: window.setupMs})"
+                )
+            )
+            page.click("#hangup")
+            page.wait_for_function(
+                "window.callState === 'ended' || window.callState === 'failed'", timeout=10_000
+            )
+            return result
+        finally:
+            ctx.close()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        result = call(argv[0], int(argv[1]) if len(argv) > 1 else 50)
+    except Exception as exc:  # one line for the caller, no traceback
+        result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
+    return 0 if result.get("state") == "connected" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,419 @@
+"""EdgeLab: two XDP relays behind one VIP (ECMP from the client), two transceivers, Redis.
+
+    client ns                  relay0 / relay1 ns              fabric ns        txr ns
+    ca 198.18.1.2, .3/32  c0 -- rc 198.18.4.1 | rt 198.18.2.1  -- p0 -+- br0 -- t0 -- 198.18.2.2
+    VIP/32 ECMP over:     c1 -- rc 198.18.5.1 | rt 198.18.2.11 -- p1 -+      +- t1 -- 198.18.2.3
+      via 198.18.4.1 dev c0,    (each relay: VIP on lo, XDP on rc and rt)
+      via 198.18.5.1 dev c1
+
+The client links carry no client address (the client's addresses live on their own link): a
+client then only offers 198.18.1.x, and either relay can answer any of them.
+fib_multipath_hash_policy=1 spreads flows over the relays by port; `route_client` pins one
+client address to one relay (a source rule), which is how a test moves a call from one relay to
+the other. Relays and transceivers share one L2 segment, so every transceiver can answer through
+every relay.
+
+Every relay runs `relayctl load` + `relayctl run --redis`; every transceiver runs
+`transceiver serve --redis` and registers itself; the routing key is put in Redis by the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from lab import netns
+from lab.redis_server import RedisServer
+from lab.topology import _packets_by_reason, _signals_deferred, _stop, relayctl_path
+from wire import registry
+from wire.encap import RELAY_TUNNEL_PORT
+
+VIP = "198.18.100.1"
+VIP_PORT = 3478
+CLIENT_ADDRS = ("198.18.1.2", "198.18.1.3")
+CLUSTER = 1
+KEY_ID = 1
+TXR_PORT = 5000
+HTTP_PORT = 8080
+RULE_BASE = 1000  # ip rule priorities / table numbers of route_client
+T = TypeVar("T")
+
+
+class LabError(RuntimeError):
+    """Something in the lab did not come up; the message says what (and its log tail)."""
+
+
+@dataclass(frozen=True)
+class RelaySlot:
+    index: int
+    ns: str
+    name: str  # relayctl --name (pins under /sys/fs/bpf/<name>)
+    client_side: str  # rc address, the client's next hop
+    client_gw: str  # the address the relay routes client addresses through (no host has it)
+    client_if: str  # the client's link to this relay
+    tunnel_addr: str
+
+
+@dataclass(frozen=True)
+class TxrSlot:
+    index: int
+    ns: str
+    cluster: int
+    id: int
+    addr: str
+    port: int = TXR_PORT
+
+    @property
+    def tunnel(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}:{HTTP_PORT}"
+
+
+@dataclass
+class Proc:
+    """A long-running lab process and the log file it writes."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class EdgeState:
+    namespaces: list[str] = field(default_factory=list)
+    loaded: set[int] = field(default_factory=set)
+    controllers: dict[int, Proc] = field(default_factory=dict)
+    transceivers: dict[int, Proc] = field(default_factory=dict)
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+def wait_until(pred: Callable[[], T], timeout: float, what: str, step: float = 0.05) -> T:
+    """Poll pred until truthy; raise naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+class EdgeLab:
+    """`with EdgeLab() as lab:` builds, loads and starts everything; all is removed on exit."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str | None = None,
+        redis: RedisServer | None = None,
+        mode: str = "native",
+        txr_args: tuple[str, ...] = (),
+    ) -> None:
+        self.prefix = prefix or netns.lab_prefix()
+        self.mode = mode
+        self.txr_args = txr_args
+        self.vip, self.vip_port = VIP, VIP_PORT
+        self.client_addrs = CLIENT_ADDRS
+        self.client_ns = f"{self.prefix}-client"
+        self.fabric_ns = f"{self.prefix}-fabric"
+        self.relays = [
+            RelaySlot(0, f"{self.prefix}-r0", f"{self.prefix}r0", "198.18.4.1", "198.18.4.2",
+                      "c0", "198.18.2.1"),
+            RelaySlot(1, f"{self.prefix}-r1", f"{self.prefix}r1", "198.18.5.1", "198.18.5.2",
+                      "c1", "198.18.2.11"),
+        ]  # fmt: skip
+        self.txrs = [
+            TxrSlot(0, f"{self.prefix}-t0", CLUSTER, 7, "198.18.2.2"),
+            TxrSlot(1, f"{self.prefix}-t1", CLUSTER, 8, "198.18.2.3"),
+        ]
+        self.key_id = KEY_ID
+        self.key = secrets.token_bytes(16)
+        self.tmpdir = Path(tempfile.gettempdir()) / f"{self.prefix}-files"
+        self._own_redis = redis is None
+        self.redis = redis
+        self.state = EdgeState()
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> EdgeLab:
+        try:
+            self.tmpdir.mkdir(mode=0o700)
+            self._build()
+            if self.redis is None:
+                (self.tmpdir / "redis").mkdir()
+                self.redis = RedisServer(self.tmpdir / "redis", ns=self.fabric_ns).start()
+            self.publish_key(self.key_id, self.key)
+            for r in self.relays:
+                self.load(r.index)
+                self.start_controller(r.index)
+            for t in self.txrs:
+                self.start_transceiver(t.index)
+            self.wait_maps()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process, unload both relays, delete namespaces and pins; idempotent."""
+        if os.getpid() != self._owner:
+            return
+        with self._lock, _signals_deferred():
+            procs = [p.proc for p in self.state.transceivers.values()]
+            procs += [p.proc for p in self.state.controllers.values()] + self.state.others
+            for proc in procs:
+                with contextlib.suppress(Exception):
+                    _stop(proc, grace=5)
+            self.state.transceivers.clear()
+            self.state.controllers.clear()
+            self.state.others.clear()
+            for i in sorted(self.state.loaded):
+                with contextlib.suppress(Exception):
+                    self.unload(i)
+            for ns in reversed(self.state.namespaces):
+                with contextlib.suppress(Exception):
+                    netns.delete(ns)
+            self.state.namespaces.clear()
+            netns.remove_pins(self.prefix)
+            if self._own_redis and self.redis is not None:
+                self.redis.close()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    # --- topology --------------------------------------------------------------------------------
+
+    def ip(self, ns: str, *args: str) -> str:
+        return netns.run(ns, ["ip", *args]).stdout
+
+    def _build(self) -> None:
+        for ns in (self.client_ns, self.fabric_ns, *(r.ns for r in self.relays),
+                   *(t.ns for t in self.txrs)):  # fmt: skip
+            netns.create(ns)
+            self.state.namespaces.append(ns)
+        # The client's addresses live on a link of their own (a veth pair inside the namespace:
+        # the kernel may lack the dummy driver), not lo: browsers skip loopback links when they
+        # gather ICE candidates.
+        self.ip(self.client_ns, "link", "add", "name", "ca", "type", "veth", "peer", "name", "cb")
+        self.ip(self.client_ns, "link", "set", "cb", "up")
+        self.ip(self.client_ns, "link", "set", "ca", "up")
+        for a in self.client_addrs:
+            netns.add_addr(self.client_ns, "ca", f"{a}/32")
+        # No strict reverse-path check: replies from the VIP come back on either link.
+        netns.sysctl(self.client_ns, "net.ipv4.conf.all.rp_filter", "0")
+        netns.sysctl(self.client_ns, "net.ipv4.fib_multipath_hash_policy", "1")
+        self.ip(self.fabric_ns, "link", "add", "name", "br0", "type", "bridge")
+        self.ip(self.fabric_ns, "link", "set", "br0", "up")
+        for r in self.relays:
+            self._build_relay(r)
+        for t in self.txrs:
+            netns.veth(t.ns, "tr", self.fabric_ns, f"t{t.index}")
+            self.ip(self.fabric_ns, "link", "set", f"t{t.index}", "master", "br0")
+            netns.add_addr(t.ns, "tr", f"{t.addr}/24")
+            # Signalling (HTTP) from the client is plain kernel forwarding through relay 0.
+            netns.add_route(t.ns, "default", self.relays[0].tunnel_addr)
+        self._neighbours()
+        nexthops: list[str] = []
+        for r in self.relays:
+            nexthops += ["nexthop", "via", r.client_side, "dev", r.client_if, "onlink"]
+        self.ip(self.client_ns, "route", "add", f"{self.vip}/32", *nexthops)
+        r0 = self.relays[0]
+        self.ip(self.client_ns, "route", "add", "198.18.2.0/24", "via", r0.client_side,
+                "dev", r0.client_if, "onlink", "src", self.client_addrs[0])  # fmt: skip
+        for r in self.relays:  # per-relay tables for route_client
+            self.ip(self.client_ns, "route", "add", f"{self.vip}/32", "via", r.client_side,
+                    "dev", r.client_if, "onlink", "table", str(RULE_BASE + r.index))  # fmt: skip
+        # The veth trap: a frame redirected into a veth is delivered only if the peer runs XDP.
+        for r in self.relays:
+            netns.attach_xdp_pass(self.client_ns, r.client_if)
+            netns.attach_xdp_pass(self.fabric_ns, f"p{r.index}")
+
+    def _build_relay(self, r: RelaySlot) -> None:
+        netns.veth(r.ns, "rc", self.client_ns, r.client_if)
+        netns.add_addr(r.ns, "rc", f"{r.client_side}/24")
+        netns.add_addr(r.ns, "lo", f"{self.vip}/32")
+        self.ip(r.ns, "route", "add", "198.18.1.0/24", "via", r.client_gw)
+        netns.veth(r.ns, "rt", self.fabric_ns, f"p{r.index}")
+        self.ip(self.fabric_ns, "link", "set", f"p{r.index}", "master", "br0")
+        netns.add_addr(r.ns, "rt", f"{r.tunnel_addr}/24")
+        # As on an edge host (see lab/topology.py): forwarding for bpf_fib_lookup, and the
+        # rewritten packets passed to the kernel must not be dropped as martians.
+        netns.sysctl(r.ns, "net.ipv4.ip_forward", "1")
+        netns.sysctl(r.ns, "net.ipv4.conf.all.accept_local", "1")
+        netns.sysctl(r.ns, "net.ipv4.conf.all.rp_filter", "2")
+
+    def _neighbours(self) -> None:
+        """Permanent ARP everywhere: no packet of a call waits on ARP."""
+        tr = {t.index: netns.mac(t.ns, "tr") for t in self.txrs}
+        for r in self.relays:
+            rc, rt = netns.mac(r.ns, "rc"), netns.mac(r.ns, "rt")
+            netns.add_neigh(r.ns, "rc", r.client_gw, netns.mac(self.client_ns, r.client_if))
+            netns.add_neigh(self.client_ns, r.client_if, r.client_side, rc)
+            for t in self.txrs:
+                netns.add_neigh(r.ns, "rt", t.addr, tr[t.index])
+                netns.add_neigh(t.ns, "tr", r.tunnel_addr, rt)
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    def route_client(self, addr: str, relay: int | None) -> None:
+        """Send this client address's VIP traffic through one relay (None: back to ECMP)."""
+        prio = str(RULE_BASE + self.client_addrs.index(addr))
+        netns.run(self.client_ns, ["ip", "rule", "del", "priority", prio], check=False)
+        if relay is not None:
+            table = str(RULE_BASE + relay)
+            self.ip(self.client_ns, "rule", "add", "priority", prio, "from", addr, "to",
+                    f"{self.vip}/32", "lookup", table)  # fmt: skip
+
+    # --- relays ----------------------------------------------------------------------------------
+
+    def relayctl(self, relay: int, *args: str, check: bool = True, timeout: float = 120) -> str:
+        r = self.relays[relay]
+        argv = [relayctl_path(), *args, "--name", r.name]
+        return netns.run(r.ns, argv, timeout=timeout, check=check).stdout
+
+    def load(self, relay: int) -> None:
+        r = self.relays[relay]
+        self.state.loaded.add(relay)  # first: a half-done load is unloaded too
+        args = ["load", "--iface", "rc", "--iface", "rt", "--vip", f"{self.vip}:{self.vip_port}"]
+        args += ["--tunnel", f"{r.tunnel_addr}:{RELAY_TUNNEL_PORT}", "--mode", self.mode]
+        self.relayctl(relay, *args)
+
+    def unload(self, relay: int) -> None:
+        self.relayctl(relay, "unload")
+        self.state.loaded.discard(relay)
+
+    def start_controller(self, relay: int, timeout: float = 30) -> Proc:
+        r = self.relays[relay]
+        assert self.redis is not None
+        log = self.tmpdir / f"run-{relay}-{time.monotonic_ns()}.log"
+        argv = [relayctl_path(), "run", "--name", r.name, "--redis", self.redis.url]
+        with log.open("wb") as out:
+            proc = netns.popen(r.ns, argv, stdout=out, stderr=subprocess.STDOUT)
+        p = Proc(proc, log)
+        self.state.controllers[relay] = p
+        wait_until(lambda: _ready(p, "ready:"), timeout, f"relayctl run on relay {relay}")
+        return p
+
+    def kill_controller(self, relay: int, sig: int = signal.SIGKILL) -> None:
+        p = self.state.controllers.pop(relay)
+        p.proc.send_signal(sig)
+        p.proc.wait(timeout=10)
+
+    def stats(self, relay: int) -> dict[str, int]:
+        return _packets_by_reason(json.loads(self.relayctl(relay, "stats", "--json")))
+
+    def flows(self, relay: int) -> list[dict[str, Any]]:
+        doc = json.loads(self.relayctl(relay, "flows", "--json"))
+        return list(doc["flows"] if isinstance(doc, dict) else doc)
+
+    def map_show(self, relay: int) -> dict[str, Any]:
+        return dict(json.loads(self.relayctl(relay, "map", "show", "--json")))
+
+    def carrier(self, client: tuple[str, int]) -> list[tuple[int, int]]:
+        """(relay, transceiver id) of every relay whose flow map holds this client."""
+        want = f"{client[0]}:{client[1]}"
+        return [
+            (r.index, int(f["transceiver"]))
+            for r in self.relays
+            if r.index in self.state.loaded
+            for f in self.flows(r.index)
+            if f["client"] == want
+        ]
+
+    def wait_maps(self, timeout: float = 30) -> None:
+        """Both relays list every running transceiver and the current key."""
+
+        def synced() -> bool:
+            want = {t.id for i, t in enumerate(self.txrs) if i in self.state.transceivers}
+            for i in sorted(self.state.loaded):
+                doc = self.map_show(i)
+                if {int(t["id"]) for t in doc["transceivers"]} != want or not doc["keys"]:
+                    return False
+            return True
+
+        wait_until(synced, timeout, "both relays' maps to list the transceivers", step=0.2)
+
+    # --- registry --------------------------------------------------------------------------------
+
+    def publish_key(self, key_id: int, key: bytes, *, current: bool = True) -> None:
+        assert self.redis is not None
+        r = self.redis.client()
+        try:
+            registry.set_key(r, key_id, key)
+            if current:
+                registry.set_current_key(r, key_id)
+        finally:
+            r.close()
+
+    # --- transceivers ----------------------------------------------------------------------------
+
+    def start_transceiver(self, index: int, timeout: float = 30) -> Proc:
+        t = self.txrs[index]
+        assert self.redis is not None
+        exe = str(Path(sys.executable).parent / "transceiver")
+        argv = [exe, "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
+                f"--vip={self.vip}:{self.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
+                f"--redis={self.redis.url}", f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
+                *self.txr_args]  # fmt: skip
+        log = self.tmpdir / f"txr-{index}-{time.monotonic_ns()}.log"
+        with log.open("wb") as err:
+            proc = netns.popen(t.ns, argv, stdout=subprocess.PIPE, stderr=err)
+        p = Proc(proc, log)
+        self.state.transceivers[index] = p
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else b""
+        if b"transceiver ready" not in line:
+            raise LabError(f"transceiver {index} did not start: {line!r}\n{p.text()[-2000:]}")
+        return p
+
+    def stop_transceiver(self, index: int, sig: int = signal.SIGTERM) -> Proc:
+        """Send the signal; the caller waits (SIGTERM drains)."""
+        p = self.state.transceivers[index]
+        p.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            p.proc.wait(timeout=10)
+            del self.state.transceivers[index]
+        return p
+
+    # --- clients ---------------------------------------------------------------------------------
+
+    def spawn_client(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = netns.popen(self.client_ns, argv, **kwargs)
+        self.state.others.append(proc)
+        return proc
+
+
+def _ready(p: Proc, marker: str) -> bool:
+    if not p.alive():
+        raise LabError(f"process exited ({p.proc.returncode}):\n{p.text()[-2000:]}")
+    return marker in p.text()
