@@ -1,5 +1,6 @@
 """Faults on the relay side mid-call: the controller killed, the client moved to the other
-relay by a route change, the carrying relay replaced by a fresh one (maps gone)."""
+relay by a route change (with and without Redis), the carrying relay replaced by a fresh one
+(maps gone)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,31 @@ def test_relay_replaced_resumes_through_the_slow_path(
         resumed_ms_after_ready=round(resumed_ms),
         slow_path=after["pass_slow_path"],
     )
+
+
+CONSENT_INTERVAL_MAX_MS = 6000  # aioice sends consent checks every 5 s x (0.8..1.2)
+
+
+def test_client_moved_with_redis_down_resumes_at_the_next_consent_check(
+    lab: EdgeLab, place: Callable[..., CallDriver]
+) -> None:
+    d = place(lab.txrs[0].url)
+    d.wait_rtp(0, 50)
+    old, txr = carrier(lab, d, 0)
+    new = 1 - old
+    assert lab.redis is not None
+    lab.redis.stop()  # no flow cache: the new relay's slow path cannot find the call
+    before_new = lab.stats(new)
+    lab.route_client(d.calls[0]["local"][0], new)
+    s = d.wait_rtp(0, 50, timeout=CONSENT_INTERVAL_MAX_MS / 1000 + 10)
+    after_new = lab.stats(new)
+    # The next consent check is a Binding request: the new relay routes it by its ufrag and
+    # learns the flow in the kernel; media follows from then on.
+    assert delta(after_new, before_new, "fwd_stun_new") >= 1
+    assert delta(after_new, before_new, "fwd_flow") >= 40
+    assert delta(after_new, before_new, "fwd_decap") >= 40
+    assert (new, txr) in lab.carrier(tuple(d.calls[0]["local"]))
+    # Until then its packets went to the slow path, which had no Redis to ask.
+    assert delta(after_new, before_new, "pass_slow_path") >= 1
+    assert s["max_gap_ms"] < CONSENT_INTERVAL_MAX_MS + 1000, s
+    report("route move, redis down", old=old, new=new, max_gap_ms=s["max_gap_ms"])
