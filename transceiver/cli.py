@@ -29,29 +29,72 @@ def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """WebRTC transceiver of the edge: ICE-lite + DTLS-SRTP on one UDP socket."""
+    """WebRTC transceiver of the edge: ICE-lite, DTLS and SRTP for many calls on one UDP socket,
+    reached directly or through XDP relays; signaling over HTTP (WHIP-style)."""
 
 
 @main.command()
-@click.option("--listen", default="127.0.0.1:8080", callback=_addr, help="HTTP HOST:PORT")
-@click.option("--udp", default="0.0.0.0:5000", callback=_addr, help="shared UDP HOST:PORT")
-@click.option("--cluster", default=1, type=click.IntRange(0, 0xFFFF), show_default=True)
-@click.option("--id", "txr_id", default=1, type=click.IntRange(0, 0xFFFFFFFF), show_default=True)
-@click.option("--vip", multiple=True, callback=_addr, help="relay VIP ADDR:PORT (repeatable)")
-@click.option("--advertise", help="direct mode: address clients reach the UDP socket at")
-@click.option("--tunnel", help="ADDR:PORT relays tunnel to (registry); default advertise/udp")
-@click.option("--redis", "redis_url", help="registry URL, e.g. redis://host:6379/0")
-@click.option("--redis-prefix", default="edge", show_default=True)
-@click.option("--capacity", default=100, type=click.IntRange(0), show_default=True)
-@click.option("--drain-timeout", default=30.0, type=click.FloatRange(0), show_default=True)
-@click.option("--key-id", type=click.IntRange(0, 15), help="routing key id (with --key)")
-@click.option("--key", callback=_key, help="routing key, 32 hex chars")
-@click.option("--relay-tunnel-port", default=6080, type=click.IntRange(1, 65535), show_default=True)
-@click.option("--consent-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True)
-@click.option("--setup-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True)
-@click.option("--app", default="echo", show_default=True, help="echo, pcm-echo or module:attr")
+@click.option(
+    "--listen", default="127.0.0.1:8080", show_default=True, callback=_addr,
+    help="HTTP HOST:PORT for signaling, /healthz, /metrics and the demo page.",
+)  # fmt: skip
+@click.option(
+    "--udp", default="0.0.0.0:5000", show_default=True, callback=_addr,
+    help="The one UDP socket every call uses (direct datagrams and relay tunnel datagrams).",
+)  # fmt: skip
+@click.option(
+    "--cluster", default=1, type=click.IntRange(0, 0xFFFF), show_default=True,
+    help="Cluster id minted into every routing ufrag.",
+)  # fmt: skip
+@click.option(
+    "--id", "txr_id", default=1, type=click.IntRange(0, 0xFFFFFFFF), show_default=True,
+    help="This transceiver's id in its cluster (unique; relays route by cluster and id).",
+)  # fmt: skip
+@click.option(
+    "--vip", multiple=True, callback=_addr,
+    help="A relay VIP ADDR:PORT to offer as the ICE candidate (repeatable); none: direct mode.",
+)  # fmt: skip
+@click.option("--advertise", help="Direct mode: the address clients reach the UDP socket at.")
+@click.option(
+    "--tunnel",
+    help="ADDR:PORT relays send tunnel datagrams to, as registered [default: --advertise/--udp].",
+)
+@click.option(
+    "--redis", "redis_url",
+    help="Registry URL (e.g. redis://host:6379/0): register, refresh, read routing keys.",
+)  # fmt: skip
+@click.option("--redis-prefix", default="edge", show_default=True, help="Registry key prefix.")
+@click.option(
+    "--capacity", default=100, type=click.IntRange(0), show_default=True,
+    help="Calls at once; more get 503.",
+)  # fmt: skip
+@click.option(
+    "--drain-timeout", default=30.0, type=click.FloatRange(0), show_default=True,
+    help="On SIGTERM: seconds to let running calls finish before exiting.",
+)  # fmt: skip
+@click.option("--key-id", type=click.IntRange(0, 15), help="Routing key id (with --key).")
+@click.option(
+    "--key", callback=_key,
+    help="Routing key, 32 hex chars [default: from --redis; without either, a throwaway key].",
+)  # fmt: skip
+@click.option(
+    "--relay-tunnel-port", default=6080, type=click.IntRange(1, 65535), show_default=True,
+    help="The relays' tunnel port, where replies go (the same on every relay).",
+)  # fmt: skip
+@click.option(
+    "--consent-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True,
+    help="End a call whose client sent no consent check for this long (RFC 7675).",
+)  # fmt: skip
+@click.option(
+    "--setup-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True,
+    help="End a call that is not connected this long after its offer.",
+)  # fmt: skip
+@click.option(
+    "--app", default="echo", show_default=True,
+    help="The application: echo (Opus frames back), pcm-echo, or module:attr of your own.",
+)  # fmt: skip
 @click.option(
     "--media-path",
     default="fast",
@@ -59,9 +102,18 @@ def main() -> None:
     show_default=True,
     help="Opus apps: RTP handled in the socket mux (fast) or by aiortc's sender/receiver",
 )
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning"]),
+)
 def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) -> None:
-    """Serve calls: POST /v1/calls, DELETE /v1/calls/<id>, GET /healthz, GET /metrics."""
+    """Serve calls: POST /v1/calls, DELETE /v1/calls/<id>, GET /healthz, GET /metrics, GET /.
+
+    SIGTERM drains: new offers get 503, running calls go on until they end or --drain-timeout
+    passes, then the process deregisters and exits. A second signal skips the wait.
+    """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
