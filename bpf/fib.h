@@ -19,14 +19,118 @@ struct next_hop {
 	__u8 tos;
 };
 
+/* Per-CPU next-hop cache in front of bpf_fib_lookup (about half of a forwarded packet's cost).
+ *
+ * The key holds every input of the lookup that the relay varies (addresses, ports, tos, ingress
+ * device), so a hit returns what the FIB answered for the same question: ECMP routes that hash on
+ * L3 or L4 fields, source or tos policy rules, and iif rules are honoured as before. Only
+ * successful answers are cached: no route, no neighbour and too big always go through the FIB.
+ * The route MTU is not returned on success, so an entry also records the largest tot_len the
+ * FIB accepted and a longer packet asks the FIB again (the cache never forwards a packet the FIB
+ * would refuse as too big).
+ *
+ * Trade-off: the kernel gives XDP no cheap way to learn that a route or neighbour changed, so an
+ * entry is trusted for NH_CACHE_NS after its lookup (coarse clock: one tick of resolution, a
+ * fraction of bpf_ktime_get_ns's cost). Within that window a route or neighbour change (a new
+ * gateway, a neighbour MAC, a removed route) is not seen by packets whose answer is cached; after
+ * it the next packet asks the FIB. Bumping nh_epoch[0] (one map write) invalidates every entry at
+ * once. Neither map is pinned: each loaded program starts with an empty cache.
+ *
+ * Layout: a direct-mapped per-CPU array (slot = hash of the key, the key stored and compared), not
+ * a hash map: the lookup is inlined by the verifier and a miss overwrites the slot in place, with
+ * no helper call and no allocation; a collision only costs a FIB lookup. Only this CPU's program
+ * writes its slots (XDP does not nest on a CPU), so no locking is needed. */
+#define NH_CACHE_NS (250ULL * 1000 * 1000)
+#define NH_CACHE_BITS 14
+#define NH_CACHE_SLOTS (1U << NH_CACHE_BITS) /* 56 bytes each: 896 KiB per CPU */
+
+struct nh_key {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 ifindex; /* ingress */
+	__u8 tos;
+	__u8 pad[3];
+};
+
+struct nh_val {
+	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock; 0: never filled */
+	__u32 ifindex;	  /* egress */
+	__u32 epoch;	  /* nh_epoch[0] when filled: a bump invalidates every slot */
+	__u16 max_len;	  /* the longest tot_len the FIB accepted for this entry */
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u16 pad;
+};
+
+struct nh_slot {
+	struct nh_key key;
+	struct nh_val val;
+};
+
+BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
+BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
+
+static __always_inline __u32 nh_slot_of(const struct nh_key *k)
+{
+	__u32 x = k->daddr ^ (((__u32)k->sport << 16) | k->dport) ^ (k->ifindex << 8) ^ k->tos;
+
+	x ^= k->saddr * 0x85ebca6bU;
+	return (x * 0x9e3779b1U) >> (32 - NH_CACHE_BITS);
+}
+
+static __always_inline int nh_key_eq(const struct nh_key *a, const struct nh_key *b)
+{
+	return a->daddr == b->daddr && a->saddr == b->saddr && a->sport == b->sport &&
+	       a->dport == b->dport && a->ifindex == b->ifindex && a->tos == b->tos;
+}
+
+/* Rewrites the MACs and sends the packet out of ifindex (XDP_TX when it is the ingress port). */
+static __always_inline verdict_t fib_send(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac,
+					  const __u8 *smac, __u32 fwd_reason)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	long act;
+
+	if ((void *)(eth + 1) > data_end)
+		return DROP(REASON_DROP_ENCAP);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (ifindex == ctx->ingress_ifindex)
+		return VERDICT(fwd_reason, XDP_TX);
+	act = bpf_redirect(ifindex, 0);
+	if (act != XDP_REDIRECT)
+		return DROP(REASON_DROP_REDIRECT);
+	return VERDICT(fwd_reason, XDP_REDIRECT);
+}
+
 static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
 					     __u32 fwd_reason)
 {
 	struct bpf_fib_lookup fib = {};
-	struct ethhdr *eth;
-	void *data_end;
-	long act;
+	struct nh_key nk = {
+		.daddr = hop->daddr,
+		.saddr = hop->saddr,
+		.sport = hop->sport,
+		.dport = hop->dport,
+		.ifindex = ctx->ingress_ifindex,
+		.tos = hop->tos,
+	};
+	__u32 slot = nh_slot_of(&nk), zero = 0, epoch = 0;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct nh_slot *c;
+	__u32 *ep;
 	int rc;
+
+	ep = nh_epoch.lookup(&zero);
+	if (ep)
+		epoch = *ep;
+	c = nexthops.lookup(&slot);
+	if (c && nh_key_eq(&c->key, &nk) && c->val.epoch == epoch && now < c->val.expires_ns &&
+	    hop->tot_len <= c->val.max_len)
+		return fib_send(ctx, c->val.ifindex, c->val.dmac, c->val.smac, fwd_reason);
 
 	fib.family = AF_INET;
 	fib.tos = hop->tos;
@@ -51,18 +155,16 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 		return DROP(REASON_DROP_FIB);
 	}
 
-	eth = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if ((void *)(eth + 1) > data_end)
-		return DROP(REASON_DROP_ENCAP);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return VERDICT(fwd_reason, XDP_TX);
-	act = bpf_redirect(fib.ifindex, 0);
-	if (act != XDP_REDIRECT)
-		return DROP(REASON_DROP_REDIRECT);
-	return VERDICT(fwd_reason, XDP_REDIRECT);
+	if (c) { /* a fresh answer replaces whatever held the slot (this CPU's copy only) */
+		c->key = nk;
+		c->val.expires_ns = now + NH_CACHE_NS;
+		c->val.ifindex = fib.ifindex;
+		c->val.epoch = epoch;
+		c->val.max_len = hop->tot_len;
+		__builtin_memcpy(c->val.dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(c->val.smac, fib.smac, ETH_ALEN);
+	}
+	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason);
 }
 
 #endif

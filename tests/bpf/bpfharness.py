@@ -30,6 +30,8 @@ from wire.ufrag import mint
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
+NH_CACHE_BITS = 14  # bpf/fib.h
+
 VIP = "198.19.128.10"
 VIP_PORTS = (3478, 443)
 TUNNEL_ADDR, TUNNEL_PORT = TXR_LINK.addr, 6080
@@ -121,6 +123,8 @@ class Relay:
         self.worker = worker
         self.sandbox = sandbox
         self.maps = {name: bpf[name.encode()] for name in MAP_NAMES}
+        # the per-CPU next-hop cache (bpf/fib.h) and its flush epoch, both unpinned
+        self.nexthops, self.nh_epoch = bpf[b"nexthops"], bpf[b"nh_epoch"]
 
     # -- maps ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -128,6 +132,7 @@ class Relay:
         key 1, every sandbox transceiver."""
         for name in ("vips", "transceivers", "txr_addrs", "flows", "counters"):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
+        self.flush_nexthops()
         self.keys({})
         self.configure(TUNNEL_ADDR, TUNNEL_PORT)
         for port in VIP_PORTS:
@@ -207,6 +212,42 @@ class Relay:
             cpus = table.getvalue(ct.c_uint32(reason))
             out[reason] = (sum(c.packets for c in cpus), sum(c.bytes for c in cpus))
         return out
+
+    def flush_nexthops(self) -> None:
+        """Forget every cached next hop (bump the epoch): the next packets ask the FIB."""
+        epoch = self.nh_epoch[ct.c_uint32(0)].value
+        self.nh_epoch[ct.c_uint32(0)] = ct.c_uint32((epoch + 1) & 0xFFFFFFFF)
+
+    def nexthop_slot(
+        self, daddr: str, saddr: str, sport: int, dport: int, ingress: str, tos: int = 0
+    ) -> int:
+        """The cache slot of a lookup's key: nh_slot_of() in bpf/fib.h."""
+        ifindex = self.sandbox.ifindex[ingress]
+        x = be32(daddr) ^ ((be16(sport) << 16) | be16(dport)) ^ ((ifindex << 8) & 0xFFFFFFFF) ^ tos
+        x ^= (be32(saddr) * 0x85EBCA6B) & 0xFFFFFFFF
+        return ((x * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - NH_CACHE_BITS)
+
+    def nexthop(self, slot: int) -> ct.Array:
+        """The slot's per-CPU copies."""
+        return self.nexthops.getvalue(ct.c_uint32(slot))
+
+    def valid_nexthops(self, slot: int) -> list[ct.Structure]:
+        """The copies of the slot that a packet would use now (epoch current, filled)."""
+        epoch = self.nh_epoch[ct.c_uint32(0)].value
+        return [c for c in self.nexthop(slot) if c.val.expires_ns and c.val.epoch == epoch]
+
+    def set_nexthop(self, slot: int, copies: ct.Array) -> None:
+        self.nexthops[ct.c_uint32(slot)] = copies
+
+    def expire_nexthops(self, *slots: int) -> None:
+        """Age these slots past the validity window (what NH_CACHE_NS of time does), without
+        sleeping."""
+        for slot in slots:
+            copies = self.nexthop(slot)
+            for c in copies:
+                if c.val.expires_ns:
+                    c.val.expires_ns = 1
+            self.set_nexthop(slot, copies)
 
     # -- running ------------------------------------------------------------------------
     def run(self, frame: bytes, *, ingress: str = CLIENT_LINK.name) -> Outcome:
