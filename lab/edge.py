@@ -31,15 +31,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from lab import netns
 from lab.redis_server import RedisServer
 from lab.topology import _packets_by_reason, _signals_deferred, _stop, relayctl_path
+from lab.wait import wait_until
 from wire import registry
 from wire.encap import RELAY_TUNNEL_PORT
 
@@ -51,7 +51,6 @@ KEY_ID = 1
 TXR_PORT = 5000
 HTTP_PORT = 8080
 RULE_BASE = 1000  # ip rule priorities / table numbers of route_client
-T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -108,18 +107,6 @@ class EdgeState:
     controllers: dict[int, Proc] = field(default_factory=dict)
     transceivers: dict[int, Proc] = field(default_factory=dict)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-
-def wait_until(pred: Callable[[], T], timeout: float, what: str, step: float = 0.05) -> T:
-    """Poll pred until truthy; raise naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 class EdgeLab:

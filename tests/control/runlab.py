@@ -11,34 +11,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.maps import RelayMaps
 from control.sync import MapState, read_state
 from lab import netns
+from lab.wait import wait_until
 
 RELAYCTL = str(Path(sys.executable).parent / "relayctl")
 BPFFS = Path("/sys/fs/bpf")
 METRICS_PORT = 9477  # inside the relay's private netns: cannot collide
-
-T = TypeVar("T")
-
-
-def wait_until(pred: Callable[[], T], timeout: float, what: str, step: float = 0.02) -> T:
-    """Poll pred until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 class RunProc:

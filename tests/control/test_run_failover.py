@@ -18,13 +18,13 @@ from runlab import (
     flow_in_map,
     map_state,
     packets,
-    wait_until,
 )
 
 from lab import netns
 from lab.redis_server import RedisServer
 from lab.standin import StandIn
 from lab.topology import RelayLab
+from lab.wait import wait_until
 from wire import registry, stun
 from wire.encap import flow_entropy, parse_ipv4_udp
 from wire.registry import TransceiverRecord

@@ -8,10 +8,11 @@ import time
 import pytest
 import redis
 from ctl_lab import CLIENT_ADDR, RELAY_ADDR, Lab
-from runlab import BPFFS, RunProc, packets, wait_until
+from runlab import BPFFS, RunProc, packets
 
 from control.flowcache import FlowExporter
 from control.maps import FlowKey, FlowVal, RelayMaps, be16, be32
+from lab.wait import wait_until
 
 pytestmark = pytest.mark.lab
 VIP, VPORT = RELAY_ADDR, 3478

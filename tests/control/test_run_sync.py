@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from ctl_lab import RELAY_ADDR, Lab
-from runlab import RunProc, config_flags, map_state, wait_until
+from runlab import RunProc, config_flags, map_state
 
 from control.sync import MapState
+from lab.wait import wait_until
 from wire import registry
 from wire.registry import TransceiverRecord
 

@@ -15,7 +15,8 @@ from e2ehelp import MAX_GAP_MS, carrier, delta, report
 
 from lab import netns
 from lab.calldriver import CallDriver
-from lab.edge import EdgeLab, wait_until
+from lab.edge import EdgeLab
+from lab.wait import wait_until
 from wire import ufrag
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]

@@ -12,7 +12,8 @@ import pytest
 from e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
 
 from lab.calldriver import CallDriver
-from lab.edge import EdgeLab, wait_until
+from lab.edge import EdgeLab
+from lab.wait import wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 

@@ -19,23 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.calls import Running, stock_server, transceiver_server
+from lab.browsercall import ARGS as CHROMIUM_ARGS  # one set of Chromium flags
+from lab.browsercall import CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 VENV_BIN = Path(sys.executable).parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+
 ECHO_PACKETS = 50  # 1 s of 20 ms Opus packets: our own audio, echoed back
 
 
