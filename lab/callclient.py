@@ -21,11 +21,8 @@ buffer, so a gap in the path shows as a gap in the counts.
 
 from __future__ import annotations
 
-import array
 import asyncio
-import fractions
 import json
-import math
 import re
 import secrets
 import socket
@@ -35,42 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import av
 from aioice import stun
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-RATE = 48000
-SAMPLES = 960  # 20 ms
-
-
-class ToneTrack(MediaStreamTrack):
-    """A paced 440 Hz sine in 20 ms frames, like a microphone."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pts = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        wait = self._start + self._pts / RATE - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        w = 2 * math.pi * 440 / RATE
-        pcm = array.array("h", (int(12000 * math.sin(w * (self._pts + i))) for i in range(SAMPLES)))
-        frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES)
-        frame.planes[0].update(pcm.tobytes())
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
-        self._pts += SAMPLES
-        return frame
+from lab.tone import ToneTrack
 
 
 @dataclass
