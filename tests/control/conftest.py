@@ -65,17 +65,5 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture
 def loaded(lab: Lab) -> Lab:
     """The lab with the relay loaded natively on va, VIP 198.18.0.1:3478, tunnel :6080."""
-    lab.relayctl(
-        "load",
-        "--name",
-        lab.name,
-        "--iface",
-        "va",
-        "--vip",
-        f"{RELAY_ADDR}:3478",
-        "--tunnel",
-        f"{RELAY_ADDR}:6080",
-        "--mode",
-        "native",
-    )
+    lab.load("--mode", "native")
     return lab

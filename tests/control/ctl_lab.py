@@ -24,6 +24,7 @@ RELAYCTL = str(VENV_BIN / "relayctl")
 BPFFS = Path("/sys/fs/bpf")
 RELAY_ADDR = "198.18.0.1"
 CLIENT_ADDR = "198.18.0.2"
+STANDARD_LOAD = ("--vip", f"{RELAY_ADDR}:3478", "--tunnel", f"{RELAY_ADDR}:6080")
 
 
 def ip(*args: str) -> None:
@@ -52,6 +53,10 @@ class Lab:
         if check:
             assert res.returncode == 0, f"{cmd}: rc={res.returncode}\n{res.stdout}\n{res.stderr}"
         return res
+
+    def load(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`relayctl load` on va with the lab's standard VIP (:3478) and tunnel (:6080)."""
+        return self.relayctl("load", "--name", self.name, "--iface", "va", *STANDARD_LOAD, *extra)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.relayctl(*args, "--name", self.name, "--json").stdout)

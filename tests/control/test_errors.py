@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
-from ctl_lab import BPFFS, RELAY_ADDR, RELAYCTL, Lab
+from ctl_lab import BPFFS, RELAYCTL, STANDARD_LOAD, Lab
 
 pytestmark = pytest.mark.lab
 
-LOAD = ("--vip", f"{RELAY_ADDR}:3478", "--tunnel", f"{RELAY_ADDR}:6080")
+LOAD = STANDARD_LOAD
 
 
 def _fails(lab: Lab, *args: str, rc: int = 1, says: str) -> str:

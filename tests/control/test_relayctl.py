@@ -122,17 +122,7 @@ def test_reload_moves_every_attachment_and_unload_detaches_all(loaded: Lab) -> N
     )
     first = lab.xdp("va")["prog"]["id"]
     assert lab.xdp("vc")["prog"]["id"] == first
-    out = lab.relayctl(
-        "load",
-        "--name",
-        lab.name,
-        "--iface",
-        "va",
-        "--vip",
-        f"{RELAY_ADDR}:3478",
-        "--tunnel",
-        f"{RELAY_ADDR}:6080",
-    ).stdout
+    out = lab.load().stdout
     new = _prog_id(out)
     assert "(also on vc)" in out and new != first
     assert lab.xdp("va")["prog"]["id"] == new and lab.xdp("va")["mode"] == 1
