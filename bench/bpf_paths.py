@@ -30,7 +30,7 @@ from bcc import BPF
 from bench.table import Table
 from control.program import compile_relay, load_xdp_fn
 from control.reasons import Reason
-from control.testrun import (
+from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
     TXR_LINK,

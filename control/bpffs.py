@@ -39,10 +39,39 @@ def bpffs_mounted() -> bool:
         )
 
 
+# PROC_PID_INIT_INO (include/linux/proc_ns.h): the inode of the host's pid namespace, the same
+# on every boot. A mount namespace has no such constant, so it is compared with init's.
+INIT_PID_NS_INODE = 0xEFFFFFFC
+
+
+def in_host_mount_namespace() -> bool:
+    """True for a process that shares the host init's mount namespace (not a container, not
+    `ip netns exec`, which unshares the mount namespace to give the command a private /sys)."""
+    try:
+        same_mnt = os.stat("/proc/self/ns/mnt").st_ino == os.stat("/proc/1/ns/mnt").st_ino
+        host_pid = os.stat("/proc/self/ns/pid").st_ino == INIT_PID_NS_INODE
+    except OSError:
+        return False
+    return same_mnt and host_pid
+
+
 def ensure_bpffs() -> None:
-    """Mount bpffs at /sys/fs/bpf when it is not (pins live there and survive relayctl)."""
+    """Make sure /sys/fs/bpf is a bpffs whose pins outlive relayctl, mounting it on a host that
+    booted without one; refuse where a mount would be private to this process.
+
+    A bpffs mounted in a private mount namespace dies with it: `relayctl load` there would pin,
+    report success and leave the program attached with maps nobody can reach again.
+    """
     if bpffs_mounted():
         return
+    if not in_host_mount_namespace():
+        raise RelayctlError(
+            f"{BPFFS} is not a mounted bpffs here, and this process runs in a private mount "
+            "namespace (`ip netns exec` gives its command a private /sys; so does a container "
+            "without the host's bpffs): pins made here would vanish when relayctl exits. Run "
+            "relayctl with `nsenter --net=/run/netns/NS` (network namespace only), or mount the "
+            f"host's {BPFFS} into the container"
+        )
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.mount(b"bpf", str(BPFFS).encode(), b"bpf", 0, None) != 0:
         err = ctypes.get_errno()

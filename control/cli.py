@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import sys
@@ -12,9 +14,11 @@ from typing import Any
 
 import click
 
+from control import defaults
 from control.errors import RelayctlError
-from control.run import run_command
+from datapath import DatapathError
 from wire.addr import parse_addr_port
+from wire.registry import DEFAULT_PREFIX as REDIS_PREFIX
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -44,7 +48,7 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except RelayctlError as exc:
+        except (RelayctlError, DatapathError) as exc:
             click.echo(f"relayctl: error: {exc}", err=True)
             ctx.exit(1)
         except BrokenPipeError:  # `relayctl flows | head`: the reader left, nothing to report
@@ -61,7 +65,7 @@ def name_option(f: Callable) -> Callable:
     return click.option(
         "--name",
         envvar="RELAYCTL_NAME",
-        default="edge",
+        default=defaults.RELAY_NAME,
         show_default=True,
         help="Relay name: pins live under /sys/fs/bpf/NAME (env RELAYCTL_NAME).",
     )(f)
@@ -81,7 +85,7 @@ def _privileged(what: str, name: str) -> None:
 
 def _maps(name: str) -> Any:
     from control.bpffs import pin_dir
-    from control.maps import RelayMaps
+    from datapath.maps import RelayMaps
 
     return RelayMaps(pin_dir(name))
 
@@ -154,7 +158,11 @@ def load(
 
 @main.command()
 @name_option
-@click.option("--iface", help="Detach only from this interface (default: wherever attached).")
+@click.option(
+    "--iface",
+    help="Detach only from this interface (default: wherever attached); also detaches a relay "
+    "program found there whose pins are gone.",
+)
 def unload(name: str, iface: str | None) -> None:
     """Detach the relay and remove its pins (flows and maps are freed)."""
     from control import loader
@@ -162,7 +170,13 @@ def unload(name: str, iface: str | None) -> None:
     _privileged("unload", name)
     r = loader.unload(name, iface)
     where = ", ".join(r.detached) or "no interface in this network namespace"
-    click.echo(f"unloaded relay {name!r}: detached from {where}; removed {len(r.removed)} pins")
+    if r.orphan:
+        click.echo(f"detached a relay program whose pins were gone from {where}")
+    elif r.still_attached:
+        kept = ", ".join(r.still_attached)
+        click.echo(f"detached relay {name!r} from {where}; pins kept: it still runs on {kept}")
+    else:
+        click.echo(f"unloaded relay {name!r}: detached from {where}; removed {len(r.removed)} pins")
 
 
 @main.group("map", context_settings=CONTEXT)
@@ -180,8 +194,10 @@ def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
             raise RelayctlError(str(exc)) from None
     import redis
 
+    from wire.redisconn import connect
+
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = connect(redis_url, timeout=defaults.CLI_REDIS_TIMEOUT)
         try:
             return registry.read_registry(client, prefix=prefix)
         finally:
@@ -201,9 +217,10 @@ def _sync_once(
     from control import sync
 
     reg = _read_registry(file, redis_url, prefix)
+    guard = None if allow_empty else sync.EmptyGuard(math.inf, "--allow-empty")
     with _maps(name) as maps:
-        changes, warnings = sync.apply(maps, reg, dry_run=dry_run, allow_empty=allow_empty)
-    return changes, [f"skipped {p}" for p in reg.problems] + warnings
+        outcome = sync.apply(maps, reg, dry_run=dry_run, guard=guard)
+    return outcome.changes, [f"skipped {p}" for p in reg.problems] + outcome.warnings
 
 
 @map_group.command("sync")
@@ -215,7 +232,7 @@ def _sync_once(
     metavar="URL",
     help="Redis URL (redis://host:port/db or unix:///path.sock).",
 )
-@click.option("--prefix", default="edge", show_default=True, help="Redis key prefix.")
+@click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
 @click.option("--dry-run", is_flag=True, help="Show the changes without writing them.")
 @click.option(
     "--allow-empty",
@@ -226,7 +243,7 @@ def _sync_once(
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
-    default=1.0,
+    default=defaults.WATCH_INTERVAL,
     show_default=True,
     help="Seconds between syncs with --watch (registry entries expire silently).",
 )
@@ -283,8 +300,10 @@ def _wait_for_event(redis_url: str | None, prefix: str, interval: float) -> None
         return
     import redis
 
+    from wire.redisconn import connect
+
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=interval + 5)
+        client = connect(redis_url, timeout=interval + 5)
         with client.pubsub() as sub:
             sub.subscribe(f"{prefix}:events")
             deadline = time.monotonic() + interval
@@ -471,4 +490,127 @@ def _decode_keys(
     return state.keys, f"keys loaded in relay {name!r}", tunnel
 
 
-main.add_command(run_command)  # `relayctl run`: control/run.py
+@main.command("run")
+@name_option
+@click.option(
+    "--redis",
+    "redis_url",
+    required=True,
+    metavar="URL",
+    help="Registry: redis://host:port/db or unix:///path.sock.",
+)
+@click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
+@click.option(
+    "--flow-redis",
+    metavar="URL",
+    help="Write/read learned flows here instead of --redis (the same for every relay).",
+)
+@click.option(
+    "--metrics",
+    type=ADDR_PORT,
+    metavar="ADDR:PORT",
+    help="Serve Prometheus metrics on ADDR:PORT/metrics.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=defaults.INTERVAL,
+    show_default=True,
+    help="Seconds between passes (registry events wake it early).",
+)
+@click.option(
+    "--flow-ttl",
+    type=click.FloatRange(min=3),
+    default=defaults.FLOW_TTL,
+    show_default=True,
+    help="TTL of the flow keys written to Redis, seconds.",
+)
+@click.option(
+    "--flow-batch",
+    type=click.IntRange(min=1),
+    default=defaults.FLOW_BATCH,
+    show_default=True,
+    help="Flow-map entries read per pass.",
+)
+@click.option(
+    "--slow-path/--no-slow-path",
+    default=True,
+    show_default=True,
+    help="Take over flows learned by other relays (sockets on the VIPs).",
+)
+@click.option(
+    "--slow-path-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second at most.",
+)
+@click.option(
+    "--slow-path-burst",
+    type=click.FloatRange(min=1),
+    help="Slow-path datagrams allowed at once (a failover moves many calls at once) "
+    "[default: one second of --slow-path-rate].",
+)
+@click.option(
+    "--empty-grace",
+    type=click.FloatRange(min=0),
+    default=defaults.EMPTY_GRACE,
+    show_default=True,
+    help="Seconds an empty key or transceiver table must stay empty before the maps "
+    "are emptied, and removals wait after Redis restarts (transceivers re-register first).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def run_command(
+    name: str,
+    redis_url: str,
+    prefix: str,
+    flow_redis: str | None,
+    metrics: tuple[str, int] | None,
+    interval: float,
+    flow_ttl: float,
+    flow_batch: int,
+    slow_path: bool,
+    slow_path_rate: float,
+    slow_path_burst: float | None,
+    empty_grace: float,
+    verbose: bool,
+) -> None:
+    """Keep the relay's maps equal to the Redis registry, publish learned flows, take over
+    flows of other relays (slow path) and export metrics. Runs until SIGTERM/SIGINT.
+
+    The relay must be loaded (`relayctl load`); its program and maps keep working without
+    this process, which only adds changes, flow hand-over and metrics.
+    """
+    from control.controller import Controller, RunOptions
+
+    _privileged("run", name)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="relayctl run: %(levelname)s %(message)s",
+    )
+    opts = RunOptions(
+        name=name,
+        redis_url=redis_url,
+        prefix=prefix,
+        flow_redis_url=flow_redis,
+        interval=interval,
+        flow_ttl=flow_ttl,
+        flow_batch=flow_batch,
+        metrics=metrics,
+        slow_path=slow_path,
+        rate=slow_path_rate,
+        burst=slow_path_burst or slow_path_rate,
+        empty_grace=empty_grace,
+    )
+    try:
+        controller = Controller(opts)
+    except ValueError as exc:  # a malformed --redis URL
+        raise RelayctlError(f"--redis: {exc}") from None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        controller.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    controller.run()

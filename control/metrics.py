@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from control.slowpath import OUTCOMES
+from datapath.slowpath import OUTCOMES
 
 
 class XdpCounters(Collector):
@@ -26,8 +26,8 @@ class XdpCounters(Collector):
 
     def collect(self) -> Iterator[Any]:
         from control import views
-        from control.errors import RelayctlError
-        from control.maps import RelayMaps
+        from datapath import DatapathError
+        from datapath.maps import RelayMaps
 
         packets = CounterMetricFamily(
             "relayctl_xdp_packets",
@@ -41,7 +41,7 @@ class XdpCounters(Collector):
         try:
             with RelayMaps(self.pin_dir) as maps:
                 stats = views.stats(maps)
-        except (RelayctlError, OSError):
+        except (DatapathError, OSError):
             loaded.add_metric([], 0)
             yield loaded
             return

@@ -12,15 +12,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bcc import BPF
+from datapath.maps import SPECS
 
 BPF_DIR: Path = Path(
     os.environ.get("EDGE_BPF_DIR") or Path(__file__).resolve().parent.parent / "bpf"
 )
 PROG_FUNC = "xdp_relay"
 MAIN_SOURCE = "relay.c"
-MAP_NAMES = ("config", "vips", "keys", "transceivers", "txr_addrs", "flows", "counters")
+MAP_NAMES = tuple(SPECS)  # every pinned map
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # Characters allowed in a pin directory: it is pasted into a C string literal.
@@ -57,7 +58,7 @@ def _expand(path: Path, root: Path, seen: set[Path]) -> str:
     return "\n".join(out) + "\n"
 
 
-def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> BPF:
+def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> Any:
     """Compile bpf/relay.c. With pin_dir, every map is pinned at pin_dir/<map name> (created when
     missing, reused when present, so a recompile keeps flows); without it the maps are private."""
     flags = [f"-I{BPF_DIR}", *cflags]
@@ -71,6 +72,8 @@ def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> BPF
         except OSError as exc:
             raise ProgramError(f"cannot create pin directory {pin_dir}: {exc.strerror}") from exc
         flags.append(f'-DPIN_DIR="{pin_dir.rstrip("/")}"')
+    from bcc import BPF  # only here: everything else relayctl does needs no bcc
+
     try:
         return BPF(text=relay_source().encode(), cflags=flags)
     except ProgramError:
@@ -79,8 +82,10 @@ def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> BPF
         raise ProgramError(f"cannot compile {BPF_DIR / MAIN_SOURCE}: {exc}") from exc
 
 
-def load_xdp_fn(bpf: BPF):  # -> bcc function object (BPF.XDP)
+def load_xdp_fn(bpf: Any) -> Any:  # a bcc BPF -> its function object
     """Load (verify) the xdp_relay entry point; the verifier log goes to stderr on failure."""
+    from bcc import BPF
+
     try:
         return bpf.load_func(PROG_FUNC.encode(), BPF.XDP)
     except Exception as exc:

@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from control.maps import RelayMaps, from_be16, from_be32
 from control.reasons import Reason
 from control.sync import key_fingerprint, read_state
+from datapath.maps import RelayMaps, from_be16, from_be32
 
 
 def stats(maps: RelayMaps) -> dict[str, dict[str, int]]:

@@ -19,26 +19,19 @@ Every relay runs `relayctl load` + `relayctl run --redis`; every transceiver run
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from lab import netns
+from lab.base import Lab, edge_host_sysctls, relayctl_path, stop_process
 from lab.redis_server import RedisServer
-from lab.topology import _packets_by_reason, _signals_deferred, _stop, relayctl_path
 from lab.wait import wait_until
 from wire import registry
 from wire.encap import RELAY_TUNNEL_PORT
@@ -102,14 +95,11 @@ class Proc:
 
 @dataclass
 class EdgeState:
-    namespaces: list[str] = field(default_factory=list)
-    loaded: set[int] = field(default_factory=set)
     controllers: dict[int, Proc] = field(default_factory=dict)
     transceivers: dict[int, Proc] = field(default_factory=dict)
-    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
-class EdgeLab:
+class EdgeLab(Lab):
     """`with EdgeLab() as lab:` builds, loads and starts everything; all is removed on exit."""
 
     def __init__(
@@ -120,7 +110,7 @@ class EdgeLab:
         mode: str = "native",
         txr_args: tuple[str, ...] = (),
     ) -> None:
-        self.prefix = prefix or netns.lab_prefix()
+        super().__init__(prefix)
         self.mode = mode
         self.txr_args = txr_args
         self.vip, self.vip_port = VIP, VIP_PORT
@@ -139,68 +129,40 @@ class EdgeLab:
         ]
         self.key_id = KEY_ID
         self.key = secrets.token_bytes(16)
-        self.tmpdir = Path(tempfile.gettempdir()) / f"{self.prefix}-files"
         self._own_redis = redis is None
         self.redis = redis
         self.state = EdgeState()
-        self._owner = os.getpid()
-        self._lock = threading.Lock()
 
-    # --- lifecycle -----------------------------------------------------------------------------
+    def build(self) -> None:
+        self._build()
+        if self.redis is None:
+            (self.tmpdir / "redis").mkdir()
+            self.redis = RedisServer(self.tmpdir / "redis", ns=self.fabric_ns).start()
+            self.on_close(self.redis.close)
+        # Stop transceivers, then controllers, before the base stops everything else.
+        self.on_close(self._stop_controllers)
+        self.on_close(self._stop_transceivers)
+        self.publish_key(self.key_id, self.key)
+        for r in self.relays:
+            self.load(r.index)
+            self.start_controller(r.index)
+        for t in self.txrs:
+            self.start_transceiver(t.index)
+        self.wait_maps()
 
-    def __enter__(self) -> EdgeLab:
-        try:
-            self.tmpdir.mkdir(mode=0o700)
-            self._build()
-            if self.redis is None:
-                (self.tmpdir / "redis").mkdir()
-                self.redis = RedisServer(self.tmpdir / "redis", ns=self.fabric_ns).start()
-            self.publish_key(self.key_id, self.key)
-            for r in self.relays:
-                self.load(r.index)
-                self.start_controller(r.index)
-            for t in self.txrs:
-                self.start_transceiver(t.index)
-            self.wait_maps()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _stop_transceivers(self) -> None:
+        for p in self.state.transceivers.values():
+            self.forget(p.proc)
+            stop_process(p.proc, grace=5)
+        self.state.transceivers.clear()
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop every process, unload both relays, delete namespaces and pins; idempotent."""
-        if os.getpid() != self._owner:
-            return
-        with self._lock, _signals_deferred():
-            procs = [p.proc for p in self.state.transceivers.values()]
-            procs += [p.proc for p in self.state.controllers.values()] + self.state.others
-            for proc in procs:
-                with contextlib.suppress(Exception):
-                    _stop(proc, grace=5)
-            self.state.transceivers.clear()
-            self.state.controllers.clear()
-            self.state.others.clear()
-            for i in sorted(self.state.loaded):
-                with contextlib.suppress(Exception):
-                    self.unload(i)
-            for ns in reversed(self.state.namespaces):
-                with contextlib.suppress(Exception):
-                    netns.delete(ns)
-            self.state.namespaces.clear()
-            netns.remove_pins(self.prefix)
-            if self._own_redis and self.redis is not None:
-                self.redis.close()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+    def _stop_controllers(self) -> None:
+        for p in self.state.controllers.values():
+            self.forget(p.proc)
+            stop_process(p.proc, grace=5)
+        self.state.controllers.clear()
 
     # --- topology --------------------------------------------------------------------------------
-
-    def ip(self, ns: str, *args: str) -> str:
-        return netns.run(ns, ["ip", *args]).stdout
 
     def _build(self) -> None:
         for ns in (self.client_ns, self.fabric_ns, *(r.ns for r in self.relays),
@@ -252,11 +214,7 @@ class EdgeLab:
         netns.veth(r.ns, "rt", self.fabric_ns, f"p{r.index}")
         self.ip(self.fabric_ns, "link", "set", f"p{r.index}", "master", "br0")
         netns.add_addr(r.ns, "rt", f"{r.tunnel_addr}/24")
-        # As on an edge host (see lab/topology.py): forwarding for bpf_fib_lookup, and the
-        # rewritten packets passed to the kernel must not be dropped as martians.
-        netns.sysctl(r.ns, "net.ipv4.ip_forward", "1")
-        netns.sysctl(r.ns, "net.ipv4.conf.all.accept_local", "1")
-        netns.sysctl(r.ns, "net.ipv4.conf.all.rp_filter", "2")
+        edge_host_sysctls(r.ns)
 
     def _neighbours(self) -> None:
         """Permanent ARP everywhere: no packet of a call waits on ARP."""
@@ -284,19 +242,26 @@ class EdgeLab:
 
     def relayctl(self, relay: int, *args: str, check: bool = True, timeout: float = 120) -> str:
         r = self.relays[relay]
-        argv = [relayctl_path(), *args, "--name", r.name]
-        return netns.run(r.ns, argv, timeout=timeout, check=check).stdout
+        return self.relayctl_in(r.ns, r.name, *args, check=check, timeout=timeout)
 
     def load(self, relay: int) -> None:
         r = self.relays[relay]
-        self.state.loaded.add(relay)  # first: a half-done load is unloaded too
-        args = ["load", "--iface", "rc", "--iface", "rt", "--vip", f"{self.vip}:{self.vip_port}"]
-        args += ["--tunnel", f"{r.tunnel_addr}:{RELAY_TUNNEL_PORT}", "--mode", self.mode]
-        self.relayctl(relay, *args)
+        self.load_relay(
+            r.ns,
+            r.name,
+            ifaces=["rc", "rt"],
+            vips=[(self.vip, self.vip_port)],
+            tunnel=(r.tunnel_addr, RELAY_TUNNEL_PORT),
+            mode=self.mode,
+        )
 
     def unload(self, relay: int) -> None:
-        self.relayctl(relay, "unload")
-        self.state.loaded.discard(relay)
+        r = self.relays[relay]
+        self.unload_relay(r.ns, r.name)
+
+    def loaded(self, relay: int) -> bool:
+        r = self.relays[relay]
+        return self.relay_loaded(r.ns, r.name)
 
     def start_controller(self, relay: int, timeout: float = 30) -> Proc:
         r = self.relays[relay]
@@ -304,7 +269,7 @@ class EdgeLab:
         log = self.tmpdir / f"run-{relay}-{time.monotonic_ns()}.log"
         argv = [relayctl_path(), "run", "--name", r.name, "--redis", self.redis.url]
         with log.open("wb") as out:
-            proc = netns.popen(r.ns, argv, stdout=out, stderr=subprocess.STDOUT)
+            proc = self.spawn(r.ns, argv, stdout=out, stderr=subprocess.STDOUT)
         p = Proc(proc, log)
         self.state.controllers[relay] = p
         wait_until(lambda: _ready(p, "ready:"), timeout, f"relayctl run on relay {relay}")
@@ -314,16 +279,19 @@ class EdgeLab:
         p = self.state.controllers.pop(relay)
         p.proc.send_signal(sig)
         p.proc.wait(timeout=10)
+        self.forget(p.proc)
 
     def stats(self, relay: int) -> dict[str, int]:
-        return _packets_by_reason(json.loads(self.relayctl(relay, "stats", "--json")))
+        r = self.relays[relay]
+        return self.relay_stats(r.ns, r.name)
 
     def flows(self, relay: int) -> list[dict[str, Any]]:
-        doc = json.loads(self.relayctl(relay, "flows", "--json"))
-        return list(doc["flows"] if isinstance(doc, dict) else doc)
+        r = self.relays[relay]
+        return self.relay_flows(r.ns, r.name)
 
     def map_show(self, relay: int) -> dict[str, Any]:
-        return dict(json.loads(self.relayctl(relay, "map", "show", "--json")))
+        r = self.relays[relay]
+        return self.relay_maps(r.ns, r.name)
 
     def carrier(self, client: tuple[str, int]) -> list[tuple[int, int]]:
         """(relay, transceiver id) of every relay whose flow map holds this client."""
@@ -331,7 +299,7 @@ class EdgeLab:
         return [
             (r.index, int(f["transceiver"]))
             for r in self.relays
-            if r.index in self.state.loaded
+            if self.loaded(r.index)
             for f in self.flows(r.index)
             if f["client"] == want
         ]
@@ -341,7 +309,7 @@ class EdgeLab:
 
         def synced() -> bool:
             want = {t.id for i, t in enumerate(self.txrs) if i in self.state.transceivers}
-            for i in sorted(self.state.loaded):
+            for i in (r.index for r in self.relays if self.loaded(r.index)):
                 doc = self.map_show(i)
                 if {int(t["id"]) for t in doc["transceivers"]} != want or not doc["keys"]:
                     return False
@@ -373,7 +341,7 @@ class EdgeLab:
                 *self.txr_args]  # fmt: skip
         log = self.tmpdir / f"txr-{index}-{time.monotonic_ns()}.log"
         with log.open("wb") as err:
-            proc = netns.popen(t.ns, argv, stdout=subprocess.PIPE, stderr=err)
+            proc = self.spawn(t.ns, argv, stdout=subprocess.PIPE, stderr=err)
         p = Proc(proc, log)
         self.state.transceivers[index] = p
         assert proc.stdout is not None
@@ -390,14 +358,13 @@ class EdgeLab:
         if sig == signal.SIGKILL:
             p.proc.wait(timeout=10)
             del self.state.transceivers[index]
+            self.forget(p.proc)
         return p
 
     # --- clients ---------------------------------------------------------------------------------
 
     def spawn_client(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = netns.popen(self.client_ns, argv, **kwargs)
-        self.state.others.append(proc)
-        return proc
+        return self.spawn(self.client_ns, argv, **kwargs)
 
 
 def _ready(p: Proc, marker: str) -> bool:

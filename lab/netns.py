@@ -30,6 +30,8 @@ from pyroute2 import IPRoute
 from pyroute2 import config as pr_config
 from pyroute2 import netns as pr_netns
 
+from datapath import bpfsys, xdp
+
 # pyroute2 forks short-lived children to open sockets in namespaces. They must not inherit the
 # lab's signal handlers (a demo's Ctrl-C handler would run the teardown in a child, too).
 pr_config.disable_mp_signal = True
@@ -106,7 +108,8 @@ def delete(name: str) -> None:
     pr_netns.remove(name)
 
 
-def _setns(fd: int) -> None:
+def setns_net(fd: int) -> None:
+    """Move the calling thread into the network namespace open at fd."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise NetnsError(f"setns failed: {os.strerror(err)}")
@@ -126,11 +129,11 @@ def entered(name: str) -> Iterator[None]:
         os.close(own)
         raise NetnsError(f"namespace {name} does not exist") from None
     try:
-        _setns(target)
+        setns_net(target)
         try:
             yield
         finally:
-            _setns(own)
+            setns_net(own)
     finally:
         os.close(target)
         os.close(own)
@@ -258,113 +261,28 @@ def add_neigh(name: str, ifname: str, addr: str, lladdr: str) -> None:
         ipr.neigh("replace", ifindex=idx, dst=addr, lladdr=lladdr, state="permanent")
 
 
-# --- a minimal XDP_PASS program, loaded with the raw bpf() syscall ---------------------------
+# --- XDP on lab links --------------------------------------------------------------------------
 #
 # Frames that XDP_REDIRECT/XDP_TX push into a veth are delivered by the PEER's NAPI poll, which a
 # veth only runs when the peer has an XDP program (or GRO) enabled; otherwise they are dropped
-# silently. The lab attaches this two-instruction program (r0 = XDP_PASS; exit) to the peers in
-# the client and transceiver namespaces. We chose XDP over GRO because it is independent of offload
-# settings and kernel defaults, and the frame then takes the same path it would on a NIC driver.
-
-_NR_BPF = 321  # x86_64
-_BPF_PROG_LOAD = 5
-_BPF_PROG_TYPE_XDP = 6
-_XDP_PASS_INSNS = bytes([0xB7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("pad", ctypes.c_uint8 * 64),
-    ]
-
-
-def load_xdp_pass() -> int:
-    """Load the XDP_PASS program; returns its fd (the caller closes it after attaching)."""
-    insns = ctypes.create_string_buffer(_XDP_PASS_INSNS, len(_XDP_PASS_INSNS))
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = _ProgLoadAttr(
-        prog_type=_BPF_PROG_TYPE_XDP,
-        insn_cnt=len(_XDP_PASS_INSNS) // 8,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(lic),
-        prog_name=b"lab_xdp_pass",
-    )
-    fd = _libc.syscall(_NR_BPF, _BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        raise NetnsError(f"BPF_PROG_LOAD(xdp_pass) failed: {os.strerror(ctypes.get_errno())}")
-    return int(fd)
+# silently. The lab attaches a two-instruction XDP_PASS program to the peers in the client and
+# transceiver namespaces. We chose XDP over GRO because it is independent of offload settings and
+# kernel defaults, and the frame then takes the same path it would on a NIC driver.
 
 
 def attach_xdp_pass(name: str, ifname: str) -> None:
     """Attach XDP_PASS to an interface; it goes away with the interface (namespace deletion)."""
-    fd = load_xdp_pass()
+    fd = bpfsys.load_xdp_pass(b"lab_xdp_pass")
     try:
         with _ipr(name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], xdp_fd=fd)
+            xdp.attach(ifname, fd, "native", ipr)
     finally:
         os.close(fd)
-
-
-_BPF_OBJ_GET = 7
-XDP_MODE_FLAGS = {"native": 1 << 2, "generic": 1 << 1}
-
-
-class _ObjGetAttr(ctypes.Structure):
-    _fields_ = [
-        ("pathname", ctypes.c_uint64),
-        ("bpf_fd", ctypes.c_uint32),
-        ("file_flags", ctypes.c_uint32),
-        ("pad", ctypes.c_uint8 * 64),
-    ]
-
-
-def open_pinned(path: str) -> int:
-    """An fd for a pinned BPF object (BPF_OBJ_GET); the caller closes it."""
-    cpath = ctypes.create_string_buffer(path.encode())
-    attr = _ObjGetAttr(pathname=ctypes.addressof(cpath))
-    fd = _libc.syscall(_NR_BPF, _BPF_OBJ_GET, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        raise NetnsError(f"cannot open pinned {path}: {os.strerror(ctypes.get_errno())}")
-    return int(fd)
-
-
-def attach_pinned_xdp(name: str, ifname: str, pin: str, mode: str = "native") -> None:
-    """Attach an already loaded (pinned) XDP program to one more interface, in `mode`."""
-    fd = open_pinned(pin)
-    try:
-        with _ipr(name) as ipr:
-            idx = ipr.link_lookup(ifname=ifname)[0]
-            xdp = {"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", XDP_MODE_FLAGS[mode])]}
-            ipr.link("set", index=idx, xdp=xdp)
-    finally:
-        os.close(fd)
-
-
-def detach_xdp(name: str, ifname: str) -> None:
-    """Remove whatever XDP program (either mode) is attached to the interface."""
-    with _ipr(name) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        for flags in XDP_MODE_FLAGS.values():
-            xdp = {"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags)]}
-            with contextlib.suppress(Exception):
-                ipr.link("set", index=idx, xdp=xdp)
 
 
 def xdp_attached(name: str, ifname: str) -> bool:
     with _ipr(name) as ipr:
-        link = ipr.get_links(ifname=ifname)[0]
-    xdp = link.get_attr("IFLA_XDP")
-    return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
+        return bool(xdp.attached(ifname, ipr).modes())
 
 
 class LinkCounters:
@@ -510,7 +428,7 @@ def thread_in(name: str, target: Callable[[], None], *, daemon: bool = True) -> 
     def body() -> None:
         fd = os.open(ns_path(name), os.O_RDONLY)
         try:
-            _setns(fd)
+            setns_net(fd)
         finally:
             os.close(fd)
         target()

@@ -12,9 +12,7 @@ fib lookup picks another egress device and the program takes the XDP_REDIRECT pa
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import select
 import shutil
@@ -23,14 +21,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from lab import netns
+from lab.base import Lab, edge_host_sysctls
 from lab.standin import StandIn
 from wire import ufrag
 from wire.encap import RELAY_TUNNEL_PORT
@@ -43,7 +39,6 @@ TUNNEL_ADDR = "198.18.2.1"
 TXR_PORT = 5000
 CLUSTER = 1
 KEY_ID = 1
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -64,28 +59,7 @@ class Transceiver:
         return f"{self.addr}:{self.port}"
 
 
-@dataclass
-class LabState:
-    """What the lab created, so teardown removes exactly that, in reverse."""
-
-    namespaces: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    standins: list[StandIn] = field(default_factory=list)
-    loaded: bool = False
-
-
-def relayctl_path() -> str:
-    """The relayctl of the interpreter running the lab (the project venv), else PATH's."""
-    exe = Path(sys.executable).parent / "relayctl"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("relayctl")
-    if found is None:
-        raise netns.NetnsError("relayctl not found: run `make install`")
-    return found
-
-
-class RelayLab:
+class RelayLab(Lab):
     """Build with `with RelayLab() as lab:`; everything is removed on exit, also on exceptions.
 
     load_relay=False builds the namespaces only (the userspace relay, or plumbing tests).
@@ -101,10 +75,10 @@ class RelayLab:
     ) -> None:
         if transceivers not in (1, 2):
             raise ValueError("the lab has one or two transceivers")
-        self.prefix = prefix or netns.lab_prefix()
+        super().__init__(prefix)
         self.name = self.prefix  # relayctl --name: pins under /sys/fs/bpf/<prefix>
         self.mode = mode
-        self.load_relay = load_relay
+        self._load_at_start = load_relay
         self.client_ns = f"{self.prefix}-client"
         self.relay_ns = f"{self.prefix}-relay"
         self.vip = VIP
@@ -123,38 +97,15 @@ class RelayLab:
             ),
         ][:transceivers]
         self.relay_ifaces = ["rc", *(t.relay_ifname for t in self.txrs)]
-        self.tmpdir = Path(tempfile.gettempdir()) / f"{self.prefix}-files"
         self.registry_file = self.tmpdir / "registry.json"
-        self.state = LabState()
-        self._owner = os.getpid()
-        self._teardown_lock = threading.Lock()
+        self._standins: list[StandIn] = []
 
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> RelayLab:
-        try:
-            self._build()
-            if self.load_relay:
-                self.load()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _build(self) -> None:
-        self.tmpdir.mkdir(mode=0o700)
-        for ns in (self.client_ns, self.relay_ns, *(t.ns for t in self.txrs)):
-            netns.create(ns)
-            self.state.namespaces.append(ns)
-            # (IPv4 only: the relay's pass_not_ipv4 counter sees no IPv6 chatter.)
+    def build(self) -> None:
+        self.client_ns = self.namespace("client")
+        self.relay_ns = self.namespace("relay")
+        for t in self.txrs:
+            self.namespace(t.ns.removeprefix(f"{self.prefix}-"))
+        # (IPv4 only: the relay's pass_not_ipv4 counter sees no IPv6 chatter.)
         # client <-> relay
         netns.veth(self.relay_ns, "rc", self.client_ns, "cr")
         netns.add_addr(self.relay_ns, "rc", f"{RELAY_CLIENT_SIDE}/24")
@@ -168,21 +119,17 @@ class RelayLab:
             netns.add_addr(self.relay_ns, t.relay_ifname, f"{t.relay_addr}/24")
             netns.add_addr(t.ns, "tr", f"{t.addr}/24")
             netns.add_route(t.ns, "default", t.relay_addr)
-        # bpf_fib_lookup refuses to forward unless forwarding is on in the relay's namespace.
-        netns.sysctl(self.relay_ns, "net.ipv4.ip_forward", "1")
-        # A packet whose next hop is unresolved is passed to the kernel already rewritten: its
-        # source is the tunnel address or the VIP, both local. The kernel forwards it (and so
-        # resolves the neighbour) only with accept_local and a non-strict rp_filter; otherwise
-        # it drops it as a martian and the neighbour is never resolved. Set as on an edge host.
-        netns.sysctl(self.relay_ns, "net.ipv4.conf.all.accept_local", "1")
-        netns.sysctl(self.relay_ns, "net.ipv4.conf.all.rp_filter", "2")
+        edge_host_sysctls(self.relay_ns)
         self._static_neighbours()
-        # The veth trap (see netns.load_xdp_pass): frames the relay redirects into a veth are
-        # only delivered if the peer runs an XDP program, so every peer gets XDP_PASS.
+        # The veth trap (see lab.netns.attach_xdp_pass): frames the relay redirects into a veth
+        # are only delivered if the peer runs an XDP program, so every peer gets XDP_PASS.
         netns.attach_xdp_pass(self.client_ns, "cr")
         for t in self.txrs:
             netns.attach_xdp_pass(t.ns, "tr")
         self.write_registry()
+        self.on_close(self._stop_standins)
+        if self._load_at_start:
+            self.load()
 
     def _static_neighbours(self) -> None:
         """Permanent ARP entries on both sides of every link: no packet waits on ARP, so the
@@ -196,53 +143,32 @@ class RelayLab:
             netns.add_neigh(self.relay_ns, t.relay_ifname, t.addr, tr)
             netns.add_neigh(t.ns, "tr", t.relay_addr, rt)
 
-    def close(self) -> None:
-        """Tear everything down; safe to call twice and not interruptible by Ctrl-C."""
-        if os.getpid() != self._owner:  # a forked child unwinding: the owner tears down
-            return
-        with self._teardown_lock, _signals_deferred():
-            for standin in self.state.standins:
-                standin.stop()
-            self.state.standins.clear()
-            for proc in reversed(self.state.processes):
-                _stop(proc)
-            self.state.processes.clear()
-            if self.state.loaded:
-                with contextlib.suppress(Exception):
-                    self.unload()
-            for ns in reversed(self.state.namespaces):
-                with contextlib.suppress(Exception):
-                    netns.delete(ns)
-            self.state.namespaces.clear()
-            netns.remove_pins(self.prefix)
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+    def _stop_standins(self) -> None:
+        for standin in self._standins:
+            standin.stop()
+        self._standins.clear()
 
     # --- the relay (via the real CLI) ----------------------------------------------------------
 
     def relayctl(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         """Run `relayctl <args> --name <lab name>` inside the relay namespace; returns stdout."""
-        argv = [relayctl_path(), *args, "--name", self.name]
-        return netns.run(self.relay_ns, argv, timeout=timeout, check=check).stdout
+        return self.relayctl_in(self.relay_ns, self.name, *args, check=check, timeout=timeout)
 
     def load(self) -> None:
         """`relayctl load` on every relay link: client datagrams arrive on one, transceiver
         replies on the others, and the program must see both directions."""
-        args = ["load"]
-        for iface in self.relay_ifaces:
-            args += ["--iface", iface]
-        args += ["--vip", f"{self.vip}:{self.vip_port}"]
-        args += ["--tunnel", f"{self.tunnel_addr}:{self.tunnel_port}", "--mode", self.mode]
-        self.state.loaded = True  # set first: a half-done load is unloaded too
-        self.relayctl(*args)
+        self.load_relay(
+            self.relay_ns,
+            self.name,
+            ifaces=self.relay_ifaces,
+            vips=[(self.vip, self.vip_port)],
+            tunnel=(self.tunnel_addr, self.tunnel_port),
+            mode=self.mode,
+        )
         self.sync()
 
-    @property
-    def prog_pin(self) -> Path:
-        return netns.BPFFS / self.name / "prog"
-
     def unload(self) -> None:
-        self.relayctl("unload")
-        self.state.loaded = False
+        self.unload_relay(self.relay_ns, self.name)
         for iface in self.relay_ifaces:
             if netns.xdp_attached(self.relay_ns, iface):
                 raise netns.NetnsError(f"relayctl unload left XDP attached to {iface}")
@@ -262,11 +188,10 @@ class RelayLab:
 
     def stats(self) -> dict[str, int]:
         """Packet counters by reason name, from `relayctl stats --json`."""
-        return _packets_by_reason(json.loads(self.relayctl("stats", "--json")))
+        return self.relay_stats(self.relay_ns, self.name)
 
     def flows(self) -> list[dict[str, Any]]:
-        doc = json.loads(self.relayctl("flows", "--json"))
-        return list(doc["flows"] if isinstance(doc, dict) else doc)
+        return self.relay_flows(self.relay_ns, self.name)
 
     # --- things to run in the lab ---------------------------------------------------------------
 
@@ -281,12 +206,6 @@ class RelayLab:
         sock.bind((addr or self.client_addrs[0], port))
         sock.settimeout(2.0)
         return sock
-
-    def spawn(self, ns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        """A process in one of the lab's namespaces, stopped at teardown."""
-        proc = netns.popen(ns, argv, **kwargs)
-        self.state.processes.append(proc)
-        return proc
 
     def spawn_ready(self, ns: str, module: str, args: list[str], timeout: float = 20) -> Service:
         """`python -m module args` in a namespace, once it has printed its `ready` line."""
@@ -322,7 +241,7 @@ class RelayLab:
         standin = StandIn.in_ns(
             t.ns, t.addr, t.port, relay_port=self.tunnel_port, prefix=prefix, reply=reply
         )
-        self.state.standins.append(standin)
+        self._standins.append(standin)
         return standin
 
 
@@ -368,52 +287,6 @@ class Service:
         return dict(json.loads(lines[-1]))
 
 
-def _packets_by_reason(doc: Any) -> dict[str, int]:
-    """Accept the shapes a stats document may reasonably take: {"counters": {...}} or a list."""
-    if isinstance(doc, dict) and "counters" in doc:
-        doc = doc["counters"]
-    out: dict[str, int] = {}
-    if isinstance(doc, dict):
-        for name, v in doc.items():
-            out[name] = int(v["packets"] if isinstance(v, dict) else v)
-    else:
-        for row in doc:
-            out[str(row.get("name") or row.get("reason"))] = int(row["packets"])
-    return out
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while tearing down, so a second Ctrl-C cannot leave half a lab
-    behind; a signal that came in meanwhile is re-raised afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    old = {s: signal.signal(s, lambda n, f: pending.append(n)) for s in DEFERRED_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        for s in pending[:1]:
-            handler = old[s]
-            if callable(handler):
-                handler(s, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(s)
-
-
 def sweep_lab(prefix: str) -> list[str]:
     """Remove what a lab with this prefix left (namespaces, pins) and its temp directories."""
     removed = netns.sweep(prefix)
@@ -421,19 +294,6 @@ def sweep_lab(prefix: str) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     return removed
-
-
-__all__ = [
-    "CLIENT_ADDRS",
-    "TUNNEL_ADDR",
-    "VIP",
-    "VIP_PORT",
-    "RelayLab",
-    "Transceiver",
-    "relayctl_path",
-    "sweep_lab",
-    "sweep_stale_labs",
-]
 
 
 def sweep_stale_labs() -> list[str]:

@@ -10,6 +10,9 @@ Redis (prefix default "edge"):
   hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
   string  {prefix}:keys:current        the key id transceivers mint with
   channel {prefix}:events              a JSON message on every change (readers poll anyway)
+  string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
+                                       "cluster:id" of a flow learned by a relay, with a TTL:
+                                       another relay takes the call over from it (§6)
 """
 
 from __future__ import annotations
@@ -271,3 +274,26 @@ def load_registry_file(path: str | Path) -> Registry:
         return registry_from_json(data)
     except RegistryError as exc:
         raise RegistryError(f"{path}: {exc}") from None
+
+
+# --- the flow cache (docs/wire-format.md §6) ------------------------------------------------
+
+
+def flow_key(prefix: str, client: str, cport: int, vip: str, vport: int) -> str:
+    return f"{prefix}:flow:{client}:{cport}:{vip}:{vport}"
+
+
+def flow_value(cluster: int, txr_id: int) -> str:
+    return f"{cluster}:{txr_id}"
+
+
+def parse_flow_value(value: Any) -> tuple[int, int]:
+    """b"1:7" -> (1, 7); ValueError for anything else (a hand-edited or foreign key)."""
+    text = _s(value)
+    cluster_s, sep, id_s = text.partition(":")
+    if not sep or not cluster_s.isdigit() or not id_s.isdigit():
+        raise ValueError(f"flow value {text!r} is not CLUSTER:ID")
+    cluster, txr_id = int(cluster_s), int(id_s)
+    if cluster > 0xFFFF or txr_id > 0xFFFFFFFF:
+        raise ValueError(f"flow value {text!r}: id out of range")
+    return cluster, txr_id

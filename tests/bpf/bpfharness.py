@@ -1,4 +1,4 @@
-"""Drive the compiled relay through BPF_PROG_TEST_RUN inside a fib sandbox (control.testrun).
+"""Drive the compiled relay through BPF_PROG_TEST_RUN inside a fib sandbox (lab.fibsandbox).
 
 Addresses: the sandbox's links are 198.19.0.0/24 (clients' side) and 198.19.1.0/24
 (transceivers' side); VIPs live in 198.19.128.0/24 and clients in 198.19.64.0/18.
@@ -15,7 +15,7 @@ from bcc import BPF
 
 from control.program import MAP_NAMES
 from control.reasons import Reason
-from control.testrun import (
+from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
     TX_TXR,

@@ -9,7 +9,7 @@ import pytest
 from bpfharness import Relay
 
 from control.program import compile_relay, load_xdp_fn
-from control.testrun import NetnsWorker, fib_sandbox
+from lab.fibsandbox import NetnsWorker, fib_sandbox
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from bpfharness import (
 )
 
 from control.reasons import Reason
-from control.testrun import CLIENT_LINK, NEAR_TXR, TXR_LINK, UNRESOLVED
+from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK, UNRESOLVED
 from wire.encap import checksum, ipv4_udp
 
 REPLY = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, b"\x80\x00reply-media", tos=0x2E)

@@ -30,7 +30,7 @@ from bpfharness import (
 )
 
 from control.reasons import Reason
-from control.testrun import CLIENT_LINK, NEAR_TXR, TX_TXR, TXR_LINK
+from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TX_TXR, TXR_LINK
 from wire.encap import checksum, encapsulate, flow_entropy, ipv4_udp
 from wire.stun import build_message
 

@@ -34,7 +34,7 @@ from bpfharness import (
 )
 
 from control.reasons import Reason
-from control.testrun import CLIENT_LINK, NEAR_TXR, TXR_LINK
+from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK
 from wire.encap import flow_entropy, ipv4_udp
 
 OTHER_MAC = "02:ed:00:00:01:99"

@@ -1,4 +1,4 @@
-"""control.testrun: clear errors for bad calls, and a sandbox that leaves nothing behind."""
+"""lab.fibsandbox: clear errors for bad calls, and a sandbox that leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from control.testrun import NetnsWorker, fib_sandbox, prog_test_run
+from lab.fibsandbox import NetnsWorker, fib_sandbox, prog_test_run
 
 
 def test_short_packet_is_refused() -> None:

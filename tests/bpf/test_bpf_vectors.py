@@ -10,7 +10,7 @@ import pytest
 from bpfharness import NEAR, TUNNEL_PORT, XDP_REDIRECT, Relay, Txr, client_frame, eth, mac
 
 from control.reasons import Reason
-from control.testrun import TXR_LINK
+from lab.fibsandbox import TXR_LINK
 from wire.encap import parse_ipv4_udp
 from wire.stun import StunError, build_binding_request, routing_ufrag
 

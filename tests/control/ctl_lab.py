@@ -1,9 +1,9 @@
-"""Helpers for the relayctl tests: a relay netns and a client netns joined by a veth pair.
+"""The relayctl tests' lab: a relay netns and a client netns joined by a veth pair.
 
 relay ns:  va 198.18.0.1/24 (the VIP and the tunnel address live here)
 client ns: vb 198.18.0.2/24
-Names carry the pid and a random suffix; teardown unloads, removes pins and deletes both
-namespaces even when the test failed.
+A lab.base.Lab: names carry the pid and a random suffix; teardown unloads, removes pins and
+deletes both namespaces even when the test failed.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lab import base, netns
 
 VENV_BIN = Path(sys.executable).parent
 RELAYCTL = str(VENV_BIN / "relayctl")
@@ -31,11 +32,21 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-@dataclass
-class Lab:
-    relay_ns: str
-    client_ns: str
-    name: str  # the relay's --name
+class Lab(base.Lab):
+    """The two namespaces; `name` is the relay's --name (pins under /sys/fs/bpf/<name>)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = self.prefix
+
+    def build(self) -> None:
+        self.relay_ns = self.namespace("relay")
+        self.client_ns = self.namespace("client")
+        netns.veth(self.relay_ns, "va", self.client_ns, "vb")
+        netns.add_addr(self.relay_ns, "va", f"{RELAY_ADDR}/24")
+        netns.add_addr(self.client_ns, "vb", f"{CLIENT_ADDR}/24")
+        # Whatever a test loaded under the lab's name is unloaded first (base: then the pins).
+        self.on_close(lambda: self.relayctl("unload", "--name", self.name, check=False))
 
     def relayctl(
         self,
@@ -44,8 +55,8 @@ class Lab:
         env: dict[str, str] | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
-        """Run relayctl inside the relay netns as an operator would."""
-        cmd = ["nsenter", f"--net=/run/netns/{self.relay_ns}", RELAYCTL, *args]
+        """Run relayctl inside the relay netns as an operator would (never a traceback)."""
+        cmd = netns.nsenter_argv(self.relay_ns, [RELAYCTL, *args])
         res = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
         )
@@ -82,14 +93,9 @@ class Lab:
             f"('{dst}',{dport}))\n"
         )
         subprocess.run(
-            [
-                "nsenter",
-                f"--net=/run/netns/{self.client_ns}",
-                sys.executable,
-                "-c",
-                code,
-                *(p.hex() for p in payloads),
-            ],
+            netns.nsenter_argv(
+                self.client_ns, [sys.executable, "-c", code, *(p.hex() for p in payloads)]
+            ),
             check=True,
             timeout=30,
         )

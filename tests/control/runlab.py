@@ -15,8 +15,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.maps import RelayMaps
 from control.sync import MapState, read_state
+from datapath.maps import RelayMaps
 from lab import netns
 from lab.wait import wait_until
 
@@ -107,7 +107,7 @@ def config_flags(name: str) -> int:
 
 
 def flow_in_map(name: str, client: str, cport: int, vip: str, vport: int) -> tuple[int, int] | None:
-    from control.maps import FlowKey, be16, be32
+    from datapath.maps import FlowKey, be16, be32
 
     with RelayMaps(BPFFS / name) as maps:
         val = maps["flows"].lookup(FlowKey(be32(client), be32(vip), be16(cport), be16(vport)))

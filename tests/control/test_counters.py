@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ctl_lab import Lab
 
+from tests.control.ctl_lab import Lab
 from wire import stun, ufrag
 
 pytestmark = pytest.mark.lab

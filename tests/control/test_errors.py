@@ -8,7 +8,8 @@ import subprocess
 import time
 
 import pytest
-from ctl_lab import BPFFS, RELAYCTL, STANDARD_LOAD, Lab
+
+from tests.control.ctl_lab import BPFFS, RELAYCTL, STANDARD_LOAD, Lab
 
 pytestmark = pytest.mark.lab
 

@@ -6,7 +6,8 @@ import json
 import subprocess
 
 import pytest
-from ctl_lab import RELAYCTL
+
+from tests.control.ctl_lab import RELAYCTL
 
 COMMANDS = [
     [], ["load"], ["unload"], ["map"], ["map", "sync"], ["map", "show"], ["flows"], ["stats"],

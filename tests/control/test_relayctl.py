@@ -6,10 +6,10 @@ import ctypes as ct
 import subprocess
 
 import pytest
-from ctl_lab import BPFFS, RELAY_ADDR, Lab, ip
 
-from control.maps import SPECS, FlowKey, FlowVal, PinnedMap, be16, be32
 from control.reasons import Reason
+from datapath.maps import SPECS, FlowKey, FlowVal, PinnedMap, be16, be32
+from tests.control.ctl_lab import BPFFS, RELAY_ADDR, Lab, ip
 
 pytestmark = pytest.mark.lab
 

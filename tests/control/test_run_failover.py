@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from runlab import (
+
+from lab import netns
+from lab.redis_server import RedisServer
+from lab.standin import StandIn
+from lab.topology import RelayLab
+from lab.wait import wait_until
+from tests.control.runlab import (
     RELAYCTL,
     RunProc,
     config_flags,
@@ -19,12 +25,6 @@ from runlab import (
     map_state,
     packets,
 )
-
-from lab import netns
-from lab.redis_server import RedisServer
-from lab.standin import StandIn
-from lab.topology import RelayLab
-from lab.wait import wait_until
 from wire import registry, stun
 from wire.encap import flow_entropy, parse_ipv4_udp
 from wire.registry import TransceiverRecord

@@ -9,13 +9,13 @@ import time
 
 import pytest
 import redis
-from ctl_lab import CLIENT_ADDR, RELAY_ADDR, Lab
-from runlab import BPFFS, RunProc, flows_in_map, packets
 
-from control.flowcache import FlowExporter
-from control.maps import FlowKey, FlowVal, RelayMaps, be16, be32
+from control.flowexport import FlowExporter
+from datapath.maps import FlowKey, FlowVal, RelayMaps, be16, be32
 from lab import netns
 from lab.topology import RelayLab
+from tests.control.ctl_lab import CLIENT_ADDR, RELAY_ADDR, Lab
+from tests.control.runlab import BPFFS, RunProc, flows_in_map, packets
 from wire import registry
 from wire.encap import ipv4_udp
 from wire.registry import TransceiverRecord

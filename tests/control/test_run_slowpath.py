@@ -7,12 +7,12 @@ import time
 
 import pytest
 import redis
-from ctl_lab import CLIENT_ADDR, RELAY_ADDR, Lab
-from runlab import BPFFS, RunProc, packets
 
-from control.flowcache import FlowExporter
-from control.maps import FlowKey, FlowVal, RelayMaps, be16, be32
+from control.flowexport import FlowExporter
+from datapath.maps import FlowKey, FlowVal, RelayMaps, be16, be32
 from lab.wait import wait_until
+from tests.control.ctl_lab import CLIENT_ADDR, RELAY_ADDR, Lab
+from tests.control.runlab import BPFFS, RunProc, packets
 
 pytestmark = pytest.mark.lab
 VIP, VPORT = RELAY_ADDR, 3478

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ctl_lab import RELAY_ADDR, Lab
-from runlab import RunProc, config_flags, map_state
 
 from control.sync import MapState
 from lab.wait import wait_until
+from tests.control.ctl_lab import RELAY_ADDR, Lab
+from tests.control.runlab import RunProc, config_flags, map_state
 from wire import registry
 from wire.registry import TransceiverRecord
 

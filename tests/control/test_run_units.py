@@ -3,14 +3,15 @@ backoff, the empty-registry guard, ancillary data, URL redaction."""
 
 from __future__ import annotations
 
+import math
 import socket
 
 import pytest
 
-from control import run as run_mod
-from control.flowcache import flow_key, flow_value, parse_flow_value
-from control.run import EmptyGuard, _redact
-from control.slowpath import Backoff, TokenBucket, _ancillary
+from control.sync import EmptyGuard
+from datapath.slowpath import TokenBucket, _ancillary
+from wire.redisconn import Backoff, redact
+from wire.registry import flow_key, flow_value, parse_flow_value
 
 
 def test_flow_key_and_value_formats() -> None:
@@ -39,20 +40,20 @@ def test_token_bucket() -> None:
 
 
 def test_backoff_doubles_to_the_cap_and_resets() -> None:
-    b = Backoff(first=0.1, cap=0.5)
-    assert b.ready()
+    now = [0.0]
+    b = Backoff(first=0.1, cap=0.5, clock=lambda: now[0])
+    assert b.ready() and not b.failing
     assert [b.failed() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
-    assert not b.ready()
+    assert not b.ready() and b.remaining() == 0.5
+    now[0] += 0.5
+    assert b.ready() and b.remaining() == 0
     b.succeeded()
-    assert b.ready() and b.failed() == 0.1
+    assert b.ready() and not b.failing and b.failed() == 0.1
 
 
-def test_empty_guard_believes_an_empty_table_only_after_the_grace(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_empty_guard_believes_an_empty_table_only_after_the_grace() -> None:
     now = [100.0]
-    monkeypatch.setattr(run_mod.time, "monotonic", lambda: now[0])
-    g = EmptyGuard(grace=15)
+    g = EmptyGuard(grace=15, hint="--empty-grace", clock=lambda: now[0])
     assert g.believe("transceivers", empty=False)
     assert not g.believe("transceivers", empty=True)
     now[0] += 14.9
@@ -62,6 +63,12 @@ def test_empty_guard_believes_an_empty_table_only_after_the_grace(
     assert g.believe("transceivers", empty=True)
     assert g.believe("transceivers", empty=False)
     assert not g.believe("transceivers", empty=True), "a refilled table starts over"
+
+
+def test_empty_guard_with_infinite_grace_never_believes() -> None:
+    g = EmptyGuard(grace=math.inf, hint="--allow-empty", clock=lambda: 1e12)
+    assert not g.believe("keys", empty=True)
+    assert g.believe("keys", empty=False)
 
 
 def test_ancillary_ttl_and_tos() -> None:
@@ -74,5 +81,5 @@ def test_ancillary_ttl_and_tos() -> None:
 
 
 def test_redis_url_password_is_never_logged() -> None:
-    assert _redact("redis://user:secret@10.0.0.1:6379/0") == "redis://***@10.0.0.1:6379/0"
-    assert _redact("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redact("redis://user:secret@10.0.0.1:6379/0") == "redis://***@10.0.0.1:6379/0"
+    assert redact("unix:///run/redis.sock") == "unix:///run/redis.sock"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from control.sync import MapState, desired_state, plan
 from wire.registry import Registry, TransceiverRecord
 
@@ -49,13 +51,14 @@ def test_count_changes_go_up_before_and_down_after_transceivers() -> None:
 
 
 def test_empty_registry_keeps_loaded_maps_unless_allowed() -> None:
-    from control.sync import guard_empty
+    from control.sync import EmptyGuard
 
+    guard = EmptyGuard(math.inf, "--allow-empty")
     current = MapState({1: K1}, {(1, 1): A}, {A: 1})
-    kept, warnings = guard_empty(current, MapState({}, {}, {}))
+    kept, warnings = guard.guard(current, MapState({}, {}, {}))
     assert kept == current and len(warnings) == 2
     assert plan(current, kept) == []
     # Only the empty table is protected: a registry with keys but no transceivers updates keys.
-    kept, warnings = guard_empty(current, MapState({2: K2}, {}, {}))
+    kept, warnings = guard.guard(current, MapState({2: K2}, {}, {}))
     assert kept.keys == {2: K2} and kept.transceivers == {(1, 1): A}
     assert warnings == ["registry has no transceivers: kept the 1 loaded (--allow-empty)"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from ctl_lab import BPFFS, RELAYCTL, Lab
 
-from control.maps import SPECS, PinnedMap
 from control.sync import key_fingerprint
+from datapath.maps import SPECS, PinnedMap
+from tests.control.ctl_lab import BPFFS, RELAYCTL, Lab
 from wire import registry
 from wire.registry import TransceiverRecord
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
 
 from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
+from tests.e2e.e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
 from wire import ufrag
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]

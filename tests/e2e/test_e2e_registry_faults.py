@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from e2ehelp import MAX_GAP_MS, carrier, delta, report
 
 from lab import netns
 from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
 from lab.wait import wait_until
+from tests.e2e.e2ehelp import MAX_GAP_MS, carrier, delta, report
 from wire import ufrag
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]

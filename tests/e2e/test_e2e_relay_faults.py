@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
 
 from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
 from lab.wait import wait_until
+from tests.e2e.e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 

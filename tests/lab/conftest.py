@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from labhelp import assert_clean
 
 from lab.topology import RelayLab, sweep_stale_labs
+from tests.lab.labhelp import assert_clean
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from labhelp import assert_clean
 
 from lab import netns
 from lab.topology import sweep_lab
+from tests.lab.labhelp import assert_clean
 
 pytestmark = pytest.mark.lab
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from labhelp import assert_clean
 
 from lab.topology import sweep_lab
+from tests.lab.labhelp import assert_clean
 
 pytestmark = pytest.mark.lab
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from labhelp import recv_exact
 
 from lab import netns
 from lab.topology import RelayLab
+from tests.lab.labhelp import recv_exact
 
 pytestmark = pytest.mark.lab
 

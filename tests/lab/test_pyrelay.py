@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from labhelp import recv_exact
 
 from lab import netns
 from lab.topology import RelayLab
+from tests.lab.labhelp import recv_exact
 from wire import stun, ufrag
 from wire.encap import flow_entropy, ipv4_udp, parse_ipv4_udp
 

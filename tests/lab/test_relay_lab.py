@@ -11,11 +11,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from labhelp import assert_clean, recv_exact
 
 from lab import netns
 from lab.standin import StandIn
 from lab.topology import RelayLab
+from tests.lab.labhelp import assert_clean, recv_exact
 from wire import stun, ufrag
 from wire.encap import flow_entropy, ipv4_udp, parse_ipv4_udp
 

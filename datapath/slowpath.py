@@ -15,10 +15,8 @@ counted drop and Redis is retried with backoff; the XDP path does not care.
 
 from __future__ import annotations
 
-import ctypes as ct
 import errno
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -28,14 +26,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from control.errors import RelayctlError
-from control.flowcache import flow_key, parse_flow_value
-from control.maps import FlowKey, FlowVal, RelayMaps, TxrKey, be16, be32, from_be16, from_be32
+from datapath import bpfsys
+from datapath.maps import (
+    CONFIG_F_SLOW_PATH,
+    Config,
+    FlowKey,
+    FlowVal,
+    MapError,
+    RelayMaps,
+    TxrKey,
+    be16,
+    be32,
+    from_be16,
+    from_be32,
+    read_config,
+    read_vips,
+    write_config,
+)
 from wire.encap import EncapError, encapsulate, ipv4_udp
+from wire.redisconn import Backoff
+from wire.registry import flow_key, parse_flow_value
 
 log = logging.getLogger("relayctl.run")
 
-BPF_NOEXIST = 1
 IP_RECVTTL = 12
 IP_FREEBIND = 15
 SO_RCVBUFFORCE = 33
@@ -86,28 +99,6 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
-
-
-class Backoff:
-    """Exponential backoff between attempts at something that failed (Redis)."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.delay = 0.0
-        self.until = 0.0
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.until
-
-    def failed(self) -> float:
-        self.delay = min(self.cap, self.delay * 2) if self.delay else self.first
-        self.until = time.monotonic() + self.delay
-        return self.delay
-
-    def succeeded(self) -> None:
-        self.delay = 0.0
-        self.until = 0.0
 
 
 def bind_vip(addr: str, port: int) -> socket.socket:
@@ -179,8 +170,49 @@ class SlowPath:
         self._pending: dict[Endpoint, socket.socket | None] = {}
         self._stopping = False
         self._redis: Any = None
+        self.flag_mine = False  # we set CONFIG_F_SLOW_PATH (or took over a killed owner's)
 
-    # --- sockets (called from the control loop; applied on the slow-path thread) -------------
+    # --- the switch: sockets and the config flag (called from the control loop) ------------
+
+    def maintain(self, maps: RelayMaps) -> None:
+        """Sockets for exactly the pinned VIPs, and the flag on once they are bound (a reload by
+        `relayctl load` writes flags 0 and may change the VIPs). `maps` is the caller's."""
+        vips = read_vips(maps)
+        failed = self.bind(vips)
+        cfg = read_config(maps)
+        self.tunnel_addr = cfg.tunnel_addr
+        on = bool(cfg.flags & CONFIG_F_SLOW_PATH)
+        if vips and not failed:
+            if not on:
+                self._set_flag(maps, True)
+            elif not self.flag_mine:  # left set by a killed controller: ours now, we listen
+                self.flag_mine = True
+        elif failed and on and self.flag_mine:
+            # Never clear a flag we did not set: it may be another controller's (it holds the
+            # VIP sockets we could not bind).
+            self._set_flag(maps, False)
+
+    def release(self, maps: RelayMaps) -> None:
+        """Clear our flag first, so no packet goes up to a socket about to close."""
+        if self.flag_mine:
+            self._set_flag(maps, False)
+
+    def forget_flag(self) -> None:
+        """The maps were loaded anew (flags 0): the next maintain() sets the flag again."""
+        self.flag_mine = False
+
+    def _set_flag(self, maps: RelayMaps, on: bool) -> None:
+        try:
+            cfg = read_config(maps)
+            flags = (cfg.flags | CONFIG_F_SLOW_PATH) if on else (cfg.flags & ~CONFIG_F_SLOW_PATH)
+            write_config(maps, Config(cfg.tunnel_addr, cfg.tunnel_port, flags))
+        except (MapError, OSError) as exc:
+            log.error("cannot %s the slow path flag: %s", "set" if on else "clear", exc)
+            return
+        self.flag_mine = on
+        log.info("slow path flag %s", "set" if on else "cleared")
+
+    # --- sockets (bound on the control loop's thread; applied on the slow-path thread) --------
 
     def bind(self, vips: list[Endpoint]) -> list[Endpoint]:
         """Bind sockets for VIPs not bound yet, hand them over, and drop sockets of VIPs that
@@ -244,7 +276,7 @@ class SlowPath:
         self.maps.close()
         try:
             self.maps = RelayMaps(self.pin_dir)
-        except RelayctlError:
+        except MapError:
             return False  # not loaded right now: the batch is dropped (the flag is off anyway)
         self._reopen = False
         return True
@@ -360,16 +392,14 @@ class SlowPath:
             self.count(FORWARDED, sent)
 
     def _install(self, flow: Flow, cluster: int, txr_id: int) -> None:
-        from bcc.libbcc import lib
-
         key = _flow_key(flow)
         val = FlowVal(cluster, 0, txr_id, time.monotonic_ns())  # bpf_ktime_get_ns clock
-        fd = self.maps["flows"].fd
         # NOEXIST: a STUN packet that re-routed the flow meanwhile wins over the registry.
-        if lib.bpf_update_elem(fd, ct.byref(key), ct.byref(val), BPF_NOEXIST) != 0:
-            err = ct.get_errno()
-            if err != errno.EEXIST:
-                log.warning("slow path: cannot install flow %s: %s", flow, os.strerror(err))
+        try:
+            bpfsys.map_update(self.maps["flows"].fd, key, val, bpfsys.NOEXIST)
+        except bpfsys.BpfError as exc:
+            if exc.errno != errno.EEXIST:
+                log.warning("slow path: cannot install flow %s: %s", flow, exc.strerror)
 
     def stop(self) -> None:
         self._stopping = True

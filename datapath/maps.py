@@ -1,4 +1,5 @@
-"""ctypes mirrors of the relay's map structs (docs/wire-format.md §4, bpf/maps.h) and pinned maps.
+"""ctypes mirrors of the relay's map structs (docs/wire-format.md §4, bpf/structs.h) and its
+pinned maps, read and written through the bpf() syscall (datapath/bpfsys.py).
 
 Address and port fields hold network-order bytes, so they are stored as native integers whose
 memory is big-endian (`be32`/`be16` convert); ids are host order.
@@ -15,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control.errors import RelayctlError
+from datapath import DatapathError, bpfsys
 
-BPF_ANY = 0
 # enum bpf_map_type values used by the relay.
 MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH = 1, 2, 6, 9
 
@@ -110,33 +110,19 @@ def vip_key(addr: str, port: int) -> VipKey:
     return VipKey(be32(addr), be16(port), 0)
 
 
-def fd_info(fd: int) -> dict[str, str]:
-    """The kernel's description of a BPF fd (map_type, key_size, prog_id, ...)."""
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        return dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in f) if v)
-
-
-def possible_cpus() -> int:
-    from bcc.utils import get_possible_cpus
-
-    return len(get_possible_cpus())
-
-
-def _lib() -> Any:
-    from bcc.libbcc import lib
-
-    lib.bpf_obj_get.argtypes = [ct.c_char_p]
-    lib.bpf_obj_get.restype = ct.c_int
-    return lib
+class MapError(DatapathError):
+    """A pinned map that is missing or of another layout; the message says what to do."""
 
 
 def obj_get(path: Path) -> int:
-    """An fd for a pinned BPF object; RelayctlError when nothing is pinned there."""
-    fd = _lib().bpf_obj_get(str(path).encode())
-    if fd < 0:
-        err = ct.get_errno()
-        raise RelayctlError(f"cannot open {path}: {os.strerror(err)}")
-    return fd
+    """An fd for a pinned BPF object; MapError when nothing is pinned there."""
+    try:
+        return bpfsys.obj_get(path)
+    except bpfsys.BpfError as exc:
+        raise MapError(str(exc)) from None
+
+
+fd_info = bpfsys.fd_info
 
 
 class PinnedMap:
@@ -154,7 +140,7 @@ class PinnedMap:
             os.close(self.fd)
             raise
         self.percpu = spec.map_type == MAP_PERCPU_ARRAY
-        self.ncpus = possible_cpus() if self.percpu else 1
+        self.ncpus = bpfsys.possible_cpus() if self.percpu else 1
 
     def _check(self, info: dict[str, str]) -> None:
         want = {
@@ -166,7 +152,7 @@ class PinnedMap:
             want["max_entries"] = self.spec.max_entries
         for field, value in want.items():
             if int(info.get(field, -1)) != value:
-                raise RelayctlError(
+                raise MapError(
                     f"{self.path}: {field} is {info.get(field)}, relayctl expects {value}: "
                     "pinned by another version of the relay; `relayctl unload` (drops its "
                     "flows) and load again"
@@ -189,17 +175,18 @@ class PinnedMap:
     def lookup(self, key: Any) -> Any:
         """The value (a list of per-CPU values for per-CPU maps), or None when absent."""
         buf = self._value_buf()
-        if _lib().bpf_lookup_elem(self.fd, ct.byref(key), ct.byref(buf)) != 0:
+        if not bpfsys.map_lookup(self.fd, key, buf):
             return None
         return list(buf) if self.percpu else buf
 
-    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
-        if _lib().bpf_update_elem(self.fd, ct.byref(key), ct.byref(value), flags) != 0:
-            err = ct.get_errno()
-            raise RelayctlError(f"cannot update {self.path.name}: {os.strerror(err)}")
+    def update(self, key: Any, value: Any, flags: int = bpfsys.ANY) -> None:
+        try:
+            bpfsys.map_update(self.fd, key, value, flags)
+        except bpfsys.BpfError as exc:
+            raise MapError(f"cannot update {self.path.name}: {exc.strerror}") from None
 
     def delete(self, key: Any) -> bool:
-        return _lib().bpf_delete_elem(self.fd, ct.byref(key)) == 0
+        return bpfsys.map_delete(self.fd, key)
 
     def keys(self) -> Iterator[Any]:
         """Every key (a snapshot per step: entries added or removed meanwhile may be missed).
@@ -207,14 +194,10 @@ class PinnedMap:
         The kernel restarts the walk when the previous key was deleted meanwhile (LRU
         eviction on a busy relay), so the walk stops after max_entries steps: it ends.
         """
-        lib = _lib()
         prev = None
         for _ in range(self.max_entries):
             nxt = self.spec.key()
-            rc = lib.bpf_get_next_key(
-                self.fd, None if prev is None else ct.byref(prev), ct.byref(nxt)
-            )
-            if rc != 0:
+            if not bpfsys.map_next_key(self.fd, prev, nxt):
                 return
             yield nxt
             prev = nxt
@@ -231,7 +214,7 @@ class RelayMaps:
 
     def __init__(self, directory: Path) -> None:
         if not directory.is_dir():
-            raise RelayctlError(
+            raise MapError(
                 f"nothing loaded under {directory}: run `relayctl load` first (or check --name)"
             )
         self.dir = directory
@@ -241,7 +224,7 @@ class RelayMaps:
         if name not in self._open:
             path = self.dir / name
             if not path.exists():
-                raise RelayctlError(f"{path} is missing: load the relay again with `relayctl load`")
+                raise MapError(f"{path} is missing: load the relay again with `relayctl load`")
             self._open[name] = PinnedMap(path, SPECS[name])
         return self._open[name]
 
@@ -255,3 +238,31 @@ class RelayMaps:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- the config and vips maps, as plain values -----------------------------------------------
+
+CONFIG_F_SLOW_PATH = 0x1  # bpf/constants.h: a controller listens on the VIPs
+
+
+@dataclass(frozen=True)
+class Config:
+    tunnel_addr: str
+    tunnel_port: int
+    flags: int
+
+
+def read_config(maps: RelayMaps) -> Config:
+    cfg = maps["config"].lookup(ct.c_uint32(0))
+    return Config(from_be32(cfg.tunnel_addr), from_be16(cfg.tunnel_port), cfg.flags)
+
+
+def write_config(maps: RelayMaps, config: Config) -> None:
+    value = RelayConfig(be32(config.tunnel_addr), be16(config.tunnel_port), config.flags)
+    maps["config"].update(ct.c_uint32(0), value)
+
+
+def read_vips(maps: RelayMaps) -> list[tuple[str, int]]:
+    """The VIP:ports, in the order `relayctl load` gave them (their index)."""
+    found = sorted((v.value, from_be32(k.addr), from_be16(k.port)) for k, v in maps["vips"].items())
+    return [(a, p) for _, a, p in found]

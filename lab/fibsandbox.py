@@ -1,14 +1,13 @@
-"""BPF_PROG_TEST_RUN through the raw bpf() syscall, and the network namespace it needs.
+"""A network namespace in which bpf_fib_lookup has answers to give, and a thread living in it.
 
-An XDP test run with ctx_in.ingress_ifindex set looks the device up in the network namespace of
-the calling *thread*, and bpf_fib_lookup then routes in that namespace. NetnsWorker runs calls on
-a thread that has setns()'d into a namespace, so the rest of the process stays where it is.
+An XDP test run (datapath.bpfsys.prog_test_run) with ingress_ifindex set looks the device up in
+the network namespace of the calling *thread*, and bpf_fib_lookup then routes in that
+namespace. NetnsWorker runs calls on a thread that has setns()'d into a namespace, so the rest of
+the process stays where it is. Used by the BPF unit tests and the bench.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import secrets
@@ -19,81 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-_NR_BPF = 321  # x86_64
-_BPF_PROG_TEST_RUN = 10
-_CLONE_NEWNET = 0x40000000
-_OUT_SLACK = 512  # the program may grow the packet (encapsulation adds 28 bytes)
+from datapath.bpfsys import TestRunResult, prog_test_run
+from lab.netns import setns_net
 
 T = TypeVar("T")
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _TestAttr(ctypes.Structure):
-    """The `test` member of union bpf_attr (include/uapi/linux/bpf.h)."""
-
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-class _XdpMd(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_uint32),
-        ("data_end", ctypes.c_uint32),
-        ("data_meta", ctypes.c_uint32),
-        ("ingress_ifindex", ctypes.c_uint32),
-        ("rx_queue_index", ctypes.c_uint32),
-        ("egress_ifindex", ctypes.c_uint32),
-    ]
-
-
-@dataclass(frozen=True)
-class TestRunResult:
-    retval: int  # the XDP action (0 aborted, 1 drop, 2 pass, 3 tx, 4 redirect)
-    data_out: bytes  # the packet as the program left it
-    duration_ns: int  # mean time per run, as measured by the kernel
-
-
-def prog_test_run(
-    prog_fd: int, data: bytes, *, ingress_ifindex: int = 0, repeat: int = 1
-) -> TestRunResult:
-    """Run an XDP program on one packet (repeat times) and return its verdict and output."""
-    if len(data) < 14:
-        raise ValueError("an XDP test run needs at least an Ethernet header (14 bytes)")
-    buf_in = ctypes.create_string_buffer(data, len(data))
-    buf_out = ctypes.create_string_buffer(len(data) + _OUT_SLACK)
-    ctx = _XdpMd(data=0, data_end=len(data), ingress_ifindex=ingress_ifindex)
-    attr = _TestAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(data),
-        data_size_out=len(buf_out),
-        data_in=ctypes.addressof(buf_in),
-        data_out=ctypes.addressof(buf_out),
-        repeat=repeat,
-        ctx_size_in=ctypes.sizeof(ctx) if ingress_ifindex else 0,
-        ctx_in=ctypes.addressof(ctx) if ingress_ifindex else 0,
-    )
-    rc = _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
-    return TestRunResult(attr.retval, buf_out.raw[: attr.data_size_out], attr.duration)
 
 
 class NetnsWorker:
@@ -104,9 +32,7 @@ class NetnsWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, initializer=self._enter)
 
     def _enter(self) -> None:
-        if _libc.setns(self._fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns: {os.strerror(err)}")
+        setns_net(self._fd)
 
     def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run fn on the namespace's thread (a failed setns surfaces as BrokenThreadPool)."""

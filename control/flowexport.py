@@ -1,47 +1,28 @@
-"""Learned flows in Redis: `{prefix}:flow:{client}:{cport}:{vip}:{vport}` -> "cluster:id"
-(docs/wire-format.md §6), so that another relay can take a call over.
+"""maps -> Redis: the flows this relay learned, written to the flow cache with a TTL
+(`{prefix}:flow:...`, docs/wire-format.md §6) so that another relay can take a call over.
 
-FlowExporter walks the kernel `flows` map a bounded number of entries per pass (a busy relay
-holds up to 1M flows: one full walk per pass would stall the control loop), writes flows it has
-not written yet, and re-writes a flow still in the map before a third of its TTL is left.
+FlowExporter walks the kernel `flows` map a bounded number of entries per pass, in batches of
+one syscall (BPF_MAP_LOOKUP_BATCH: a busy relay holds up to 1M flows, and one full walk per pass
+would stall the control loop), writes flows it has not written yet, and re-writes a flow still
+in the map before a third of its TTL is left. The batch cursor is a hash bucket index, so LRU
+evictions under churn never send the walk back to the start.
 """
 
 from __future__ import annotations
 
-import ctypes as ct
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from control.maps import FlowKey, FlowVal, PinnedMap, from_be16
-
-DEFAULT_FLOW_TTL = 120.0
-DEFAULT_BATCH = 4096
+from control import defaults
+from datapath import bpfsys
+from datapath.maps import FlowKey, FlowVal, PinnedMap, from_be16
+from wire.registry import flow_key, flow_value
 
 # A flow as the map keys it: (client_addr, vip_addr, client_port, vip_port), network-order ints.
 RawFlow = tuple[int, int, int, int]
-
-
-def flow_key(prefix: str, client: str, cport: int, vip: str, vport: int) -> str:
-    return f"{prefix}:flow:{client}:{cport}:{vip}:{vport}"
-
-
-def flow_value(cluster: int, txr_id: int) -> str:
-    return f"{cluster}:{txr_id}"
-
-
-def parse_flow_value(value: Any) -> tuple[int, int]:
-    """b"1:7" -> (1, 7); ValueError for anything else (a hand-edited or foreign key)."""
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    cluster_s, sep, id_s = text.partition(":")
-    if not sep or not cluster_s.isdigit() or not id_s.isdigit():
-        raise ValueError(f"flow value {text!r} is not CLUSTER:ID")
-    cluster, txr_id = int(cluster_s), int(id_s)
-    if cluster > 0xFFFF or txr_id > 0xFFFFFFFF:
-        raise ValueError(f"flow value {text!r}: id out of range")
-    return cluster, txr_id
 
 
 def raw_flow(key: FlowKey) -> RawFlow:
@@ -90,8 +71,8 @@ class FlowExporter:
         flows: PinnedMap,
         *,
         prefix: str,
-        ttl: float = DEFAULT_FLOW_TTL,
-        batch: int = DEFAULT_BATCH,
+        ttl: float = defaults.FLOW_TTL,
+        batch: int = defaults.FLOW_BATCH,
     ) -> None:
         self.flows = flows
         self.prefix = prefix
@@ -101,26 +82,20 @@ class FlowExporter:
         self.cycle = 0
         self.last_count = 0  # flows seen by the last complete walk
         self._counting = 0
-        self._cursor: FlowKey | None = None
+        self._cursor = bpfsys.BatchCursor()
+        self._keys = (FlowKey * batch)()
+        self._vals = (FlowVal * batch)()
 
-    def _walk(self) -> tuple[list[tuple[RawFlow, tuple[int, int]]], FlowKey | None, bool]:
+    def _walk(self) -> tuple[list[tuple[RawFlow, tuple[int, int]]], bpfsys.BatchCursor, bool]:
         """Up to `batch` (flow, (cluster, id)) from the cursor on; the new cursor; at the end?"""
-        from bcc.libbcc import lib
-
-        out = []
-        prev = self._cursor
-        for _ in range(self.batch):
-            nxt = FlowKey()
-            rc = lib.bpf_get_next_key(
-                self.flows.fd, None if prev is None else ct.byref(prev), ct.byref(nxt)
-            )
-            if rc != 0:
-                return out, None, True
-            val = FlowVal()
-            if lib.bpf_lookup_elem(self.flows.fd, ct.byref(nxt), ct.byref(val)) == 0:
-                out.append((raw_flow(nxt), (val.cluster, val.id)))
-            prev = nxt
-        return out, prev, False
+        cursor = bpfsys.BatchCursor(self._cursor.token)
+        n = bpfsys.map_lookup_batch(self.flows.fd, cursor, self._keys, self._vals, self.batch)
+        out = [
+            (raw_flow(self._keys[i]), (self._vals[i].cluster, self._vals[i].id)) for i in range(n)
+        ]
+        if cursor.done:
+            return out, bpfsys.BatchCursor(), True
+        return out, cursor, False
 
     def step(self, r: Any) -> ExportResult:
         """One bounded pass. A Redis error propagates and the cursor stays, so nothing is
