@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml
 	@$(VPY) -m pip install -q -e '.[dev]' >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	  ln -sfn /usr/lib/python3/dist-packages/bcc $$site/bcc
-	@$(VPY) -c 'import bcc, control, transceiver, wire' 
+	@$(VPY) -c 'import bcc, control, datapath, transceiver, wire'
 	@touch $@
 
 test: install ## run the whole test suite (needs root)
@@ -59,14 +59,14 @@ test: install ## run the whole test suite (needs root)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff over the Python code
-	$(VENV)/bin/ruff check wire control transceiver lab tests bench scripts
-	$(VENV)/bin/ruff format --check wire control transceiver lab tests bench scripts
+	$(VENV)/bin/ruff check wire datapath control transceiver lab tests bench
+	$(VENV)/bin/ruff format --check wire datapath control transceiver lab tests bench
 
 bench: install ## run the benchmarks and print their tables
 	$(VPY) -m bench
 
 demo: install ## build the lab, run calls through the relay, print the report, tear it down
-	$(VPY) scripts/demo.py
+	$(VPY) -m lab.demo
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,6 +1,6 @@
 """Call generator: N concurrent aiortc clients against a WHIP-style server, bounded in time.
 
-Each client sends 20 ms Opus frames of a generated tone at real-time pace (`bench/tone.py`) and
+Each client (lab.peer.ClientPeer) sends 20 ms Opus frames of a tone at real-time pace and
 counts what comes back. Per call it measures set-up time (offer POST -> connectionState
 "connected"), packets sent and received; given the server's pid it also reads the SERVER's CPU
 time over the steady window and its RSS before the calls and during them (from /proc; this runs
@@ -14,27 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import queue
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import aiohttp
-import aioice.ice
-from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpReceiver,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from bench import procstat
-from bench.tone import ToneTrack
+from lab import peer_seam, procstat
+from lab.peer import ClientPeer
 
 DRAIN_S = 0.5  # echoes still in flight after the clients stop sending
 RAMP_PER_S = 20.0  # new calls per second: a steady arrival rate, not one burst
@@ -55,105 +46,32 @@ class CallResult:
     gaps: int = 0  # echoed packets missing from the received sequence numbers
 
 
-@dataclass
 class Client:
-    """One call: a peer connection sending a tone; the echo is counted, not decoded."""
+    """One call: a client peer sending the pre-encoded tone; the echo is counted, not decoded
+    (decoding it would make the clients cost as much as the server under test)."""
 
-    pc: RTCPeerConnection = field(
-        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    )
-    tone: ToneTrack = field(default_factory=ToneTrack)
-    location: str | None = None
-    result: CallResult = field(default_factory=CallResult)
+    def __init__(self) -> None:
+        self.peer = ClientPeer(audio="opus", decode=False)
+        self.result = CallResult()
+
+    @property
+    def tone(self) -> MediaStreamTrack:
+        return self.peer.tone
 
     async def start(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
-        connected = asyncio.Event()
-        t0 = 0.0  # set when the offer is POSTed
-
-        def since_t0() -> float:
-            return (time.perf_counter() - t0) * 1000
-
-        @self.pc.on("connectionstatechange")
-        def on_state() -> None:
-            if self.pc.connectionState in ("connected", "failed", "closed"):
-                connected.set()
-
-        @self.pc.on("iceconnectionstatechange")
-        def on_ice() -> None:
-            if self.pc.iceConnectionState == "completed":
-                self.result.ice_ms = since_t0()
-
-        transceiver = self.pc.addTransceiver(self.tone, direction="sendrecv")
-        if not skip_decoding(transceiver.receiver):
-            # aiortc moved its decoder queue: frames get decoded, so read them or they pile up.
-            self.pc.on("track", lambda track: asyncio.ensure_future(_drain(track)))
-        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers host candidates
-        t0 = time.perf_counter()
-        async with http.post(
-            f"{url}/v1/calls",
-            data=self.pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
-        ) as resp:
-            body = await resp.text()
-            if resp.status != 201:
-                raise RuntimeError(f"POST /v1/calls answered {resp.status}: {body.strip()[:200]}")
-            self.location = resp.headers.get("Location")
-        self.result.answer_ms = since_t0()
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-        await asyncio.wait_for(connected.wait(), timeout)
-        if self.pc.connectionState != "connected":
-            raise RuntimeError(f"connection {self.pc.connectionState}")
-        self.result.setup_ms = since_t0()
+        try:
+            await self.peer.start(http, url, timeout=timeout)
+        finally:
+            self.result.answer_ms = self.peer.answer_ms
+            self.result.ice_ms = self.peer.ice_ms
+            self.result.setup_ms = self.peer.setup_ms
 
     async def count(self) -> None:
         """RTP packets sent, echoed packets received, and sequence gaps among those."""
-        for report in (await self.pc.getStats()).values():
-            if report.type == "outbound-rtp":
-                self.result.sent += report.packetsSent
-            elif report.type == "inbound-rtp":
-                self.result.received += report.packetsReceived
-                self.result.gaps += report.packetsLost
+        self.result.sent, self.result.received, self.result.gaps = await self.peer.rtp_counts()
 
     async def hang_up(self, http: aiohttp.ClientSession, url: str) -> None:
-        if self.location:
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with http.delete(f"{url}{self.location}"):
-                    pass
-        await self.pc.close()
-
-
-class _NoDecode:
-    """Stands in for RTCRtpReceiver's decoder queue: frames are dropped, not decoded.
-
-    The echo is counted at RTP level (getStats), so decoding it would only make the clients
-    cost as much as the server under test. The receiver's decoder thread waits on `get()`
-    until the receiver stops and sends it the None sentinel.
-    """
-
-    def __init__(self) -> None:
-        self._sentinel: queue.Queue[None] = queue.Queue()
-
-    def put(self, item: object) -> None:
-        if item is None:
-            self._sentinel.put(None)
-
-    def get(self) -> None:
-        return self._sentinel.get()
-
-
-def skip_decoding(receiver: RTCRtpReceiver) -> bool:
-    """Swap in `_NoDecode` before the receiver starts; False if this aiortc has no such queue."""
-    attr = "_RTCRtpReceiver__decoder_queue"
-    if not isinstance(getattr(receiver, attr, None), queue.Queue):
-        return False
-    setattr(receiver, attr, _NoDecode())
-    return True
-
-
-async def _drain(track: MediaStreamTrack) -> None:
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            await track.recv()
+        await self.peer.hang_up(http)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -408,7 +326,7 @@ async def run(
 def client_address_only(addr: str) -> None:
     """Gather client candidates on one address only (the server's side of the bench is untouched):
     fewer candidate pairs means less client work and a set-up time that measures the server."""
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [addr]  # type: ignore[assignment]
+    peer_seam.host_addresses_only(addr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,8 +167,7 @@ class EdgeLab(Lab):
     def _build(self) -> None:
         for ns in (self.client_ns, self.fabric_ns, *(r.ns for r in self.relays),
                    *(t.ns for t in self.txrs)):  # fmt: skip
-            netns.create(ns)
-            self.state.namespaces.append(ns)
+            self.namespace(ns.removeprefix(f"{self.prefix}-"))
         # The client's addresses live on a link of their own (a veth pair inside the namespace:
         # the kernel may lack the dummy driver), not lo: browsers skip loopback links when they
         # gather ICE candidates.

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from bench import procstat
 from bench.calls import (
     Row,
     Running,
@@ -27,7 +26,8 @@ from bench.calls import (
     to_row,
     transceiver_server,
 )
-from bench.tone import TONE, ToneTrack
+from lab import procstat
+from lab.tone import TONE_OPUS, OpusToneTrack
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
@@ -157,15 +157,15 @@ def test_sequential_set_up_times() -> None:
 
 
 async def test_tone_track_is_paced_opus() -> None:
-    track = ToneTrack()
+    track = OpusToneTrack()
     t0 = time.monotonic()
     packets = [await track.recv() for _ in range(11)]
     elapsed = time.monotonic() - t0
     # 10 intervals of 20 ms after the first packet: real time, not as fast as possible.
     assert 0.19 <= elapsed < 1.0
     assert [p.pts for p in packets] == [960 * n for n in range(11)]
-    assert all(bytes(p) == TONE[n % len(TONE)] for n, p in enumerate(packets))
-    assert len(TONE) == 50 and all(40 < len(p) < 1500 for p in TONE)
+    assert all(bytes(p) == TONE_OPUS[n % 50] for n, p in enumerate(packets))
+    assert len(TONE_OPUS) == 50 and all(40 < len(p) < 1500 for p in TONE_OPUS)
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()

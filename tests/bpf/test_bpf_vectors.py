@@ -1,5 +1,5 @@
 """The C program against the shared wire-format vectors (tests/vectors/wire.json, made by
-`python -m wire.vectors`): the same bytes must give the same answers as the Python side."""
+`python -m tests.vectors.generate`): the same bytes must give the same answers as in Python."""
 
 from __future__ import annotations
 

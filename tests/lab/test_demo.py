@@ -1,4 +1,4 @@
-"""`make demo` (scripts/demo.py): it reports, exits 0, and leaves nothing behind, also on Ctrl-C."""
+"""`make demo` (lab/demo.py): it reports, exits 0, and leaves nothing behind, also on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ from tests.lab.labhelp import assert_clean
 
 pytestmark = pytest.mark.lab
 
-DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Demo:
-    """scripts/demo.py as a process; a reader thread turns its stdout lines into events."""
+    """`python -m lab.demo`; a reader thread turns its stdout lines into events."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(DEMO), *args],
+            [sys.executable, "-m", "lab.demo", *args],
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wire import encap, stun, ufrag, vectors
+from tests.vectors import generate as vectors
+from wire import encap, stun, ufrag
 from wire.siphash import siphash24
 
 PATH = Path(__file__).resolve().parents[1] / "vectors" / "wire.json"
@@ -18,9 +19,10 @@ DATA = json.loads(PATH.read_text())
 
 def test_file_equals_generator_output() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "wire.vectors"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tests.vectors.generate"], capture_output=True, text=True, check=True
     ).stdout
-    assert out == PATH.read_text(), "regenerate: python -m wire.vectors > tests/vectors/wire.json"
+    regenerate = "regenerate: python -m tests.vectors.generate > tests/vectors/wire.json"
+    assert out == PATH.read_text(), regenerate
     assert out == vectors.render()
 
 

@@ -1,4 +1,5 @@
-"""`make demo`: real WebRTC calls through two XDP relays behind one VIP, a report, teardown.
+"""`make demo` (`python -m lab.demo`): real WebRTC calls through two XDP relays behind one VIP,
+a report, teardown.
 
 Builds the EdgeLab (lab/edge.py): a client namespace reaching the VIP over an ECMP route through
 two relays (XDP program loaded by `relayctl load`, each with `relayctl run` syncing from Redis),

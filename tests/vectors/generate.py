@@ -1,8 +1,8 @@
 """Deterministic test vectors shared by the Python and the BPF implementations.
 
-`python -m wire.vectors > tests/vectors/wire.json` regenerates the file; tests check that the
-file equals this output, so neither side drifts. All bytes are hex strings; STUN `packet`s are UDP
-payloads, `inner`/`outer` are IPv4 packets without Ethernet.
+`python -m tests.vectors.generate > tests/vectors/wire.json` (from the checkout) regenerates the
+file; tests check that the file equals this output, so neither side drifts. All bytes are hex
+strings; STUN `packet`s are UDP payloads, `inner`/`outer` are IPv4 packets without Ethernet.
 """
 
 from __future__ import annotations

@@ -1,0 +1,616 @@
+"""relayctl: load the XDP relay, keep its maps equal to the registry, show what it does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from control import defaults
+from control.errors import RelayctlError
+from datapath import DatapathError
+from wire.addr import parse_addr_port
+from wire.registry import DEFAULT_PREFIX as REDIS_PREFIX
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class AddrPort(click.ParamType):
+    """ADDR:PORT, IPv4."""
+
+    name = "ADDR:PORT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_addr_port(value, what=param.opts[0] if param else "value")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ADDR_PORT = AddrPort()
+
+
+class Cli(click.Group):
+    """Prints expected failures as one line and never a traceback (RELAYCTL_DEBUG=1 shows it)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except (RelayctlError, DatapathError) as exc:
+            click.echo(f"relayctl: error: {exc}", err=True)
+            ctx.exit(1)
+        except BrokenPipeError:  # `relayctl flows | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except Exception as exc:
+            if os.environ.get("RELAYCTL_DEBUG"):
+                raise
+            click.echo(f"relayctl: internal error: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(3)
+
+
+def name_option(f: Callable) -> Callable:
+    return click.option(
+        "--name",
+        envvar="RELAYCTL_NAME",
+        default=defaults.RELAY_NAME,
+        show_default=True,
+        help="Relay name: pins live under /sys/fs/bpf/NAME (env RELAYCTL_NAME).",
+    )(f)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
+
+
+def _privileged(what: str, name: str) -> None:
+    from control.bpffs import check_name, ensure_bpffs, require_root
+
+    check_name(name)
+    require_root(what)
+    ensure_bpffs()
+
+
+def _maps(name: str) -> Any:
+    from control.bpffs import pin_dir
+    from datapath.maps import RelayMaps
+
+    return RelayMaps(pin_dir(name))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(cls=Cli, context_settings=CONTEXT)
+def main() -> None:
+    """Control the XDP WebRTC edge relay: load it on an interface, sync its transceiver and key
+    maps from the registry, and show its flows and counters.
+
+    The program and its maps stay in the kernel after relayctl exits: they are pinned under
+    /sys/fs/bpf/NAME. Inside a lab netns run relayctl with `nsenter --net=/run/netns/NS`.
+    """
+
+
+@main.command()
+@name_option
+@click.option(
+    "--iface",
+    "ifaces",
+    multiple=True,
+    required=True,
+    help="Interface that receives client or tunnel traffic (repeat when they arrive on several).",
+)
+@click.option(
+    "--vip",
+    "vips",
+    type=ADDR_PORT,
+    multiple=True,
+    required=True,
+    help="A VIP address:port clients send to (repeat for several, at most 64).",
+)
+@click.option(
+    "--tunnel",
+    type=ADDR_PORT,
+    required=True,
+    help="This relay's tunnel address:port (outer source; transceivers answer here).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["native", "generic"]),
+    default="native",
+    show_default=True,
+    help="XDP mode: driver (native) or generic (skb).",
+)
+def load(
+    name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int], mode: str
+) -> None:
+    """Compile and attach the relay, pin its maps, write config and VIPs.
+
+    Loading again replaces the attached program in place: the pinned maps are reused, so flows,
+    transceivers and keys survive. The VIP set is replaced exactly by the --vip options.
+    """
+    from control import loader
+
+    _privileged("load", name)
+    r = loader.load(name, list(ifaces), list(vips), tunnel, mode)
+    replaced = f", replaced program {r.replaced}" if r.replaced else ""
+    if r.also:
+        replaced += f" (also on {', '.join(r.also)})"
+    where = ", ".join(r.ifaces)
+    click.echo(
+        f"loaded relay {r.name!r} on {where} ({r.mode}): program {r.prog_id}{replaced}; "
+        f"VIPs {', '.join(f'{a}:{p}' for a, p in r.vips)}; tunnel {r.tunnel[0]}:{r.tunnel[1]}"
+    )
+
+
+@main.command()
+@name_option
+@click.option(
+    "--iface",
+    help="Detach only from this interface (default: wherever attached); also detaches a relay "
+    "program found there whose pins are gone.",
+)
+def unload(name: str, iface: str | None) -> None:
+    """Detach the relay and remove its pins (flows and maps are freed)."""
+    from control import loader
+
+    _privileged("unload", name)
+    r = loader.unload(name, iface)
+    where = ", ".join(r.detached) or "no interface in this network namespace"
+    if r.orphan:
+        click.echo(f"detached a relay program whose pins were gone from {where}")
+    elif r.still_attached:
+        kept = ", ".join(r.still_attached)
+        click.echo(f"detached relay {name!r} from {where}; pins kept: it still runs on {kept}")
+    else:
+        click.echo(f"unloaded relay {name!r}: detached from {where}; removed {len(r.removed)} pins")
+
+
+@main.group("map", context_settings=CONTEXT)
+def map_group() -> None:
+    """The relay's maps: sync them from the registry, show them."""
+
+
+def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
+    from wire import registry
+
+    if file:
+        try:
+            return registry.load_registry_file(file)
+        except registry.RegistryError as exc:
+            raise RelayctlError(str(exc)) from None
+    import redis
+
+    from wire.redisconn import connect
+
+    try:
+        client = connect(redis_url, timeout=defaults.CLI_REDIS_TIMEOUT)
+        try:
+            return registry.read_registry(client, prefix=prefix)
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError) as exc:
+        raise RelayctlError(f"cannot read the registry from {redis_url}: {exc}") from None
+
+
+def _sync_once(
+    name: str,
+    file: str | None,
+    redis_url: str | None,
+    prefix: str,
+    dry_run: bool,
+    allow_empty: bool,
+) -> tuple[list, list[str]]:
+    from control import sync
+
+    reg = _read_registry(file, redis_url, prefix)
+    guard = None if allow_empty else sync.EmptyGuard(math.inf, "--allow-empty")
+    with _maps(name) as maps:
+        outcome = sync.apply(maps, reg, dry_run=dry_run, guard=guard)
+    return outcome.changes, [f"skipped {p}" for p in reg.problems] + outcome.warnings
+
+
+@map_group.command("sync")
+@name_option
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="Registry JSON file.")
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    help="Redis URL (redis://host:port/db or unix:///path.sock).",
+)
+@click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
+@click.option("--dry-run", is_flag=True, help="Show the changes without writing them.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Let a registry without keys (or without transceivers) empty those maps.",
+)
+@click.option("--watch", is_flag=True, help="Keep syncing (Redis events, and every --interval).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=defaults.WATCH_INTERVAL,
+    show_default=True,
+    help="Seconds between syncs with --watch (registry entries expire silently).",
+)
+@json_option
+def map_sync(
+    name: str,
+    file: str | None,
+    redis_url: str | None,
+    prefix: str,
+    dry_run: bool,
+    allow_empty: bool,
+    watch: bool,
+    interval: float,
+    as_json: bool,
+) -> None:
+    """Make the keys, transceivers and txr_addrs maps equal to the registry.
+
+    Prints one line per change: + added, ~ changed, - removed.
+    """
+    if bool(file) == bool(redis_url):
+        raise click.UsageError("give exactly one of --file F or --redis URL")
+    _privileged("map sync", name)
+    if watch:  # a service manager stops us with SIGTERM: exit cleanly, not with a traceback
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        try:
+            changes, problems = _sync_once(name, file, redis_url, prefix, dry_run, allow_empty)
+        except RelayctlError as exc:
+            if not watch:
+                raise
+            # A daemon outlives registry outages: report, wait, try again.
+            click.echo(f"relayctl: error: {exc} (retrying)", err=True)
+            time.sleep(interval)
+            continue
+        for p in problems:
+            click.echo(f"relayctl: warning: {p}", err=True)
+        if as_json:
+            click.echo(json.dumps({"changes": [c.__dict__ for c in changes], "problems": problems}))
+        elif changes or not watch:
+            for c in changes:
+                click.echo(str(c))
+            verb = "would make" if dry_run else "made"
+            click.echo(f"{verb} {len(changes)} changes" if changes else "maps already in sync")
+        sys.stdout.flush()
+        if not watch:
+            return
+        _wait_for_event(redis_url, prefix, interval)
+
+
+def _wait_for_event(redis_url: str | None, prefix: str, interval: float) -> None:
+    """Sleep until the next registry event or `interval` (file mode: just the interval)."""
+    if redis_url is None:
+        time.sleep(interval)
+        return
+    import redis
+
+    from wire.redisconn import connect
+
+    try:
+        client = connect(redis_url, timeout=interval + 5)
+        with client.pubsub() as sub:
+            sub.subscribe(f"{prefix}:events")
+            deadline = time.monotonic() + interval
+            while (left := deadline - time.monotonic()) > 0:
+                msg = sub.get_message(timeout=left)
+                if msg and msg["type"] == "message":
+                    return
+        client.close()
+    except redis.RedisError as exc:
+        click.echo(f"relayctl: warning: redis events: {exc}", err=True)
+        time.sleep(interval)
+
+
+@map_group.command("show")
+@name_option
+@json_option
+def map_show(name: str, as_json: bool) -> None:
+    """Show config, VIPs, keys (as fingerprints), transceivers and tunnel addresses."""
+    from control import views
+
+    _privileged("map show", name)
+    with _maps(name) as maps:
+        data = views.map_contents(maps)
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"tunnel: {data['config']['tunnel']}")
+    click.echo(f"VIPs: {', '.join(data['vips']) or '-'}")
+    click.echo("keys: " + (", ".join(f"{k}={v}" for k, v in data["keys"].items()) or "-"))
+    rows = [(t["cluster"], t["id"], t["tunnel"]) for t in data["transceivers"]]
+    click.echo(views.table(["CLUSTER", "ID", "TUNNEL"], rows))
+
+
+@main.command()
+@name_option
+@json_option
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many flows.")
+def flows(name: str, as_json: bool, limit: int | None) -> None:
+    """List the learned flows (client -> VIP, and the transceiver they go to)."""
+    from control import views
+
+    _privileged("flows", name)
+    with _maps(name) as maps:
+        data = views.flows(maps, limit)
+    if as_json:
+        _print_json(data)
+        return
+    rows = [
+        (f["client"], f["vip"], f["cluster"], f["transceiver"], f["tunnel"], f["age_s"])
+        for f in data
+    ]
+    click.echo(views.table(["CLIENT", "VIP", "CLUSTER", "TXR", "TUNNEL", "AGE_S"], rows))
+    click.echo(f"{len(data)} flows")
+
+
+@main.command()
+@name_option
+@json_option
+@click.option("--all", "show_all", is_flag=True, help="Also show reasons that counted nothing.")
+def stats(name: str, as_json: bool, show_all: bool) -> None:
+    """Packets and bytes per exit reason, summed over CPUs."""
+    from control import views
+    from control.reasons import VERDICT, Reason
+
+    _privileged("stats", name)
+    with _maps(name) as maps:
+        data = views.stats(maps)
+    if as_json:
+        _print_json(data)
+        return
+    verdicts = {r.label: VERDICT.get(r, "") for r in Reason}
+    rows = [
+        (k, v["packets"], v["bytes"], verdicts.get(k, ""))
+        for k, v in data.items()
+        if show_all or v["packets"]
+    ]
+    click.echo(views.table(["REASON", "PACKETS", "BYTES", "VERDICT"], rows))
+
+
+@main.group("ufrag", context_settings=CONTEXT)
+def ufrag_group() -> None:
+    """Routing ufrags: mint one, or decode one and check its tag."""
+
+
+def _hex_key(value: str) -> bytes:
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter("not hex") from None
+    if len(key) != 16:
+        raise click.BadParameter(f"{len(key)} bytes, a key is 16 bytes (32 hex chars)")
+    return key
+
+
+@ufrag_group.command("mint")
+@name_option
+@click.option("--key-id", type=click.IntRange(0, 15), required=True, help="Key slot 0..15.")
+@click.option("--key", "key_hex", required=True, metavar="HEX", help="16-byte key, 32 hex chars.")
+@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
+@click.option("--transceiver", type=click.IntRange(0, 0xFFFFFFFF), required=True)
+def ufrag_mint(name: str, key_id: int, key_hex: str, cluster: int, transceiver: int) -> None:
+    """Print a fresh routing ufrag (random 40-bit nonce); needs no loaded relay."""
+    del name  # accepted like on every command; minting reads no maps
+    from wire import ufrag
+
+    try:
+        key = _hex_key(key_hex)
+    except click.BadParameter as exc:
+        exc.param_hint = "'--key'"
+        raise
+    click.echo(ufrag.mint(key_id, key, cluster, transceiver))
+
+
+@ufrag_group.command("decode")
+@name_option
+@click.argument("text", metavar="UFRAG")
+@click.option("--key-id", type=click.IntRange(0, 15), help="Check the tag under this key id...")
+@click.option("--key", "key_hex", metavar="HEX", help="...and this key (else: the loaded keys).")
+@json_option
+def ufrag_decode(
+    name: str, text: str, key_id: int | None, key_hex: str | None, as_json: bool
+) -> None:
+    """Show where UFRAG routes and whether its tag verifies.
+
+    Exit status: 0 when it decodes and verifies (or no key is available), 1 otherwise.
+    """
+    from wire import ufrag
+
+    text = text.split(":", 1)[0]  # accept a whole STUN USERNAME too
+    if (key_id is None) != (key_hex is None):
+        raise click.UsageError("give --key-id and --key together")
+    try:
+        hint = ufrag.decode(text)
+    except ufrag.UfragError as exc:
+        raise RelayctlError(f"{exc.reason}: {exc}") from None
+    info: dict[str, Any] = {
+        "version": hint.version,
+        "key_id": hint.key_id,
+        "cluster": hint.cluster,
+        "transceiver": hint.transceiver,
+        "nonce": hint.nonce.hex(),
+        "tag": hint.tag.hex(),
+    }
+    keys, source, tunnel = _decode_keys(name, hint, key_id, key_hex)
+    if keys is None:
+        info["tag_ok"], info["verdict"] = None, f"not checked ({source})"
+    else:
+        try:
+            ufrag.verify(text, keys)
+            info["tag_ok"], info["verdict"] = True, f"tag verifies ({source})"
+        except ufrag.UfragError as exc:
+            info["tag_ok"], info["verdict"] = False, f"{exc.reason}: {exc} ({source})"
+    if tunnel is not None:
+        info["routes_to"] = tunnel
+    if as_json:
+        _print_json(info)
+    else:
+        for k, v in info.items():
+            click.echo(f"{k}: {'-' if v is None else v}")
+    if info["tag_ok"] is False:
+        sys.exit(1)
+
+
+def _decode_keys(
+    name: str, hint: Any, key_id: int | None, key_hex: str | None
+) -> tuple[dict[int, bytes] | None, str, str | None]:
+    """The keys to verify with, where they came from, and (if loaded) the transceiver's tunnel."""
+    if key_hex is not None and key_id is not None:
+        try:
+            return {key_id: _hex_key(key_hex)}, "--key", None
+        except click.BadParameter as exc:
+            raise RelayctlError(f"--key: {exc.message}") from None
+    from control.bpffs import check_name, pin_dir
+
+    check_name(name)
+    if os.geteuid() != 0 or not pin_dir(name).is_dir():
+        return None, f"no --key given and no relay {name!r} loaded here", None
+    from control.sync import read_state
+
+    with _maps(name) as maps:
+        state = read_state(maps)
+    ep = state.transceivers.get((hint.cluster, hint.transceiver))
+    tunnel = f"{ep[0]}:{ep[1]}" if ep else "unknown transceiver (not in the map)"
+    return state.keys, f"keys loaded in relay {name!r}", tunnel
+
+
+@main.command("run")
+@name_option
+@click.option(
+    "--redis",
+    "redis_url",
+    required=True,
+    metavar="URL",
+    help="Registry: redis://host:port/db or unix:///path.sock.",
+)
+@click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
+@click.option(
+    "--flow-redis",
+    metavar="URL",
+    help="Write/read learned flows here instead of --redis (the same for every relay).",
+)
+@click.option(
+    "--metrics",
+    type=ADDR_PORT,
+    metavar="ADDR:PORT",
+    help="Serve Prometheus metrics on ADDR:PORT/metrics.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=defaults.INTERVAL,
+    show_default=True,
+    help="Seconds between passes (registry events wake it early).",
+)
+@click.option(
+    "--flow-ttl",
+    type=click.FloatRange(min=3),
+    default=defaults.FLOW_TTL,
+    show_default=True,
+    help="TTL of the flow keys written to Redis, seconds.",
+)
+@click.option(
+    "--flow-batch",
+    type=click.IntRange(min=1),
+    default=defaults.FLOW_BATCH,
+    show_default=True,
+    help="Flow-map entries read per pass.",
+)
+@click.option(
+    "--slow-path/--no-slow-path",
+    default=True,
+    show_default=True,
+    help="Take over flows learned by other relays (sockets on the VIPs).",
+)
+@click.option(
+    "--slow-path-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second at most.",
+)
+@click.option(
+    "--slow-path-burst",
+    type=click.FloatRange(min=1),
+    help="Slow-path datagrams allowed at once (a failover moves many calls at once) "
+    "[default: one second of --slow-path-rate].",
+)
+@click.option(
+    "--empty-grace",
+    type=click.FloatRange(min=0),
+    default=defaults.EMPTY_GRACE,
+    show_default=True,
+    help="Seconds an empty key or transceiver table must stay empty before the maps "
+    "are emptied, and removals wait after Redis restarts (transceivers re-register first).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def run_command(
+    name: str,
+    redis_url: str,
+    prefix: str,
+    flow_redis: str | None,
+    metrics: tuple[str, int] | None,
+    interval: float,
+    flow_ttl: float,
+    flow_batch: int,
+    slow_path: bool,
+    slow_path_rate: float,
+    slow_path_burst: float | None,
+    empty_grace: float,
+    verbose: bool,
+) -> None:
+    """Keep the relay's maps equal to the Redis registry, publish learned flows, take over
+    flows of other relays (slow path) and export metrics. Runs until SIGTERM/SIGINT.
+
+    The relay must be loaded (`relayctl load`); its program and maps keep working without
+    this process, which only adds changes, flow hand-over and metrics.
+    """
+    from control.controller import Controller, RunOptions
+
+    _privileged("run", name)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="relayctl run: %(levelname)s %(message)s",
+    )
+    opts = RunOptions(
+        name=name,
+        redis_url=redis_url,
+        prefix=prefix,
+        flow_redis_url=flow_redis,
+        interval=interval,
+        flow_ttl=flow_ttl,
+        flow_batch=flow_batch,
+        metrics=metrics,
+        slow_path=slow_path,
+        rate=slow_path_rate,
+        burst=slow_path_burst or slow_path_rate,
+        empty_grace=empty_grace,
+    )
+    try:
+        controller = Controller(opts)
+    except ValueError as exc:  # a malformed --redis URL
+        raise RelayctlError(f"--redis: {exc}") from None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        controller.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    controller.run()

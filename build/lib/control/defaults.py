@@ -1,0 +1,16 @@
+"""relayctl's defaults, in one table: the CLI shows them, the controller and jobs use them.
+
+Fleet-wide values that transceivers must agree with (the relays' tunnel port, the registry's
+TTLs and prefix) are wire/defaults.py's.
+"""
+
+RELAY_NAME = "edge"  # pins under /sys/fs/bpf/<name>
+INTERVAL = 0.5  # seconds between control-loop passes
+EMPTY_GRACE = 15.0  # > registry TTL + refresh: a restarted Redis is refilled by then
+FLOW_TTL = 120.0  # seconds a flow key lives in Redis
+FLOW_BATCH = 4096  # flow-map entries read per pass
+SLOW_PATH_RATE = 2000.0  # slow-path datagrams per second
+REDIS_TIMEOUT = 2.0  # the loop's own Redis calls: never block a pass for long
+SLOW_PATH_REDIS_TIMEOUT = 0.5  # per slow-path batch: packets are waiting
+CLI_REDIS_TIMEOUT = 5.0  # one-shot commands (map sync)
+WATCH_INTERVAL = 1.0  # map sync --watch

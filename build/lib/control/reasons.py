@@ -1,0 +1,72 @@
+"""Exit reasons of the XDP relay: one counter slot each (docs/wire-format.md §5, bpf/counters.h)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.IntEnum):
+    PASS_NOT_IPV4 = 0
+    PASS_NOT_OURS = 1
+    FWD_FLOW = 2
+    FWD_STUN_NEW = 3
+    FWD_STUN_KNOWN = 4
+    FWD_DECAP = 5
+    DROP_TRUNCATED = 6
+    DROP_IP_OPTIONS = 7
+    DROP_FRAGMENT = 8
+    DROP_BAD_UDP_LEN = 9
+    DROP_NO_FLOW = 10
+    DROP_BAD_COOKIE = 11
+    DROP_NO_USERNAME = 12
+    DROP_BAD_UFRAG = 13
+    DROP_UNKNOWN_KEY = 14
+    DROP_BAD_TAG = 15
+    DROP_UNKNOWN_TXR = 16
+    DROP_TUNNEL_STRANGER = 17
+    DROP_TUNNEL_BAD_INNER = 18
+    DROP_TUNNEL_FOREIGN_SRC = 19
+    DROP_FIB = 20
+    PASS_FIB_NO_NEIGH = 21
+    DROP_TOO_BIG = 22
+    DROP_ENCAP = 23
+    DROP_NO_CONFIG = 24
+    DROP_REDIRECT = 25
+    PASS_SLOW_PATH = 26
+
+    @property
+    def label(self) -> str:
+        """The spec's spelling, e.g. "drop_bad_tag"."""
+        return self.name.lower()
+
+
+# What the program does with a packet counted under each reason (the spec's "verdict" column).
+VERDICT: dict[Reason, str] = {
+    Reason.PASS_NOT_IPV4: "PASS",
+    Reason.PASS_NOT_OURS: "PASS (IPv4 not for a VIP nor the tunnel port)",
+    Reason.FWD_FLOW: "encapsulated, flow-map hit",
+    Reason.FWD_STUN_NEW: "encapsulated, STUN routed by ufrag, flow created or moved",
+    Reason.FWD_STUN_KNOWN: "encapsulated, STUN routed by ufrag, flow already pointed there",
+    Reason.FWD_DECAP: "decapsulated toward a client",
+    Reason.DROP_TRUNCATED: "DROP",
+    Reason.DROP_IP_OPTIONS: "DROP",
+    Reason.DROP_FRAGMENT: "DROP",
+    Reason.DROP_BAD_UDP_LEN: "DROP",
+    Reason.DROP_NO_FLOW: "DROP: not a STUN Binding request, no flow",
+    Reason.DROP_BAD_COOKIE: "DROP",
+    Reason.DROP_NO_USERNAME: "DROP",
+    Reason.DROP_BAD_UFRAG: "DROP",
+    Reason.DROP_UNKNOWN_KEY: "DROP",
+    Reason.DROP_BAD_TAG: "DROP",
+    Reason.DROP_UNKNOWN_TXR: "DROP",
+    Reason.DROP_TUNNEL_STRANGER: "DROP",
+    Reason.DROP_TUNNEL_BAD_INNER: "DROP",
+    Reason.DROP_TUNNEL_FOREIGN_SRC: "DROP",
+    Reason.DROP_FIB: "DROP: no route",
+    Reason.PASS_FIB_NO_NEIGH: "PASS: next hop not resolved yet, the kernel resolves it",
+    Reason.DROP_TOO_BIG: "DROP",
+    Reason.DROP_ENCAP: "DROP: adjust_head/adjust_tail failed",
+    Reason.DROP_NO_CONFIG: "DROP: program attached but not configured",
+    Reason.DROP_REDIRECT: "DROP",
+    Reason.PASS_SLOW_PATH: "PASS: no flow, to the controller's slow path (config flag set)",
+}

@@ -1,0 +1,209 @@
+"""The application interface: how a voice-AI application gets each call's audio and talks back.
+
+An application is any object with this shape (see `CallApp`):
+
+    class MyApp:
+        media = "opus"                       # or "pcm"
+        async def handle_call(self, call: Call) -> None:
+            async for frame in call:         # ends when the call ends
+                call.send(frame)             # echo
+        async def call_ended(self, call: Call, reason: str) -> None:
+            ...
+
+- `handle_call` is the call-start event: it runs once per call, as soon as the call's media path
+  is up (DTLS connected), and is cancelled if it is still running when the call ends. Returning
+  from it hangs up (reason "app_done"); raising hangs up too ("app_error").
+- `call_ended` is the call-end event, with a reason ("deleted", "consent_expired",
+  "peer_closed", "setup_timeout", "drain_timeout", "shutdown", "app_done", ...).
+- `media = "opus"`: `call.recv()` yields `OpusFrame`s, the RTP payloads exactly as the client
+  sent them, delivered as they arrive (with RTP sequence number and timestamp), and
+  `call.send()` takes `OpusFrame`s that go out as RTP payloads unchanged: no decoding, no
+  encoding, no resampling anywhere in the process.
+- `media = "pcm"`: `call.recv()` yields `av.AudioFrame`s (48 kHz, s16, decoded by aiortc) and
+  `call.send()` takes `av.AudioFrame`s, which aiortc encodes to Opus.
+
+`call.send()` never blocks. Opus calls on the fast path (transceiver/fastpath.py) send the frame
+at once; otherwise the outbound queue holds about a second of audio, the oldest frame dropped
+when an app sends faster than real time (counted in `call.dropped_out`).
+
+The default application is `EchoApp` (Opus, no codec work); `PcmEchoApp` echoes through the
+decoder and encoder. `load_app("module:attr")` loads another one (`transceiver serve --app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import av
+
+MediaFormat = Literal["opus", "pcm"]
+OPUS_CLOCK = 48000
+OUT_QUEUE_FRAMES = 50  # 1 s of 20 ms frames
+
+
+@dataclass(frozen=True)
+class OpusFrame:
+    """One Opus packet (an RTP payload).
+
+    `timestamp` is in RTP units (48 kHz); on send, None lets the transceiver number frames
+    20 ms apart. `sequence` is the client's RTP sequence number on received frames (they are
+    delivered on arrival, so a lost or late packet shows as a gap); it is ignored on send.
+    """
+
+    payload: bytes
+    timestamp: int | None = None
+    sequence: int | None = None
+
+
+Frame = OpusFrame | av.AudioFrame
+
+
+class CallEnded(Exception):
+    """Raised by `Call.recv()` once the call is over."""
+
+
+class Call:
+    """One call as the application sees it."""
+
+    def __init__(self, call_id: str, media: MediaFormat) -> None:
+        self.id = call_id
+        self.media = media
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped_out = 0
+        # Inbound frames: a deque plus the futures of waiting recv()s, not an asyncio.Queue:
+        # this runs for every packet of every call, and Queue.get/put_nowait cost about twice.
+        self._in: deque[Frame] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._out: asyncio.Queue[Frame | None] = asyncio.Queue(OUT_QUEUE_FRAMES)
+        # Set by the Opus fast path (transceiver/fastpath.py): frames go out at once instead
+        # of through the queue aiortc's sender drains.
+        self._sink: Callable[[OpusFrame], None] | None = None
+        self.ended = False
+
+    async def recv(self) -> Frame:
+        """The next frame; frames that arrived before the end are still returned first."""
+        while not self._in:
+            if self.ended:
+                raise CallEnded(self.id)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:  # cancelled: leave the queue, pass on a wake-up we got
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                if self._in and not waiter.cancelled():
+                    self._wake_one()
+                raise
+        return self._in.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.recv()
+        except CallEnded:
+            raise StopAsyncIteration from None
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def send(self, frame: Frame) -> None:
+        if self.ended:
+            return
+        want = OpusFrame if self.media == "opus" else av.AudioFrame
+        if not isinstance(frame, want):
+            raise TypeError(f"a {self.media} call sends {want.__name__}, not {type(frame)}")
+        if self._sink is not None:
+            self.frames_out += 1
+            self._sink(frame)  # type: ignore[arg-type]
+            return
+        if self._out.full():
+            self._out.get_nowait()
+            self.dropped_out += 1
+        self._out.put_nowait(frame)
+        self.frames_out += 1
+
+    # --- used by the transceiver's media glue (transceiver/media.py) -------------------------
+
+    def _deliver(self, frame: Frame) -> None:
+        if not self.ended:
+            self.frames_in += 1
+            self._in.append(frame)
+            if self._waiters:
+                self._wake_one()
+
+    async def _next_out(self) -> Frame | None:
+        return await self._out.get()
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._sink = None
+            while self._waiters:  # every waiting recv() sees the end
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+            if self._out.full():
+                self._out.get_nowait()
+            self._out.put_nowait(None)
+
+
+@runtime_checkable
+class CallApp(Protocol):
+    media: MediaFormat
+
+    async def handle_call(self, call: Call) -> None: ...
+
+    async def call_ended(self, call: Call, reason: str) -> None: ...
+
+
+class EchoApp:
+    """Sends every Opus packet straight back: the zero-codec path."""
+
+    media: MediaFormat = "opus"
+
+    async def handle_call(self, call: Call) -> None:
+        async for frame in call:
+            call.send(frame)
+
+    async def call_ended(self, call: Call, reason: str) -> None:
+        return None
+
+
+class PcmEchoApp(EchoApp):
+    """Echo through aiortc's Opus decoder and encoder (for apps that want samples)."""
+
+    media: MediaFormat = "pcm"
+
+
+BUILTIN_APPS: dict[str, type] = {"echo": EchoApp, "pcm-echo": PcmEchoApp}
+
+
+def load_app(spec: str) -> CallApp:
+    """`echo`, `pcm-echo`, or `package.module:attr` naming an app class/factory or instance."""
+    if spec in BUILTIN_APPS:
+        return BUILTIN_APPS[spec]()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"app must be echo, pcm-echo or module:attr, got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+        app = obj() if callable(obj) and not isinstance(obj, CallApp) else obj
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ValueError(f"cannot load app {spec}: {exc}") from None
+    if not isinstance(app, CallApp) or app.media not in ("opus", "pcm"):
+        raise ValueError(f"{spec} is not a CallApp (needs media, handle_call, call_ended)")
+    return app

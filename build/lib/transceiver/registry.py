@@ -1,0 +1,97 @@
+"""Keeps this transceiver's entry in the Redis registry fresh and follows key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import redis
+
+from transceiver.keys import Keyring
+from wire import registry as wreg
+
+log = logging.getLogger(__name__)
+
+
+def read_keys(r: redis.Redis, prefix: str) -> tuple[dict[int, bytes], int | None]:
+    """Only the keys part of the registry (no SCAN over every transceiver)."""
+    keys: dict[int, bytes] = {}
+    for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
+        try:
+            k, key = wreg.parse_key(kid, hex_key)
+        except wreg.RegistryError as exc:
+            log.warning("ignoring routing key: %s", exc)
+            continue
+        keys[k] = key
+    raw = r.get(f"{prefix}:keys:current")
+    try:
+        current = int(raw) if raw is not None else None
+    except ValueError:
+        log.warning("ignoring %s:keys:current = %r", prefix, raw)
+        current = None
+    return keys, current
+
+
+class RegistryAgent:
+    """register() every `refresh` s with a `ttl`; deregister() on stop.
+
+    With a keyring, the routing keys are reloaded on the same beat, so a rotation done in Redis
+    reaches new calls within `refresh` seconds while running calls keep their ufrags.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        record: Callable[[], wreg.TransceiverRecord],
+        *,
+        prefix: str = wreg.DEFAULT_PREFIX,
+        ttl: float = wreg.DEFAULT_TTL,
+        refresh: float = wreg.REFRESH_INTERVAL,
+        keyring: Keyring | None = None,
+    ) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._record = record
+        self._prefix = prefix
+        self._ttl = ttl
+        self._refresh = refresh
+        self._keyring = keyring
+        self._task: asyncio.Task[None] | None = None
+        self.beats = 0
+
+    async def start(self) -> None:
+        await self.beat()
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def beat(self) -> None:
+        """One refresh: keys first (so a fresh transceiver can mint), then our entry."""
+        try:
+            if self._keyring is not None:
+                keys, current = await asyncio.to_thread(read_keys, self._redis, self._prefix)
+                if current is not None and current not in keys:
+                    log.warning("current key id %s has no key in Redis; keeping old keys", current)
+                elif keys != self._keyring.keys or current != self._keyring.current:
+                    self._keyring.update(keys, current)
+                    log.info("routing keys %s, current %s", sorted(keys), current)
+            rec = self._record()
+            await asyncio.to_thread(wreg.register, self._redis, rec, self._ttl, prefix=self._prefix)
+            self.beats += 1
+        except (redis.RedisError, OSError) as exc:
+            log.warning("registry refresh failed: %s", exc)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh)
+            await self.beat()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await asyncio.to_thread(
+                wreg.deregister, self._redis, self._record(), prefix=self._prefix
+            )
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not deregister: %s", exc)
+        self._redis.close()

@@ -1,0 +1,200 @@
+"""One transceiver process: the UDP mux, the calls, HTTP signaling and the registry agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+from aiohttp import web
+
+from transceiver.app import CallApp, load_app
+from transceiver.calls import CallManager
+from transceiver.certs import check_aiortc_certificates
+from transceiver.config import Settings
+from transceiver.fastpath import check_aiortc_fields
+from transceiver.icelite import host_candidates
+from transceiver.keys import Keyring
+from transceiver.media import check_aiortc_hooks
+from transceiver.metrics import Metrics
+from transceiver.mux import SocketMux
+from transceiver.paths import Addr
+from transceiver.registry import RegistryAgent
+from transceiver.server import make_app
+from wire import registry as wreg
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+class ConfigError(ValueError):
+    """A setting that makes no sense; the CLI prints it without a traceback."""
+
+
+class Transceiver:
+    def __init__(self, settings: Settings, app: CallApp | None = None) -> None:
+        self.settings = settings
+        try:
+            self.app = app if app is not None else load_app(settings.app)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if settings.media_path not in ("fast", "aiortc"):
+            raise ConfigError(f"media path must be fast or aiortc, got {settings.media_path!r}")
+        self.metrics = Metrics()
+        self.keyring = Keyring()
+        if settings.key is not None:
+            kid = 0 if settings.key_id is None else settings.key_id
+            self.keyring.update({kid: settings.key}, kid)
+        elif settings.redis_url is None:
+            # Development (direct mode, no relay): nobody verifies the tag, so an ephemeral
+            # key still yields well-formed routing ufrags.
+            log.warning("no --key or --redis: minting ufrags with an ephemeral random key")
+            self.keyring.update({0: os.urandom(16)}, 0)
+        self.mux = SocketMux(
+            self.metrics, vips=settings.vips, relay_tunnel_port=settings.relay_tunnel_port
+        )
+        self.manager: CallManager | None = None
+        self.registry: RegistryAgent | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_addr: Addr | None = None
+
+    @property
+    def udp_addr(self) -> Addr:
+        return self.mux.local_addr
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_addr is not None
+        return f"http://{self.http_addr[0]}:{self.http_addr[1]}"
+
+    def _candidate_addrs(self) -> list[Addr]:
+        s = self.settings
+        if s.vips:
+            return list(s.vips)
+        port = self.udp_addr[1]
+        if s.advertise:
+            return [(s.advertise, port)]
+        if s.udp[0] not in ("0.0.0.0", ""):
+            return [(s.udp[0], port)]
+        raise ConfigError("no address to advertise: give --vip or --advertise")
+
+    def tunnel_address(self) -> str:
+        s = self.settings
+        if s.tunnel:
+            return s.tunnel
+        host = s.advertise or s.udp[0]
+        return f"{host}:{self.udp_addr[1]}"
+
+    def record(self) -> wreg.TransceiverRecord:
+        m = self.manager
+        return wreg.TransceiverRecord(
+            cluster=self.settings.cluster,
+            id=self.settings.txr_id,
+            tunnel=self.tunnel_address(),
+            capacity=self.settings.capacity,
+            active=m.active if m else 0,
+            draining=m.draining if m else False,
+            updated=time.time(),
+            version=VERSION,
+        )
+
+    def _registry_agent(self) -> RegistryAgent:
+        s = self.settings
+        assert s.redis_url is not None
+        try:
+            return RegistryAgent(
+                s.redis_url,
+                self.record,
+                prefix=s.redis_prefix,
+                ttl=s.registry_ttl,
+                refresh=s.registry_refresh,
+                keyring=self.keyring if s.key is None else None,
+            )
+        except ValueError as exc:  # redis-py's URL parser
+            raise ConfigError(f"bad --redis URL: {exc}") from None
+
+    async def start(self) -> None:
+        check_aiortc_hooks()
+        check_aiortc_fields()
+        check_aiortc_certificates()
+        s = self.settings
+        if s.redis_url and s.tunnel is None and not s.advertise and s.udp[0] == "0.0.0.0":
+            # Relays only accept tunnel datagrams from the registered address (spec §3).
+            raise ConfigError("--udp binds 0.0.0.0: give --tunnel or --advertise for the registry")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind(s.udp)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind UDP {s.udp[0]}:{s.udp[1]}: {exc.strerror}") from None
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
+        self.mux.sock = sock
+        try:
+            self.manager = CallManager(
+                mux=self.mux,
+                keyring=self.keyring,
+                app=self.app,
+                metrics=self.metrics,
+                candidates=host_candidates(self._candidate_addrs()),
+                cluster=s.cluster,
+                txr_id=s.txr_id,
+                capacity=s.capacity,
+                consent_timeout=s.consent_timeout,
+                setup_timeout=s.setup_timeout,
+                fast_media=s.media_path == "fast",
+            )
+            if s.redis_url:
+                self.registry = self._registry_agent()
+                await self.registry.start()
+            self._runner = web.AppRunner(make_app(self.manager, self.metrics), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.http[0], s.http[1])
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on HTTP {s.http[0]}:{s.http[1]}: {exc}") from None
+            self.http_addr = self._runner.addresses[0][:2]
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "transceiver %s/%s: http %s, udp %s:%s, candidates %s",
+            s.cluster,
+            s.txr_id,
+            self.http_url,
+            *self.udp_addr,
+            self._candidate_addrs(),
+        )
+
+    async def drain(self) -> None:
+        """SIGTERM: 503 new calls, let running ones finish up to drain_timeout, then stop."""
+        assert self.manager is not None
+        self.manager.draining = True
+        if self.registry is not None:
+            await self.registry.beat()  # tell the fleet now, not at the next refresh
+        log.info(
+            "draining %d calls (at most %.0f s)", self.manager.active, self.settings.drain_timeout
+        )
+        if not await self.manager.drain(self.settings.drain_timeout):
+            log.info("drain timeout: ending %d calls", self.manager.active)
+            await self.manager.end_all("drain_timeout")
+
+    async def stop(self) -> None:
+        if self.manager is not None:
+            self.manager.draining = True
+            await self.manager.end_all("shutdown")
+        if self.registry is not None:
+            await self.registry.stop()
+            self.registry = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._udp is not None:
+            self.mux.sock = None
+            self._udp.close()
+            self._udp = None

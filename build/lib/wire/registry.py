@@ -1,0 +1,299 @@
+"""The transceiver registry: its Redis layout and its JSON file form.
+
+Redis (prefix default "edge"):
+  hash    {prefix}:txr:{cluster}:{id}  cluster, id, tunnel "ip:port", capacity, active,
+                                       draining "0"/"1", updated (unix float), version; EXPIREs
+  set     {prefix}:txrs                "<cluster>:<id>" of every registered transceiver: readers
+                                       find entries without a SCAN over the whole database
+                                       (which also holds the relays' flow keys); members whose
+                                       hash has expired are pruned by readers
+  hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
+  string  {prefix}:keys:current        the key id transceivers mint with
+  channel {prefix}:events              a JSON message on every change (readers poll anyway)
+  string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
+                                       "cluster:id" of a flow learned by a relay, with a TTL:
+                                       another relay takes the call over from it (§6)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wire.addr import parse_addr_port
+from wire.ufrag import KEY_LEN, MAX_KEY_ID
+
+DEFAULT_PREFIX = "edge"
+DEFAULT_TTL = 10.0
+REFRESH_INTERVAL = 3.0
+
+
+class RegistryError(ValueError):
+    """A registry entry or file that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TransceiverRecord:
+    cluster: int
+    id: int
+    tunnel: str  # "ip:port" of the transceiver's tunnel socket
+    capacity: int = 0
+    active: int = 0
+    draining: bool = False
+    updated: float = 0.0
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cluster <= 0xFFFF:
+            raise RegistryError(f"transceiver cluster {self.cluster} is not 0..65535")
+        if not 0 <= self.id <= 0xFFFFFFFF:
+            raise RegistryError(f"transceiver id {self.id} is not 0..4294967295")
+        try:
+            parse_addr_port(self.tunnel, what="tunnel")
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.cluster, self.id)
+
+    @property
+    def tunnel_endpoint(self) -> tuple[str, int]:
+        return parse_addr_port(self.tunnel, what="tunnel")
+
+
+@dataclass
+class Registry:
+    transceivers: dict[tuple[int, int], TransceiverRecord] = field(default_factory=dict)
+    keys: dict[int, bytes] = field(default_factory=dict)
+    current_key: int | None = None
+    problems: list[str] = field(default_factory=list)  # entries skipped, and why
+
+
+def txr_key(prefix: str, cluster: int, txr_id: int) -> str:
+    return f"{prefix}:txr:{cluster}:{txr_id}"
+
+
+def index_key(prefix: str) -> str:
+    return f"{prefix}:txrs"
+
+
+# Prune an index member only if its hash is really gone: a transceiver re-registering between a
+# reader's HGETALL and this call must not vanish from the index until its next refresh.
+_PRUNE = (
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end"
+)
+
+
+def _publish(r: Any, prefix: str, event: str, **data: Any) -> None:
+    r.publish(f"{prefix}:events", json.dumps({"event": event, **data}))
+
+
+def register(
+    r: Any, rec: TransceiverRecord, ttl: float = DEFAULT_TTL, *, prefix: str = DEFAULT_PREFIX
+) -> None:
+    """Write (or refresh) a transceiver's hash with its TTL, then announce it."""
+    name = txr_key(prefix, rec.cluster, rec.id)
+    fields = {
+        "cluster": rec.cluster,
+        "id": rec.id,
+        "tunnel": rec.tunnel,
+        "capacity": rec.capacity,
+        "active": rec.active,
+        "draining": "1" if rec.draining else "0",
+        "updated": repr(rec.updated or time.time()),
+        "version": rec.version,
+    }
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(name, mapping=fields)
+    pipe.pexpire(name, max(1, int(ttl * 1000)))
+    pipe.sadd(index_key(prefix), f"{rec.cluster}:{rec.id}")
+    pipe.execute()
+    _publish(r, prefix, "register", cluster=rec.cluster, id=rec.id)
+
+
+def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = DEFAULT_PREFIX) -> None:
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(txr_key(prefix, rec.cluster, rec.id))
+    pipe.srem(index_key(prefix), f"{rec.cluster}:{rec.id}")
+    pipe.execute()
+    _publish(r, prefix, "deregister", cluster=rec.cluster, id=rec.id)
+
+
+def set_key(r: Any, key_id: int, key: bytes, *, prefix: str = DEFAULT_PREFIX) -> None:
+    _check_key(key_id, key)
+    r.hset(f"{prefix}:keys", str(key_id), key.hex())
+    _publish(r, prefix, "key", key_id=key_id)
+
+
+def remove_key(r: Any, key_id: int, *, prefix: str = DEFAULT_PREFIX) -> None:
+    r.hdel(f"{prefix}:keys", str(key_id))
+    _publish(r, prefix, "key", key_id=key_id)
+
+
+def set_current_key(r: Any, key_id: int, *, prefix: str = DEFAULT_PREFIX) -> None:
+    if not 0 <= key_id <= MAX_KEY_ID:
+        raise RegistryError(f"key id {key_id} is not 0..{MAX_KEY_ID}")
+    r.set(f"{prefix}:keys:current", str(key_id))
+    _publish(r, prefix, "current_key", key_id=key_id)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _check_key(key_id: int, key: bytes) -> None:
+    if not 0 <= key_id <= MAX_KEY_ID:
+        raise RegistryError(f"key id {key_id} is not 0..{MAX_KEY_ID}")
+    if len(key) != KEY_LEN:
+        raise RegistryError(f"key {key_id} is {len(key)} bytes, expected {KEY_LEN}")
+
+
+def parse_key(key_id: Any, hex_key: Any) -> tuple[int, bytes]:
+    """("1", "<32 hex>") -> (1, 16 bytes); RegistryError when either is malformed."""
+    try:
+        kid = int(_s(key_id))
+        key = bytes.fromhex(_s(hex_key))
+    except ValueError:
+        raise RegistryError(
+            f"key {_s(key_id)!r}: expected an integer id and 32 hex chars"
+        ) from None
+    _check_key(kid, key)
+    return kid, key
+
+
+def record_from_fields(fields: dict[Any, Any]) -> TransceiverRecord:
+    """A TransceiverRecord from a Redis hash or a JSON object (strings or numbers)."""
+    f = {_s(k): v for k, v in fields.items()}
+    try:
+        return TransceiverRecord(
+            cluster=int(_s(f["cluster"])),
+            id=int(_s(f["id"])),
+            tunnel=_s(f["tunnel"]),
+            capacity=int(_s(f.get("capacity", 0))),
+            active=int(_s(f.get("active", 0))),
+            draining=_s(f.get("draining", "0")) in ("1", "True", "true"),
+            updated=float(_s(f.get("updated", 0.0))),
+            version=_s(f.get("version", "")),
+        )
+    except KeyError as exc:
+        raise RegistryError(f"transceiver entry lacks field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"transceiver entry {f!r}: {exc}") from None
+
+
+def read_registry(r: Any, *, prefix: str = DEFAULT_PREFIX) -> Registry:
+    """Everything the relay needs from Redis; malformed entries are skipped into `problems`."""
+    reg = Registry()
+    members = sorted(_s(m) for m in r.smembers(index_key(prefix)))
+    names = [f"{prefix}:txr:{m}" for m in members]
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(name)
+    gone = []
+    for member, name, fields in zip(members, names, pipe.execute(), strict=True):
+        if not fields:  # its TTL ran out: the transceiver is gone
+            gone.append((member, name))
+            continue
+        try:
+            rec = record_from_fields(fields)
+        except RegistryError as exc:
+            reg.problems.append(f"{_s(name)}: {exc}")
+            continue
+        reg.transceivers[rec.key] = rec
+    if gone:
+        pipe = r.pipeline(transaction=False)
+        for member, name in gone:
+            pipe.eval(_PRUNE, 2, name, index_key(prefix), member)
+        pipe.execute()
+    for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
+        try:
+            k, key = parse_key(kid, hex_key)
+        except RegistryError as exc:
+            reg.problems.append(f"{prefix}:keys: {exc}")
+            continue
+        reg.keys[k] = key
+    current = r.get(f"{prefix}:keys:current")
+    if current is not None:
+        try:
+            reg.current_key = int(_s(current))
+        except ValueError:
+            reg.problems.append(f"{prefix}:keys:current: {_s(current)!r} is not a key id")
+    _check_current(reg)
+    return reg
+
+
+def _check_current(reg: Registry) -> None:
+    # Transceivers minting with a key the relays lack would have every new call dropped.
+    if reg.current_key is not None and reg.current_key not in reg.keys:
+        reg.problems.append(f"current key {reg.current_key} is not among the keys")
+
+
+def registry_from_json(data: Any) -> Registry:
+    """The file form: {"keys": {"1": hex}, "current_key": 1, "transceivers": [{...}]}."""
+    if not isinstance(data, dict):
+        raise RegistryError("registry file must hold a JSON object")
+    reg = Registry()
+    keys = data.get("keys", {})
+    if not isinstance(keys, dict):
+        raise RegistryError('"keys" must be an object of key id -> 32 hex chars')
+    for kid, hex_key in keys.items():
+        k, key = parse_key(kid, hex_key)
+        reg.keys[k] = key
+    current = data.get("current_key")
+    if current is not None and (isinstance(current, bool) or not isinstance(current, int)):
+        raise RegistryError('"current_key" must be an integer key id')
+    reg.current_key = current
+    txrs: Iterable[Any] = data.get("transceivers", [])
+    if not isinstance(txrs, list):
+        raise RegistryError('"transceivers" must be a list')
+    for entry in txrs:
+        if not isinstance(entry, dict):
+            raise RegistryError(f"transceiver entry {entry!r} is not an object")
+        rec = record_from_fields(entry)
+        if rec.key in reg.transceivers:
+            raise RegistryError(f"transceiver {rec.cluster}/{rec.id} is listed twice")
+        reg.transceivers[rec.key] = rec
+    _check_current(reg)
+    return reg
+
+
+def load_registry_file(path: str | Path) -> Registry:
+    """Read the JSON registry file; RegistryError with the path in the message on any problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise RegistryError(f"{path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{path}: not JSON ({exc})") from None
+    try:
+        return registry_from_json(data)
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}") from None
+
+
+# --- the flow cache (docs/wire-format.md §6) ------------------------------------------------
+
+
+def flow_key(prefix: str, client: str, cport: int, vip: str, vport: int) -> str:
+    return f"{prefix}:flow:{client}:{cport}:{vip}:{vport}"
+
+
+def flow_value(cluster: int, txr_id: int) -> str:
+    return f"{cluster}:{txr_id}"
+
+
+def parse_flow_value(value: Any) -> tuple[int, int]:
+    """b"1:7" -> (1, 7); ValueError for anything else (a hand-edited or foreign key)."""
+    text = _s(value)
+    cluster_s, sep, id_s = text.partition(":")
+    if not sep or not cluster_s.isdigit() or not id_s.isdigit():
+        raise ValueError(f"flow value {text!r} is not CLUSTER:ID")
+    cluster, txr_id = int(cluster_s), int(id_s)
+    if cluster > 0xFFFF or txr_id > 0xFFFFFFFF:
+        raise ValueError(f"flow value {text!r}: id out of range")
+    return cluster, txr_id

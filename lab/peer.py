@@ -1,0 +1,233 @@
+"""The lab's one WebRTC client: a standard aiortc peer calling a WHIP-style endpoint.
+
+The transceiver tests (in process), the namespace call client (lab.callclient, driven over
+stdin/stdout), the end-to-end tests, the demo and the call generator (bench.callgen) all place
+calls with this class, so "a call" means the same thing everywhere:
+
+    peer = ClientPeer(audio="pcm", keep_frames=50)   # or audio="opus", decode=False for load
+    await peer.start(http, "http://198.18.2.2:8080")  # offer, POST, answer, wait connected
+    ... peer.rtp_in, peer.max_gap, peer.frames ...
+    await peer.hang_up(http)
+
+Echoed RTP is counted where it arrives (before any jitter buffer), so a gap in the path shows
+as a gap in the counts. The few private aiortc attributes a client needs (the arrival hook, the
+decoder queue, the nominated pair, the sender's packet count) are read through
+transceiver.aiortc_seam, the project's one seam into aiortc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import aiohttp
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from lab import peer_seam as seam
+from lab.tone import OpusToneTrack, ToneTrack
+
+CALLS_PATH = "/v1/calls"
+SETUP_TIMEOUT = 20.0
+
+
+class CallRefused(RuntimeError):
+    """The server answered the offer with something other than 201."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"POST {CALLS_PATH} answered {status}: {body.strip()[:200]}")
+        self.status = status
+        self.body = body
+
+
+class ClientPeer:
+    """One call. audio="pcm": a paced tone encoded by aiortc (like a browser); "opus": the tone
+    pre-encoded (cheap, for load). decode=False: the echo is counted, never decoded.
+    keep_frames=N: keep the first N decoded frames of the echo (`frames`, `got_frames`)."""
+
+    def __init__(
+        self,
+        *,
+        audio: Literal["pcm", "opus"] = "pcm",
+        decode: bool = True,
+        keep_frames: int = 0,
+    ) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.tone: ToneTrack | OpusToneTrack = ToneTrack() if audio == "pcm" else OpusToneTrack()
+        transceiver = self.pc.addTransceiver(self.tone, direction="sendrecv")
+        self.url = ""
+        self.location: str | None = None
+        self.offer_sdp = ""
+        self.answer_sdp = ""
+        # set-up times, ms from the POST: answer received, ICE completed, connected
+        self.answer_ms: float | None = None
+        self.ice_ms: float | None = None
+        self.setup_ms: float | None = None
+        # echoed RTP, counted on arrival
+        self.rtp_in = 0
+        self.first_at = 0.0
+        self.last_at = 0.0
+        self.max_gap = 0.0
+        self.keep_frames = keep_frames
+        self.frames: list[av.AudioFrame] = []
+        self.got_frames = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        seam.on_rtp_arrival(transceiver.receiver, self._arrived)
+        if not decode and not keep_frames and seam.skip_decoding(transceiver.receiver):
+            pass  # nothing is decoded: the receiver's track yields nothing to read
+        else:
+            self.pc.on("track", self._on_track)
+
+    # --- placing the call ------------------------------------------------------------------------
+
+    async def make_offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers host candidates
+        self.offer_sdp = self.pc.localDescription.sdp
+        return self.offer_sdp
+
+    async def post(
+        self, http: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+    ) -> str:
+        """POST the offer and apply the answer; raises CallRefused on anything but 201."""
+        if not self.offer_sdp:
+            await self.make_offer()
+        self.url = url
+        t0 = time.perf_counter()
+        sent = {"Content-Type": "application/sdp", **(headers or {})}
+        async with http.post(f"{url}{CALLS_PATH}", data=self.offer_sdp, headers=sent) as resp:
+            body = await resp.text()
+            if resp.status != 201:
+                raise CallRefused(resp.status, body)
+            self.location = resp.headers.get("Location")
+        self.answer_ms = (time.perf_counter() - t0) * 1000
+        self.answer_sdp = body
+        self._t0 = t0
+        self.pc.on("iceconnectionstatechange", self._ice_state)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        return body
+
+    async def start(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = SETUP_TIMEOUT,
+    ) -> None:
+        """Offer, POST, answer, and wait until connected (raises on failure or timeout)."""
+        await self.post(http, url, headers)
+        await self.wait_state("connected", timeout=timeout)
+        self.setup_ms = (time.perf_counter() - self._t0) * 1000
+
+    async def wait_state(self, *states: str, timeout: float = SETUP_TIMEOUT) -> str:
+        """Wait for one of `states`; "failed"/"closed" end the wait with an error unless asked."""
+        deadline = time.monotonic() + timeout
+        changed = asyncio.Event()
+        self.pc.on("connectionstatechange", changed.set)
+        while self.pc.connectionState not in states:
+            if self.pc.connectionState in ("failed", "closed"):
+                raise ConnectionError(f"call {self.pc.connectionState}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"client state {self.pc.connectionState}, wanted {states}")
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                pass
+        return self.pc.connectionState
+
+    def _ice_state(self) -> None:
+        if self.pc.iceConnectionState == "completed" and self.ice_ms is None:
+            self.ice_ms = (time.perf_counter() - self._t0) * 1000
+
+    # --- what comes back -------------------------------------------------------------------------
+
+    def _arrived(self) -> None:
+        now = time.monotonic()
+        if self.rtp_in:
+            self.max_gap = max(self.max_gap, now - self.last_at)
+        else:
+            self.first_at = now
+        self.last_at = now
+        self.rtp_in += 1
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.ensure_future(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if len(self.frames) < self.keep_frames:
+                    self.frames.append(frame)
+                    if len(self.frames) == self.keep_frames:
+                        self.got_frames.set()
+        except MediaStreamError:
+            return
+
+    # --- facts about the call --------------------------------------------------------------------
+
+    @property
+    def sent(self) -> int | None:
+        """RTP packets our sender sent (None if aiortc keeps no such count)."""
+        senders = self.pc.getSenders()
+        return seam.sender_packet_count(senders[0]) if senders else None
+
+    def nominated(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(local address, remote address) of the nominated ICE pair."""
+        return seam.nominated_pair(self.pc)
+
+    def credentials(self) -> tuple[str, str, str]:
+        """(server ufrag, server pwd, client ufrag) from the SDP."""
+        s_ufrag = re.search(r"a=ice-ufrag:(\S+)", self.answer_sdp)
+        s_pwd = re.search(r"a=ice-pwd:(\S+)", self.answer_sdp)
+        c_ufrag = re.search(r"a=ice-ufrag:(\S+)", self.offer_sdp)
+        if not (s_ufrag and s_pwd and c_ufrag):
+            raise ValueError("no ICE credentials in the SDP")
+        return s_ufrag.group(1), s_pwd.group(1), c_ufrag.group(1)
+
+    def stats(self) -> dict[str, Any]:
+        since = (time.monotonic() - self.last_at) * 1000 if self.rtp_in else None
+        return {
+            "sent": self.sent,
+            "rtp": self.rtp_in,
+            "max_gap_ms": round(self.max_gap * 1000, 1),
+            "since_ms": None if since is None else round(since, 1),
+            "state": self.pc.connectionState,
+        }
+
+    async def rtp_counts(self) -> tuple[int, int, int]:
+        """(RTP sent, RTP received, received packets missing by sequence) from getStats."""
+        sent = received = lost = 0
+        for report in (await self.pc.getStats()).values():
+            if report.type == "outbound-rtp":
+                sent += report.packetsSent
+            elif report.type == "inbound-rtp":
+                received += report.packetsReceived
+                lost += report.packetsLost
+        return sent, received, lost
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    async def hang_up(self, http: aiohttp.ClientSession | None = None) -> int | None:
+        """DELETE the call (if the server is still there) and close; returns the DELETE status."""
+        status = None
+        if http is not None and self.location:
+            try:
+                async with http.delete(self.url + self.location) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # the transceiver may be gone: the call ends here anyway
+        await self.close()
+        return status
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()

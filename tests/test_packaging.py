@@ -1,0 +1,25 @@
+"""What the wheel ships: the relay's controller and data plane, the transceiver, the wire
+formats and the XDP program's sources; never the dev kit (lab/), the tests or the benchmarks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_ships_the_product_and_not_the_dev_kit(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"wire", "datapath", "control", "transceiver"}, tops
+    for must in ("control/cli.py", "datapath/bpfsys.py", "transceiver/cli.py", "wire/ufrag.py"):
+        assert must in names
