@@ -3,6 +3,7 @@
 #define EDGE_COUNTERS_H
 
 #include "maps.h"
+#include "structs.h"
 
 enum reason {
 	REASON_PASS_NOT_IPV4 = 0,

@@ -1,25 +1,7 @@
-/* Next hop by bpf_fib_lookup, then out of the same port (XDP_TX) or another (bpf_redirect). */
-#ifndef EDGE_FIB_H
-#define EDGE_FIB_H
-
-#include "constants.h"
-#include "counters.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-
-/* The IPv4/UDP packet that now follows the Ethernet header at ctx, as the FIB sees it. */
-struct next_hop {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u16 tot_len; /* host order: the helper checks it against the route MTU */
-	__u8 tos;
-};
-
-/* Per-CPU next-hop cache in front of bpf_fib_lookup (about half of a forwarded packet's cost).
+/* Next hop by bpf_fib_lookup, then out of the same port (XDP_TX) or another (bpf_redirect).
+ *
+ * A per-CPU next-hop cache sits in front of bpf_fib_lookup (about half of a forwarded packet's
+ * cost): maps `nexthops` and `nh_epoch` (maps.h), limits NH_CACHE_* (constants.h).
  *
  * The key holds every input of the lookup that the relay varies (addresses, ports, tos, ingress
  * device), so a hit returns what the FIB answered for the same question: ECMP routes that hash on
@@ -40,38 +22,15 @@ struct next_hop {
  * a hash map: the lookup is inlined by the verifier and a miss overwrites the slot in place, with
  * no helper call and no allocation; a collision only costs a FIB lookup. Only this CPU's program
  * writes its slots (XDP does not nest on a CPU), so no locking is needed. */
-#define NH_CACHE_NS (250ULL * 1000 * 1000)
-#define NH_CACHE_BITS 14
-#define NH_CACHE_SLOTS (1U << NH_CACHE_BITS) /* 56 bytes each: 896 KiB per CPU */
+#ifndef EDGE_FIB_H
+#define EDGE_FIB_H
 
-struct nh_key {
-	__be32 daddr;
-	__be32 saddr;
-	__be16 sport;
-	__be16 dport;
-	__u32 ifindex; /* ingress */
-	__u8 tos;
-	__u8 pad[3];
-};
+#include "constants.h"
+#include "counters.h"
+#include "maps.h"
+#include "structs.h"
 
-struct nh_val {
-	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock; 0: never filled */
-	__u32 ifindex;	  /* egress */
-	__u32 epoch;	  /* nh_epoch[0] when filled: a bump invalidates every slot */
-	__u16 max_len;	  /* the longest tot_len the FIB accepted for this entry */
-	__u8 dmac[ETH_ALEN];
-	__u8 smac[ETH_ALEN];
-	__u16 pad;
-};
-
-struct nh_slot {
-	struct nh_key key;
-	struct nh_val val;
-};
-
-BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
-BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
-
+/* The slot of a key: a multiplicative hash (tests/bpf/bpfharness.py computes it too). */
 static __always_inline __u32 nh_slot_of(const struct nh_key *k)
 {
 	__u32 x = k->daddr ^ (((__u32)k->sport << 16) | k->dport) ^ (k->ifindex << 8) ^ k->tos;

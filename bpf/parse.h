@@ -3,20 +3,7 @@
 #define EDGE_PARSE_H
 
 #include "constants.h"
-
-/* The fields of a client or tunnel datagram, copied out of the packet so that they survive
- * bpf_xdp_adjust_head/tail (which invalidate every packet pointer). */
-struct udp4 {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u16 tot_len;	/* IPv4 total length, host order */
-	__u16 udp_len;	/* UDP length, host order */
-	__u16 frag_off; /* host order, flags included */
-	__u8 ihl;	/* header length in bytes */
-	__u8 tos;
-};
+#include "structs.h"
 
 enum parse_result {
 	PARSE_UDP4 = 0,	    /* an IPv4/UDP datagram whose ports could be read */

@@ -6,6 +6,7 @@
  * stripped and forwarded to the client. Everything else goes to the kernel untouched.
  * Every exit counts exactly one reason (counters.h), in xdp_relay only. */
 #include "constants.h"
+#include "structs.h"
 #include "maps.h"
 #include "counters.h"
 #include "parse.h"
@@ -14,8 +15,6 @@
 #include "ufrag.h"
 #include "encap.h"
 #include "fib.h"
-
-#define PAYLOAD_OFF (ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN)
 
 /* The paths below return a reason: a fwd_* reason means the packet is ready for fib_forward.
  * fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte stack. */
