@@ -3,8 +3,9 @@
 #define EDGE_ENCAP_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 #include "parse.h"
+#include "structs.h"
 
 /* Receivers spread flows over queues by the outer source port (as katran does). */
 static __always_inline __be16 flow_entropy(__be32 client_addr, __be16 client_port, __be16 vip_port)

@@ -28,6 +28,7 @@
 #include "constants.h"
 #include "counters.h"
 #include "maps.h"
+#include "reasons.h"
 #include "structs.h"
 
 /* The slot of a key: a multiplicative hash (tests/bpf/bpfharness.py computes it too). */

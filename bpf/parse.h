@@ -3,6 +3,7 @@
 #define EDGE_PARSE_H
 
 #include "constants.h"
+#include "reasons.h"
 #include "structs.h"
 
 enum parse_result {

@@ -8,6 +8,7 @@
 #include "constants.h"
 #include "structs.h"
 #include "maps.h"
+#include "reasons.h"
 #include "counters.h"
 #include "parse.h"
 #include "stun.h"
@@ -16,12 +17,16 @@
 #include "encap.h"
 #include "fib.h"
 
-/* The paths below return a reason: a fwd_* reason means the packet is ready for fib_forward.
- * fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte stack. */
-static __always_inline int is_forward(__u32 reason)
-{
-	return reason >= REASON_FWD_FLOW && reason <= REASON_FWD_DECAP;
-}
+/* The paths below return a reason: a forward reason (reasons.h) means the packet is ready for
+ * fib_forward. fib_forward and the encapsulation are each inlined once: copies would blow the
+ * 512-byte stack. */
+
+/* What a flow hit counts as. A -D hook for tests/bpf/test_bpf_reasons.py, which adds a reason
+ * past the last one (EDGE_EXTRA_REASONS) and proves that its kind, not its number, decides what
+ * the program does with the packet. */
+#ifndef EDGE_FLOW_HIT_REASON
+#define EDGE_FLOW_HIT_REASON REASON_FWD_FLOW
+#endif
 
 /* A STUN Binding request: route by ufrag, and create or move the flow only when it changes. */
 static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
@@ -102,7 +107,7 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 	if (!txr) /* the transceiver left the map: its calls stop at once */
 		return REASON_DROP_UNKNOWN_TXR;
 	*out = *txr;
-	return REASON_FWD_FLOW;
+	return EDGE_FLOW_HIT_REASON;
 }
 
 /* A datagram from a client to one of our VIPs: into the tunnel to its transceiver. */
@@ -112,7 +117,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 	struct txr_val txr = {};
 	__u32 reason = pick_transceiver(ctx, d, &txr);
 
-	if (!is_forward(reason))
+	if (!reason_is_forward(reason))
 		return reason;
 	hop->saddr = cfg->tunnel_addr;
 	hop->daddr = txr.addr;
@@ -194,7 +199,7 @@ static __always_inline verdict_t relay(struct xdp_md *ctx)
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
 		return PASS(REASON_PASS_SLOW_PATH);
-	if (!is_forward(reason))
+	if (!reason_is_forward(reason))
 		return DROP(reason);
 	return fib_forward(ctx, &hop, reason);
 }

@@ -3,7 +3,7 @@
 #define EDGE_STUN_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 
 struct stun_hdr {
 	__be16 type;

@@ -4,9 +4,10 @@
 #define EDGE_UFRAG_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 #include "maps.h"
 #include "siphash.h"
+#include "structs.h"
 
 /* Standard base64 alphabet, branch-free (after the constant-time decoders of BoringSSL): each
  * term adds value + 1 when c is in its range, so anything outside the alphabet (including '=',
