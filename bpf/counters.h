@@ -6,15 +6,7 @@
 #include "reasons.h"
 #include "structs.h"
 
-/* A verdict carries the reason to count and the XDP action to return, so that the entry point
- * counts in exactly one place and every exit path counts exactly one reason. */
-typedef __u32 verdict_t;
-#define VERDICT(reason, action) ((verdict_t)(((reason) << 8) | (action)))
-#define VERDICT_REASON(v) ((v) >> 8)
-#define VERDICT_ACTION(v) ((v)&0xff)
-#define PASS(reason) VERDICT(reason, XDP_PASS)
-#define DROP(reason) VERDICT(reason, XDP_DROP)
-
+/* Counts one packet of `bytes` under reason; only the entry point calls it, once per packet. */
 static __always_inline void count_packet(__u32 reason, __u64 bytes)
 {
 	struct counter *c = counters.lookup(&reason);

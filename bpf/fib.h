@@ -26,7 +26,6 @@
 #define EDGE_FIB_H
 
 #include "constants.h"
-#include "counters.h"
 #include "maps.h"
 #include "reasons.h"
 #include "structs.h"
@@ -46,28 +45,33 @@ static __always_inline int nh_key_eq(const struct nh_key *a, const struct nh_key
 	       a->dport == b->dport && a->ifindex == b->ifindex && a->tos == b->tos;
 }
 
-/* Rewrites the MACs and sends the packet out of ifindex (XDP_TX when it is the ingress port). */
-static __always_inline verdict_t fib_send(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac,
-					  const __u8 *smac, __u32 fwd_reason)
+/* Rewrites the MACs for egress port ifindex and returns fwd_reason with *same_port set when that
+ * is the ingress port (the entry point sends XDP_TX); for another port it records the port with
+ * bpf_redirect() (XDP_REDIRECT), or returns drop_redirect when the helper refuses. */
+static __always_inline __u32 fib_send(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac,
+				      const __u8 *smac, __u32 fwd_reason, int *same_port)
 {
 	struct ethhdr *eth = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	long act;
 
 	if ((void *)(eth + 1) > data_end)
-		return DROP(REASON_DROP_ENCAP);
+		return REASON_DROP_ENCAP;
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-	if (ifindex == ctx->ingress_ifindex)
-		return VERDICT(fwd_reason, XDP_TX);
-	act = bpf_redirect(ifindex, 0);
-	if (act != XDP_REDIRECT)
-		return DROP(REASON_DROP_REDIRECT);
-	return VERDICT(fwd_reason, XDP_REDIRECT);
+	if (ifindex == ctx->ingress_ifindex) {
+		*same_port = 1;
+		return fwd_reason;
+	}
+	if (bpf_redirect(ifindex, 0) != XDP_REDIRECT)
+		return REASON_DROP_REDIRECT;
+	return fwd_reason;
 }
 
-static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
-					     __u32 fwd_reason)
+/* Sends the packet hop describes toward its next hop: fwd_reason (a forward reason) with
+ * *same_port as fib_send sets it, or what the FIB refused (drop_fib, drop_too_big, or
+ * pass_fib_no_neigh: the kernel forwards it and resolves the neighbour). */
+static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
+					 __u32 fwd_reason, int *same_port)
 {
 	struct bpf_fib_lookup fib = {};
 	struct nh_key nk = {
@@ -90,7 +94,8 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 	c = nexthops.lookup(&slot);
 	if (c && nh_key_eq(&c->key, &nk) && c->val.epoch == epoch && now < c->val.expires_ns &&
 	    hop->tot_len <= c->val.max_len)
-		return fib_send(ctx, c->val.ifindex, c->val.dmac, c->val.smac, fwd_reason);
+		return fib_send(ctx, c->val.ifindex, c->val.dmac, c->val.smac, fwd_reason,
+				same_port);
 
 	fib.family = AF_INET;
 	fib.tos = hop->tos;
@@ -108,11 +113,11 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 		break;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		/* The kernel forwards it and resolves the neighbour; later packets take the fast path. */
-		return PASS(REASON_PASS_FIB_NO_NEIGH);
+		return REASON_PASS_FIB_NO_NEIGH;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		return DROP(REASON_DROP_TOO_BIG);
+		return REASON_DROP_TOO_BIG;
 	default: /* blackhole, unreachable, prohibit, not forwarded, forwarding disabled... */
-		return DROP(REASON_DROP_FIB);
+		return REASON_DROP_FIB;
 	}
 
 	if (c) { /* a fresh answer replaces whatever held the slot (this CPU's copy only) */
@@ -124,7 +129,7 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 		__builtin_memcpy(c->val.dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(c->val.smac, fib.smac, ETH_ALEN);
 	}
-	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason);
+	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason, same_port);
 }
 
 #endif

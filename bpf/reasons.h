@@ -63,9 +63,9 @@ enum reason {
 #undef EDGE_REASON_ENUM
 };
 
-/* Not a reason: what a path step returns when it decided nothing and the next step goes on
- * (relay.c). Outside every counter slot, and of no kind (reason_kind() says DROP). */
-#define REASON_CONTINUE 0xffffffffU
+/* Not a reason: what a path step returns when it did its part and the next step goes on (the
+ * return convention, relay.c). Outside every counter slot; small enough to be an immediate. */
+#define REASON_CONTINUE 0xffU
 
 /* The number of reasons, and one bit per reason (bit n: reason n) for all of them and per kind. */
 #define EDGE_REASON_ONE(name, num, kind) +1
@@ -83,9 +83,10 @@ _Static_assert(REASON_COUNT < 64, "the masks are 64 bits: at most 63 reasons");
 _Static_assert(REASONS_ALL == (1ULL << REASON_COUNT) - 1,
 	       "reasons are numbered 0 .. REASON_COUNT - 1, each number once");
 _Static_assert(REASON_COUNT <= COUNTER_SLOTS, "every reason needs a counter slot");
+_Static_assert(COUNTER_SLOTS <= REASON_CONTINUE, "REASON_CONTINUE must not be a counter slot");
 
-/* A reason's kind: one shift and mask, the same cost for every reason and every number. A value
- * that is no reason (REASON_CONTINUE, anything >= 64) is DROP: fail closed. */
+/* A reason's kind: a shift and a mask, the same cost for every reason and every number. A value
+ * that is no reason (REASON_CONTINUE, an unlisted number) is DROP: fail closed. */
 static __always_inline enum reason_kind reason_kind(__u32 reason)
 {
 	if (reason >= 64)
