@@ -85,8 +85,11 @@ _Static_assert(REASONS_ALL == (1ULL << REASON_COUNT) - 1,
 _Static_assert(REASON_COUNT <= COUNTER_SLOTS, "every reason needs a counter slot");
 _Static_assert(COUNTER_SLOTS <= REASON_CONTINUE, "REASON_CONTINUE must not be a counter slot");
 
-/* A reason's kind: a shift and a mask, the same cost for every reason and every number. A value
- * that is no reason (REASON_CONTINUE, an unlisted number) is DROP: fail closed. */
+/* Two generated forms of the same property, each where it is cheapest. A value that is no reason
+ * (REASON_CONTINUE, an unlisted number) is DROP in both: fail closed.
+ *
+ * reason_kind reads the masks: a shift and an and whatever the reason, for the entry point, where
+ * the reason comes from any of the exits and is only known at run time. */
 static __always_inline enum reason_kind reason_kind(__u32 reason)
 {
 	if (reason >= 64)
@@ -98,9 +101,15 @@ static __always_inline enum reason_kind reason_kind(__u32 reason)
 	return REASON_KIND_DROP;
 }
 
+/* reason_is_forward compares with the list's constants (reason == 2 || reason == 3 ...): where
+ * the compiler knows which constant a path returns, as in the middle of the program, it folds the
+ * question away per path (it does not see through the masks' variable shift). */
 static __always_inline int reason_is_forward(__u32 reason)
 {
-	return reason < 64 && ((REASONS_FWD >> reason) & 1);
+#define EDGE_REASON_IS_FWD(name, num, kind) \
+	|| (reason == (num) && REASON_KIND_##kind == REASON_KIND_FWD)
+	return 0 EDGE_REASONS(EDGE_REASON_IS_FWD);
+#undef EDGE_REASON_IS_FWD
 }
 
 /* The XDP action for a packet whose path ended with `reason`. A forwarded packet leaves by the
