@@ -119,7 +119,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 					 const struct relay_config *cfg, struct next_hop *hop)
 {
 	struct txr_val txr = {};
-	__u32 reason = pick_transceiver(ctx, d, &txr);
+	__u32 reason = pick_transceiver(ctx, d, &txr), step;
 
 	if (!reason_is_forward(reason))
 		return reason;
@@ -129,9 +129,8 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = txr.port;
 	hop->tos = d->tos;
 	hop->tot_len = d->tot_len + ENCAP_LEN;
-	if (encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport) != REASON_CONTINUE)
-		return REASON_DROP_ENCAP;
-	return reason;
+	step = encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport);
+	return step == REASON_CONTINUE ? reason : step;
 }
 
 /* A tunnel datagram: a registered transceiver's reply, from one of our VIPs, toward a client. */
@@ -144,12 +143,13 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	struct iphdr *ip = data + PAYLOAD_OFF;
 	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
 	struct vip_key src = {};
+	__u32 step;
 
 	if (!txr_addrs.lookup(&peer))
 		return REASON_DROP_TUNNEL_STRANGER;
-	if (check_inner_udp4(ip, data_end, d->udp_len - UDP_HDR_LEN) != REASON_CONTINUE ||
-	    (void *)(udp + 1) > data_end)
-		return REASON_DROP_TUNNEL_BAD_INNER;
+	step = check_inner_udp4(ip, data_end, d->udp_len - UDP_HDR_LEN);
+	if (step != REASON_CONTINUE)
+		return step;
 	src.addr = hop->saddr = ip->saddr;
 	src.port = hop->sport = udp->source;
 	if (!vips.lookup(&src))
@@ -158,9 +158,8 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = udp->dest;
 	hop->tos = ip->tos;
 	hop->tot_len = edge_ntohs(ip->tot_len);
-	if (decap_udp4(ctx) != REASON_CONTINUE)
-		return REASON_DROP_ENCAP;
-	return REASON_FWD_DECAP;
+	step = decap_udp4(ctx);
+	return step == REASON_CONTINUE ? REASON_FWD_DECAP : step;
 }
 
 /* The whole path of one packet: its reason, with *same_port set when a forwarded packet leaves
