@@ -8,29 +8,28 @@ import ctypes as ct
 import re
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from bcc import BPF
 from bpfharness import (
     NEAR,
     RTP,
-    TUNNEL_ADDR,
     XDP_DROP,
     XDP_PASS,
     XDP_REDIRECT,
     XDP_TX,
     Relay,
     client_frame,
-    mac,
+    tunnelled,
 )
 
 from control.program import BPF_DIR, compile_relay, load_xdp_fn
 from control.reasons import VERDICT, Kind, Reason
-from control.testrun import NEAR_TXR, TXR_LINK, prog_test_run
-from wire.encap import encapsulate
+from control.testrun import prog_test_run
 
 SPEC = BPF_DIR.parent / "docs" / "wire-format.md"
-REASON_CONTINUE = 0xFFFFFFFF  # bpf/reasons.h: what a step returns when it decided nothing
+REASON_CONTINUE = 0xFF  # bpf/reasons.h: what a step returns when it decided nothing
 ACTION = {Kind.FWD: XDP_REDIRECT, Kind.PASS: XDP_PASS, Kind.DROP: XDP_DROP}
 C_KIND = {0: Kind.DROP, 1: Kind.PASS, 2: Kind.FWD}  # enum reason_kind
 
@@ -100,7 +99,9 @@ def test_every_reason_has_a_verdict() -> None:
 # -- the list as compiled --------------------------------------------------------------------
 
 
+@contextmanager
 def _probe(cflags: list[str]) -> Iterator[int]:
+    """The probe compiled with cflags and loaded: its program fd."""
     bpf = BPF(text=PROBE, cflags=[f"-I{BPF_DIR}", *cflags])
     try:
         yield bpf.load_func(b"reason_probe", BPF.XDP).fd
@@ -121,12 +122,12 @@ def _expect(kinds: dict[int, Kind], reason: int, same_port: bool) -> tuple[int, 
     return action, kind, kind is Kind.FWD, len(kinds)
 
 
-PROBED = [*range(70), 1 << 31, REASON_CONTINUE]
+PROBED = [*range(70), REASON_CONTINUE, 1 << 31, 0xFFFFFFFF]
 
 
 def test_compiled_kinds_and_actions_match_python() -> None:
     kinds = {int(r): r.kind for r in Reason}
-    for fd in _probe([]):
+    with _probe([]) as fd:
         for reason in PROBED:
             for same_port in (False, True):
                 assert _ask(fd, reason, same_port) == _expect(kinds, reason, same_port), reason
@@ -135,7 +136,7 @@ def test_compiled_kinds_and_actions_match_python() -> None:
 def test_extra_reasons_take_their_kind_from_the_list() -> None:
     extra = [("FWD_TEST", 27, "FWD"), ("PASS_TEST", 28, "PASS"), ("DROP_TEST", 29, "DROP")]
     kinds = {int(r): r.kind for r in Reason} | {n: Kind(k.lower()) for _, n, k in extra}
-    for fd in _probe([extra_reasons(*extra)]):
+    with _probe([extra_reasons(*extra)]) as fd:
         for reason in PROBED:
             for same_port in (False, True):
                 assert _ask(fd, reason, same_port) == _expect(kinds, reason, same_port), reason
@@ -153,9 +154,8 @@ def test_extra_reasons_take_their_kind_from_the_list() -> None:
 def test_a_bad_list_does_not_compile(
     cflags: list[str], message: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(Exception, match="Failed to compile"):
-        for _ in _probe(cflags):
-            pass
+    with pytest.raises(Exception, match="Failed to compile"), _probe(cflags):
+        pass
     assert message in capfd.readouterr().err
 
 
@@ -164,12 +164,16 @@ def test_a_bad_list_does_not_compile(
 
 @pytest.mark.parametrize(
     ("kind", "action"),
-    [("FWD", XDP_REDIRECT), ("DROP", XDP_DROP)],
-    ids=["a forward reason is forwarded", "a drop reason is dropped"],
+    [("FWD", XDP_REDIRECT), ("PASS", XDP_PASS), ("DROP", XDP_DROP)],
+    ids=[
+        "a new forward reason is forwarded",
+        "a new pass reason goes to the kernel",
+        "a new drop reason is dropped",
+    ],
 )
 def test_a_new_reason_is_handled_by_its_kind(relay: Relay, kind: str, action: int) -> None:
-    """A flow hit counted as reason 27 (EDGE_FLOW_HIT_REASON in relay.c): forwarded exactly like
-    fwd_flow when its kind is FWD, dropped untouched when DROP, counted in slot 27 either way."""
+    """A flow hit counted as reason 27 (EDGE_FLOW_HIT_REASON in relay.c): tunnelled exactly like
+    fwd_flow when its kind is FWD, left untouched when PASS or DROP, counted in slot 27."""
     cflags = [
         extra_reasons(("NEW_TEST", len(Reason), kind)),
         "-DEDGE_FLOW_HIT_REASON=REASON_NEW_TEST",
@@ -180,16 +184,11 @@ def test_a_new_reason_is_handled_by_its_kind(relay: Relay, kind: str, action: in
         extra.reset()
         extra.set_flow(NEAR)
         frame = client_frame(RTP)
-        slot = extra.maps["counters"]
         out = extra.run(frame)
-        cpus = slot.getvalue(ct.c_uint32(len(Reason)))
+        cpus = extra.maps["counters"].getvalue(ct.c_uint32(len(Reason)))
         assert (sum(c.packets for c in cpus), sum(c.bytes for c in cpus)) == (1, len(frame))
         assert out.counts == {}  # nothing under the 27 reasons of the format
         assert out.action == action
-        if kind == "FWD":
-            head = mac(NEAR_TXR[1]) + mac(TXR_LINK.mac) + b"\x08\x00"
-            assert out.data == head + encapsulate(frame[14:], TUNNEL_ADDR, NEAR.addr, NEAR.port)
-        else:
-            assert out.data == frame
+        assert out.data == (tunnelled(frame, NEAR) if kind == "FWD" else frame)
     finally:
         bpf.cleanup()
