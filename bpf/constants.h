@@ -1,4 +1,8 @@
-/* Constants of the wire format (docs/wire-format.md) and of the relay's limits. */
+/* Constants of the wire format (docs/wire-format.md) and the relay's limits.
+ *
+ * Wire constants are the format: they never change. Limits are choices of this build: each is
+ * guarded by #ifndef, so a build or a test overrides it with -D (e.g. -DMAX_FLOWS=4096). relayctl
+ * (control/maps.py) checks pinned maps against the default map sizes. */
 #ifndef EDGE_CONSTANTS_H
 #define EDGE_CONSTANTS_H
 
@@ -21,22 +25,26 @@
 #define edge_ntohl(x) ((__u32)(x))
 #endif
 
+#ifndef AF_INET /* not in the uapi headers the program includes */
+#define AF_INET 2
+#endif
+
+/* ---- wire constants ---------------------------------------------------------------------- */
+
 #define ETH_HDR_LEN 14
 #define IPV4_HDR_LEN 20 /* IHL 5: anything longer carries options */
 #define UDP_HDR_LEN 8
 #define IP_DF 0x4000
 #define IP_MF 0x2000
 #define IP_OFFMASK 0x1fff
+/* Where a UDP payload starts in a frame the relay accepts (no VLAN tag, no IP options). */
+#define PAYLOAD_OFF (ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN)
 
 /* §2 STUN (RFC 8489) */
 #define STUN_HDR_LEN 20
 #define STUN_MAGIC 0x2112A442
 #define STUN_BINDING_REQUEST 0x0001
 #define STUN_ATTR_USERNAME 0x0006
-#define STUN_MAX_ATTRS 16
-/* Upper bound for attribute offsets so the verifier can bound packet pointers; an XDP frame
- * without multi-buffer is at most a page, so no real message reaches it. */
-#define STUN_MAX_OFFSET 4096
 
 /* §1 routing ufrag */
 #define UFRAG_LEN 24
@@ -45,7 +53,7 @@
 #define UFRAG_SIGNED_LEN 12
 #define UFRAG_TAG_LEN 6
 #define USERNAME_MIN_LEN (UFRAG_LEN + 1) /* "ufrag:" at least */
-#define NUM_KEYS 16
+#define NUM_KEYS 16			 /* the key id is 4 bits */
 
 /* §3 tunnel */
 #define ENCAP_LEN (IPV4_HDR_LEN + UDP_HDR_LEN)
@@ -55,11 +63,42 @@
 /* §4 relay_config.flags */
 #define CONFIG_F_SLOW_PATH 0x1 /* a controller listens on the VIPs: pass unknown flows up */
 
+/* ---- limits (override with -D) ----------------------------------------------------------- */
+
 /* §4 map sizes */
+#ifndef MAX_VIPS
 #define MAX_VIPS 64
+#endif
+#ifndef MAX_TRANSCEIVERS
 #define MAX_TRANSCEIVERS 65536
+#endif
+#ifndef MAX_FLOWS
 #define MAX_FLOWS 1048576
+#endif
 /* Counter slots: more than the reasons of §5 so new reasons fit a map pinned by an older build. */
+#ifndef COUNTER_SLOTS
 #define COUNTER_SLOTS 32
+#endif
+
+/* The STUN attribute walk: at most this many attributes before USERNAME (each one costs the
+ * verifier a loop iteration), and an upper bound for attribute offsets so the verifier can bound
+ * packet pointers; an XDP frame without multi-buffer is at most a page, so no real message
+ * reaches it. */
+#ifndef STUN_MAX_ATTRS
+#define STUN_MAX_ATTRS 16
+#endif
+#ifndef STUN_MAX_OFFSET
+#define STUN_MAX_OFFSET 4096
+#endif
+
+/* The next-hop cache (fib.h): how long an answer is trusted, and 2^bits slots per CPU (56 bytes
+ * each: 896 KiB per CPU at 14 bits). */
+#ifndef NH_CACHE_NS
+#define NH_CACHE_NS (250ULL * 1000 * 1000)
+#endif
+#ifndef NH_CACHE_BITS
+#define NH_CACHE_BITS 14
+#endif
+#define NH_CACHE_SLOTS (1U << NH_CACHE_BITS)
 
 #endif

@@ -3,8 +3,9 @@
 #define EDGE_ENCAP_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 #include "parse.h"
+#include "structs.h"
 
 /* Receivers spread flows over queues by the outer source port (as katran does). */
 static __always_inline __be16 flow_entropy(__be32 client_addr, __be16 client_port, __be16 vip_port)
@@ -18,20 +19,22 @@ static __always_inline __be16 flow_entropy(__be32 client_addr, __be16 client_por
 	return edge_htons(0x8000 | (h & 0x7fff));
 }
 
-/* Cuts link-layer padding after the IP packet, so that it is not tunnelled as payload. */
-static __always_inline int trim_frame(struct xdp_md *ctx, __u32 frame_len)
+/* Cuts link-layer padding after the IP packet, so that it is not tunnelled as payload:
+ * REASON_CONTINUE, or drop_encap when the kernel refuses. */
+static __always_inline __u32 trim_frame(struct xdp_md *ctx, __u32 frame_len)
 {
 	int excess = (int)(ctx->data_end - ctx->data) - (int)frame_len;
 
 	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -excess))
 		return REASON_DROP_ENCAP;
-	return 0;
+	return REASON_CONTINUE;
 }
 
 /* Prepends outer IPv4 + UDP in front of the client's packet d (left untouched). The Ethernet
  * header moves to the new front with its MACs unchanged: fib.h rewrites them on success, and a
- * packet handed to the kernel must keep our own MAC as its destination. Returns 0 or a reason. */
-static __always_inline int encap_udp4(struct xdp_md *ctx, const struct udp4 *d, __be32 saddr,
+ * packet handed to the kernel must keep our own MAC as its destination. REASON_CONTINUE, or
+ * drop_encap when the packet cannot grow. */
+static __always_inline __u32 encap_udp4(struct xdp_md *ctx, const struct udp4 *d, __be32 saddr,
 				      __be32 daddr, __be16 sport, __be16 dport)
 {
 	void *data = (void *)(long)ctx->data;
@@ -68,12 +71,12 @@ static __always_inline int encap_udp4(struct xdp_md *ctx, const struct udp4 *d, 
 	udp->dest = dport;
 	udp->len = edge_htons(d->tot_len + UDP_HDR_LEN);
 	udp->check = 0; /* allowed for UDP over IPv4; the inner packet has its own */
-	return 0;
+	return REASON_CONTINUE;
 }
 
 /* Strips the outer 28 bytes; the Ethernet header (MACs kept, for the same reason as above) is
- * rewritten just in front of the inner IPv4 header first. */
-static __always_inline int decap_udp4(struct xdp_md *ctx)
+ * rewritten just in front of the inner IPv4 header first. REASON_CONTINUE or drop_encap. */
+static __always_inline __u32 decap_udp4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -85,7 +88,7 @@ static __always_inline int decap_udp4(struct xdp_md *ctx)
 	eth->h_proto = edge_htons(ETH_P_IP);
 	if (bpf_xdp_adjust_head(ctx, ENCAP_LEN))
 		return REASON_DROP_ENCAP;
-	return 0;
+	return REASON_CONTINUE;
 }
 
 #endif

@@ -1,25 +1,7 @@
-/* Next hop by bpf_fib_lookup, then out of the same port (XDP_TX) or another (bpf_redirect). */
-#ifndef EDGE_FIB_H
-#define EDGE_FIB_H
-
-#include "constants.h"
-#include "counters.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-
-/* The IPv4/UDP packet that now follows the Ethernet header at ctx, as the FIB sees it. */
-struct next_hop {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u16 tot_len; /* host order: the helper checks it against the route MTU */
-	__u8 tos;
-};
-
-/* Per-CPU next-hop cache in front of bpf_fib_lookup (about half of a forwarded packet's cost).
+/* Next hop by bpf_fib_lookup, then out of the same port (XDP_TX) or another (bpf_redirect).
+ *
+ * A per-CPU next-hop cache sits in front of bpf_fib_lookup (about half of a forwarded packet's
+ * cost): maps `nexthops` and `nh_epoch` (maps.h), limits NH_CACHE_* (constants.h).
  *
  * The key holds every input of the lookup that the relay varies (addresses, ports, tos, ingress
  * device), so a hit returns what the FIB answered for the same question: ECMP routes that hash on
@@ -40,38 +22,15 @@ struct next_hop {
  * a hash map: the lookup is inlined by the verifier and a miss overwrites the slot in place, with
  * no helper call and no allocation; a collision only costs a FIB lookup. Only this CPU's program
  * writes its slots (XDP does not nest on a CPU), so no locking is needed. */
-#define NH_CACHE_NS (250ULL * 1000 * 1000)
-#define NH_CACHE_BITS 14
-#define NH_CACHE_SLOTS (1U << NH_CACHE_BITS) /* 56 bytes each: 896 KiB per CPU */
+#ifndef EDGE_FIB_H
+#define EDGE_FIB_H
 
-struct nh_key {
-	__be32 daddr;
-	__be32 saddr;
-	__be16 sport;
-	__be16 dport;
-	__u32 ifindex; /* ingress */
-	__u8 tos;
-	__u8 pad[3];
-};
+#include "constants.h"
+#include "maps.h"
+#include "reasons.h"
+#include "structs.h"
 
-struct nh_val {
-	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock; 0: never filled */
-	__u32 ifindex;	  /* egress */
-	__u32 epoch;	  /* nh_epoch[0] when filled: a bump invalidates every slot */
-	__u16 max_len;	  /* the longest tot_len the FIB accepted for this entry */
-	__u8 dmac[ETH_ALEN];
-	__u8 smac[ETH_ALEN];
-	__u16 pad;
-};
-
-struct nh_slot {
-	struct nh_key key;
-	struct nh_val val;
-};
-
-BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
-BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
-
+/* The slot of a key: a multiplicative hash (tests/bpf/bpfharness.py computes it too). */
 static __always_inline __u32 nh_slot_of(const struct nh_key *k)
 {
 	__u32 x = k->daddr ^ (((__u32)k->sport << 16) | k->dport) ^ (k->ifindex << 8) ^ k->tos;
@@ -86,28 +45,33 @@ static __always_inline int nh_key_eq(const struct nh_key *a, const struct nh_key
 	       a->dport == b->dport && a->ifindex == b->ifindex && a->tos == b->tos;
 }
 
-/* Rewrites the MACs and sends the packet out of ifindex (XDP_TX when it is the ingress port). */
-static __always_inline verdict_t fib_send(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac,
-					  const __u8 *smac, __u32 fwd_reason)
+/* Rewrites the MACs for egress port ifindex and returns fwd_reason with *same_port set when that
+ * is the ingress port (the entry point sends XDP_TX); for another port it records the port with
+ * bpf_redirect() (XDP_REDIRECT), or returns drop_redirect when the helper refuses. */
+static __always_inline __u32 fib_send(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac,
+				      const __u8 *smac, __u32 fwd_reason, int *same_port)
 {
 	struct ethhdr *eth = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	long act;
 
 	if ((void *)(eth + 1) > data_end)
-		return DROP(REASON_DROP_ENCAP);
+		return REASON_DROP_ENCAP;
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-	if (ifindex == ctx->ingress_ifindex)
-		return VERDICT(fwd_reason, XDP_TX);
-	act = bpf_redirect(ifindex, 0);
-	if (act != XDP_REDIRECT)
-		return DROP(REASON_DROP_REDIRECT);
-	return VERDICT(fwd_reason, XDP_REDIRECT);
+	if (ifindex == ctx->ingress_ifindex) {
+		*same_port = 1;
+		return fwd_reason;
+	}
+	if (bpf_redirect(ifindex, 0) != XDP_REDIRECT)
+		return REASON_DROP_REDIRECT;
+	return fwd_reason;
 }
 
-static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
-					     __u32 fwd_reason)
+/* Sends the packet hop describes toward its next hop: fwd_reason (a forward reason) with
+ * *same_port as fib_send sets it, or what the FIB refused (drop_fib, drop_too_big, or
+ * pass_fib_no_neigh: the kernel forwards it and resolves the neighbour). */
+static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
+					 __u32 fwd_reason, int *same_port)
 {
 	struct bpf_fib_lookup fib = {};
 	struct nh_key nk = {
@@ -130,7 +94,8 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 	c = nexthops.lookup(&slot);
 	if (c && nh_key_eq(&c->key, &nk) && c->val.epoch == epoch && now < c->val.expires_ns &&
 	    hop->tot_len <= c->val.max_len)
-		return fib_send(ctx, c->val.ifindex, c->val.dmac, c->val.smac, fwd_reason);
+		return fib_send(ctx, c->val.ifindex, c->val.dmac, c->val.smac, fwd_reason,
+				same_port);
 
 	fib.family = AF_INET;
 	fib.tos = hop->tos;
@@ -148,11 +113,11 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 		break;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		/* The kernel forwards it and resolves the neighbour; later packets take the fast path. */
-		return PASS(REASON_PASS_FIB_NO_NEIGH);
+		return REASON_PASS_FIB_NO_NEIGH;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		return DROP(REASON_DROP_TOO_BIG);
+		return REASON_DROP_TOO_BIG;
 	default: /* blackhole, unreachable, prohibit, not forwarded, forwarding disabled... */
-		return DROP(REASON_DROP_FIB);
+		return REASON_DROP_FIB;
 	}
 
 	if (c) { /* a fresh answer replaces whatever held the slot (this CPU's copy only) */
@@ -164,7 +129,7 @@ static __always_inline verdict_t fib_forward(struct xdp_md *ctx, const struct ne
 		__builtin_memcpy(c->val.dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(c->val.smac, fib.smac, ETH_ALEN);
 	}
-	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason);
+	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason, same_port);
 }
 
 #endif

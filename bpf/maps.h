@@ -1,60 +1,15 @@
-/* The relay's maps (spec §4). Addresses and ports are network byte order, ids host order.
- * With PIN_DIR defined (a string literal), every map is pinned at PIN_DIR/<name>: a recompiled
- * program then reuses the pinned maps, so flows and configuration survive a reload. */
+/* Every map of the relay (docs/wire-format.md §4), with what its key and value mean, who writes
+ * it and who reads it. The structs are in structs.h, the sizes in constants.h.
+ *
+ * The seven maps of the format are pinned when PIN_DIR is defined (a string literal; relayctl
+ * load passes /sys/fs/bpf/<name>): each lives at PIN_DIR/<map name>, and a recompiled program
+ * reuses them, so flows and configuration survive a reload. control/program.py lists them
+ * (MAP_NAMES). The next-hop cache maps are private to one loaded program and never pinned. */
 #ifndef EDGE_MAPS_H
 #define EDGE_MAPS_H
 
 #include "constants.h"
-
-struct relay_config {
-	__be32 tunnel_addr;
-	__be16 tunnel_port;
-	__u16 flags;
-};
-
-struct vip_key {
-	__be32 addr;
-	__be16 port;
-	__u16 pad;
-};
-
-struct routing_key {
-	__u64 k0;
-	__u64 k1;
-	__u32 live;
-	__u32 pad;
-};
-
-struct txr_key {
-	__u16 cluster;
-	__u16 pad;
-	__u32 id;
-};
-
-struct txr_val {
-	__be32 addr;
-	__be16 port;
-	__u16 flags;
-};
-
-struct flow_key {
-	__be32 client_addr;
-	__be32 vip_addr;
-	__be16 client_port;
-	__be16 vip_port;
-};
-
-struct flow_val {
-	__u16 cluster;
-	__u16 pad;
-	__u32 id;
-	__u64 created_ns;
-};
-
-struct counter {
-	__u64 packets;
-	__u64 bytes;
-};
+#include "structs.h"
 
 #ifdef PIN_DIR
 #define EDGE_MAP(type, key, val, name, size) \
@@ -63,12 +18,58 @@ struct counter {
 #define EDGE_MAP(type, key, val, name, size) BPF_TABLE(type, key, val, name, size)
 #endif
 
+/* config[0]: the relay's own tunnel endpoint and flags. Written by relayctl load (tunnel
+ * address:port, flags 0) and relayctl run (sets CONFIG_F_SLOW_PATH while its VIP sockets are
+ * bound, clears it on exit). Read by the program on every packet: no entry or a zero tunnel
+ * address or port means not configured (drop_no_config for VIP and tunnel traffic). Pinned. */
 EDGE_MAP("array", __u32, struct relay_config, config, 1);
+
+/* vips: key a VIP address:port this relay answers for; value its index in relayctl load's
+ * --vip list (informational, the program does not read it). Written by relayctl load. Read by
+ * the program: a client datagram is ours only if its destination is here, and a tunnel
+ * datagram's inner source must be here (else drop_tunnel_foreign_src). Pinned. */
 EDGE_MAP("hash", struct vip_key, __u32, vips, MAX_VIPS);
+
+/* keys: key a routing key id (0..15, the ufrag's 4-bit key id); value the SipHash key, live 1
+ * (a removed key is all zeros). Written by relayctl map sync / run from the registry. Read by
+ * the program to verify a STUN Binding request's ufrag tag (ufrag.h). Pinned. */
 EDGE_MAP("array", __u32, struct routing_key, keys, NUM_KEYS);
+
+/* transceivers: key a transceiver's (cluster, id); value its tunnel address:port. Written by
+ * relayctl map sync / run from the registry. Read by the program for every client datagram it
+ * forwards: a ufrag or a flow names the ids, this map gives the address (a missing entry is
+ * drop_unknown_txr). Pinned. */
 EDGE_MAP("hash", struct txr_key, struct txr_val, transceivers, MAX_TRANSCEIVERS);
+
+/* txr_addrs: key a transceiver tunnel address:port; value how many transceiver ids are
+ * registered there (> 0). Written by relayctl map sync / run together with `transceivers`. Read
+ * by the program: a tunnel datagram is accepted only from a key here (else
+ * drop_tunnel_stranger). Pinned. */
 EDGE_MAP("hash", struct vip_key, __u32, txr_addrs, MAX_TRANSCEIVERS);
+
+/* flows: key a client's (address, port) -> (VIP address, port); value the transceiver it goes
+ * to. Written by the program when a STUN Binding request creates or moves a flow (route_stun in
+ * relay.c), and by relayctl run's slow path when the registry knows a flow this relay never saw
+ * (never overwriting, BPF_NOEXIST). Read by the program for every client datagram that is not a
+ * Binding request, and by relayctl run (exports them to the registry) and relayctl flows. LRU:
+ * the least recently used flow makes room. Pinned. */
 EDGE_MAP("lru_hash", struct flow_key, struct flow_val, flows, MAX_FLOWS);
+
+/* counters: key an exit reason (reasons.h, §5); value per CPU the packets and bytes counted
+ * under it. Written by the program only, once per packet (count_packet in counters.h). Read by
+ * relayctl stats and relayctl run's metrics, which sum the CPUs. COUNTER_SLOTS > the number of
+ * reasons, so a newer build's reasons fit a map pinned by an older one. Pinned. */
 EDGE_MAP("percpu_array", __u32, struct counter, counters, COUNTER_SLOTS);
+
+/* nexthops: key a slot number, nh_slot_of() of an nh_key (a direct-mapped cache); value the
+ * key it holds and what bpf_fib_lookup answered for it. Written and read by the program only,
+ * each CPU its own copy (fib.h explains the cache and its trade-off). Not pinned: each loaded
+ * program starts with an empty cache. */
+BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
+
+/* nh_epoch[0]: the cache's generation. Read by the program on every forwarded packet: a slot
+ * filled under another value is a miss. Written by whoever wants every cached answer dropped at
+ * once (an operator with bpftool, the tests); the program never writes it. Not pinned. */
+BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
 
 #endif

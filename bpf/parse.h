@@ -3,30 +3,14 @@
 #define EDGE_PARSE_H
 
 #include "constants.h"
+#include "reasons.h"
+#include "structs.h"
 
-/* The fields of a client or tunnel datagram, copied out of the packet so that they survive
- * bpf_xdp_adjust_head/tail (which invalidate every packet pointer). */
-struct udp4 {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u16 tot_len;	/* IPv4 total length, host order */
-	__u16 udp_len;	/* UDP length, host order */
-	__u16 frag_off; /* host order, flags included */
-	__u8 ihl;	/* header length in bytes */
-	__u8 tos;
-};
-
-enum parse_result {
-	PARSE_UDP4 = 0,	    /* an IPv4/UDP datagram whose ports could be read */
-	PARSE_NOT_IPV4 = 1, /* another ethertype (ARP, IPv6, VLAN...) */
-	PARSE_NOT_UDP = 2,  /* IPv4, but nothing the relay could own */
-};
-
-/* Reads the headers up to the UDP ports. Non-first fragments carry no ports, so they cannot be
+/* Reads the headers up to the UDP ports into *d: REASON_CONTINUE for an IPv4/UDP datagram whose
+ * ports could be read, pass_not_ipv4 for another ethertype (ARP, IPv6, VLAN...), pass_not_ours
+ * for IPv4 the relay could not own. Non-first fragments carry no ports, so they cannot be
  * matched to a VIP: they go to the kernel (which drops them when reassembly times out). */
-static __always_inline enum parse_result parse_udp4(void *data, void *data_end, struct udp4 *d)
+static __always_inline __u32 parse_udp4(void *data, void *data_end, struct udp4 *d)
 {
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + ETH_HDR_LEN;
@@ -34,17 +18,17 @@ static __always_inline enum parse_result parse_udp4(void *data, void *data_end, 
 	__u32 ihl;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != edge_htons(ETH_P_IP))
-		return PARSE_NOT_IPV4;
+		return REASON_PASS_NOT_IPV4;
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5 ||
 	    ip->protocol != IPPROTO_UDP)
-		return PARSE_NOT_UDP;
+		return REASON_PASS_NOT_OURS;
 	d->frag_off = edge_ntohs(ip->frag_off);
 	if (d->frag_off & IP_OFFMASK)
-		return PARSE_NOT_UDP;
+		return REASON_PASS_NOT_OURS;
 	ihl = ip->ihl * 4;
 	udp = (void *)ip + ihl;
 	if ((void *)(udp + 1) > data_end)
-		return PARSE_NOT_UDP;
+		return REASON_PASS_NOT_OURS;
 	d->saddr = ip->saddr;
 	d->daddr = ip->daddr;
 	d->sport = udp->source;
@@ -53,12 +37,12 @@ static __always_inline enum parse_result parse_udp4(void *data, void *data_end, 
 	d->udp_len = edge_ntohs(udp->len);
 	d->ihl = ihl;
 	d->tos = ip->tos;
-	return PARSE_UDP4;
+	return REASON_CONTINUE;
 }
 
-/* The checks every datagram the relay owns must pass (VIP and tunnel traffic alike).
- * Returns 0 when it is a plain, complete IPv4/UDP datagram, else the drop reason. */
-static __always_inline int check_udp4(const struct udp4 *d, __u32 l3_len)
+/* The checks every datagram the relay owns must pass (VIP and tunnel traffic alike): the drop
+ * reason, or REASON_CONTINUE for a plain, complete IPv4/UDP datagram. */
+static __always_inline __u32 check_udp4(const struct udp4 *d, __u32 l3_len)
 {
 	if (d->ihl != IPV4_HDR_LEN)
 		return REASON_DROP_IP_OPTIONS;
@@ -68,7 +52,7 @@ static __always_inline int check_udp4(const struct udp4 *d, __u32 l3_len)
 		return REASON_DROP_TRUNCATED;
 	if (d->udp_len < UDP_HDR_LEN || (__u32)d->udp_len + IPV4_HDR_LEN != d->tot_len)
 		return REASON_DROP_BAD_UDP_LEN;
-	return 0;
+	return REASON_CONTINUE;
 }
 
 /* One's-complement sum of a 20-byte IPv4 header (checksum field included). */
@@ -85,22 +69,25 @@ static __always_inline __u16 ipv4_csum_fold(const void *hdr)
 	return (__u16)~sum;
 }
 
-/* The tunnel payload must be a complete IPv4/UDP packet without options or fragmentation, with
- * agreeing lengths and a correct header checksum: the relay forwards it unchanged. */
-static __always_inline int inner_udp4_ok(void *inner, void *data_end, __u32 len)
+/* The tunnel payload (len bytes at inner) must be a complete IPv4/UDP packet without options or
+ * fragmentation, with agreeing lengths and a correct header checksum: the relay forwards it
+ * unchanged. REASON_CONTINUE when it is, else drop_tunnel_bad_inner. */
+static __always_inline __u32 check_inner_udp4(void *inner, void *data_end, __u32 len)
 {
 	struct iphdr *ip = inner;
 	struct udphdr *udp = inner + IPV4_HDR_LEN;
 
 	if (len < IPV4_HDR_LEN + UDP_HDR_LEN || (void *)(udp + 1) > data_end)
-		return 0;
+		return REASON_DROP_TUNNEL_BAD_INNER;
 	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
-		return 0;
+		return REASON_DROP_TUNNEL_BAD_INNER;
 	if (edge_ntohs(ip->frag_off) & (IP_MF | IP_OFFMASK))
-		return 0;
+		return REASON_DROP_TUNNEL_BAD_INNER;
 	if (edge_ntohs(ip->tot_len) != len || edge_ntohs(udp->len) != len - IPV4_HDR_LEN)
-		return 0;
-	return ipv4_csum_fold(ip) == 0;
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	if (ipv4_csum_fold(ip) != 0)
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	return REASON_CONTINUE;
 }
 
 #endif

@@ -4,9 +4,21 @@
  * packet (a STUN Binding request) is routed by the keyed hint in its USERNAME and recorded in the
  * flow map, later packets follow the flow map. Tunnel datagrams from transceivers are checked,
  * stripped and forwarded to the client. Everything else goes to the kernel untouched.
- * Every exit counts exactly one reason (counters.h), in xdp_relay only. */
+ *
+ * Return convention. Every path step (a function that can decide what becomes of the packet)
+ * returns a __u32: a reason (reasons.h) when it decided, or REASON_CONTINUE when it did its part
+ * and the next step goes on. What else a step finds or builds goes out through pointer
+ * parameters. A forward reason means "ready to leave": from_client and from_tunnel hand it to
+ * fib_forward, which passes it on or replaces it with what the FIB refused. Only the entry point,
+ * xdp_relay, turns the final reason into an XDP action (reason_action), after counting it: one
+ * reason per packet, counted in one place. The action needs one fact besides the reason, whether
+ * a forwarded packet leaves by the port it came in on (XDP_TX) or another (XDP_REDIRECT): fib_send
+ * reports it through *same_port. Pure computations (checksums, hashes, the base64 decoder,
+ * nh_slot_of) return their value. */
 #include "constants.h"
+#include "structs.h"
 #include "maps.h"
+#include "reasons.h"
 #include "counters.h"
 #include "parse.h"
 #include "stun.h"
@@ -15,14 +27,15 @@
 #include "encap.h"
 #include "fib.h"
 
-#define PAYLOAD_OFF (ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN)
+/* fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte
+ * stack. */
 
-/* The paths below return a reason: a fwd_* reason means the packet is ready for fib_forward.
- * fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte stack. */
-static __always_inline int is_forward(__u32 reason)
-{
-	return reason >= REASON_FWD_FLOW && reason <= REASON_FWD_DECAP;
-}
+/* What a flow hit counts as. A -D hook for tests/bpf/test_bpf_reasons.py, which adds a reason
+ * past the last one (EDGE_EXTRA_REASONS) and proves that its kind, not its number, decides what
+ * the program does with the packet. */
+#ifndef EDGE_FLOW_HIT_REASON
+#define EDGE_FLOW_HIT_REASON REASON_FWD_FLOW
+#endif
 
 /* A STUN Binding request: route by ufrag, and create or move the flow only when it changes. */
 static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
@@ -31,24 +44,23 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	void *pl = data + PAYLOAD_OFF;
-	__u32 reason = REASON_FWD_STUN_KNOWN;
 	struct txr_key tk = {};
 	struct txr_val *txr;
 	struct flow_val *fv;
-	__u32 off = 0, len = 0;
-	int err;
+	__u32 off = 0, len = 0, reason;
 
-	err = stun_find_username(pl, data_end, msg_end, &off, &len);
-	if (err)
-		return err;
-	err = ufrag_verify(pl, data_end, off, len, &tk);
-	if (err)
-		return err;
+	reason = stun_find_username(pl, data_end, msg_end, &off, &len);
+	if (reason != REASON_CONTINUE)
+		return reason;
+	reason = ufrag_verify(pl, data_end, off, len, &tk);
+	if (reason != REASON_CONTINUE)
+		return reason;
 	txr = transceivers.lookup(&tk);
 	if (!txr)
 		return REASON_DROP_UNKNOWN_TXR;
 	*out = *txr;
 
+	reason = REASON_FWD_STUN_KNOWN;
 	fv = flows.lookup(fk);
 	if (!fv || fv->cluster != tk.cluster || fv->id != tk.id) {
 		struct flow_val nv = {
@@ -81,17 +93,13 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 	struct flow_val *fv;
 
 	if (plen) {
-		__u32 msg_end = 0;
-		int reason = 0;
+		__u32 binding_end = 0;
+		__u32 reason = stun_classify(data + PAYLOAD_OFF, data_end, plen, &binding_end);
 
-		switch (stun_classify(data + PAYLOAD_OFF, data_end, plen, &msg_end, &reason)) {
-		case STUN_DROP:
+		if (reason != REASON_CONTINUE)
 			return reason;
-		case STUN_BINDING:
-			return route_stun(ctx, &fk, msg_end, out);
-		default:
-			break;
-		}
+		if (binding_end)
+			return route_stun(ctx, &fk, binding_end, out);
 	}
 
 	fv = flows.lookup(&fk);
@@ -103,7 +111,7 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 	if (!txr) /* the transceiver left the map: its calls stop at once */
 		return REASON_DROP_UNKNOWN_TXR;
 	*out = *txr;
-	return REASON_FWD_FLOW;
+	return EDGE_FLOW_HIT_REASON;
 }
 
 /* A datagram from a client to one of our VIPs: into the tunnel to its transceiver. */
@@ -111,9 +119,9 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 					 const struct relay_config *cfg, struct next_hop *hop)
 {
 	struct txr_val txr = {};
-	__u32 reason = pick_transceiver(ctx, d, &txr);
+	__u32 reason = pick_transceiver(ctx, d, &txr), step;
 
-	if (!is_forward(reason))
+	if (!reason_is_forward(reason))
 		return reason;
 	hop->saddr = cfg->tunnel_addr;
 	hop->daddr = txr.addr;
@@ -121,9 +129,8 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = txr.port;
 	hop->tos = d->tos;
 	hop->tot_len = d->tot_len + ENCAP_LEN;
-	if (encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport))
-		return REASON_DROP_ENCAP;
-	return reason;
+	step = encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport);
+	return step == REASON_CONTINUE ? reason : step;
 }
 
 /* A tunnel datagram: a registered transceiver's reply, from one of our VIPs, toward a client. */
@@ -136,11 +143,13 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	struct iphdr *ip = data + PAYLOAD_OFF;
 	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
 	struct vip_key src = {};
+	__u32 step;
 
 	if (!txr_addrs.lookup(&peer))
 		return REASON_DROP_TUNNEL_STRANGER;
-	if (!inner_udp4_ok(ip, data_end, d->udp_len - UDP_HDR_LEN) || (void *)(udp + 1) > data_end)
-		return REASON_DROP_TUNNEL_BAD_INNER;
+	step = check_inner_udp4(ip, data_end, d->udp_len - UDP_HDR_LEN);
+	if (step != REASON_CONTINUE)
+		return step;
 	src.addr = hop->saddr = ip->saddr;
 	src.port = hop->sport = udp->source;
 	if (!vips.lookup(&src))
@@ -149,12 +158,13 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = udp->dest;
 	hop->tos = ip->tos;
 	hop->tot_len = edge_ntohs(ip->tot_len);
-	if (decap_udp4(ctx))
-		return REASON_DROP_ENCAP;
-	return REASON_FWD_DECAP;
+	step = decap_udp4(ctx);
+	return step == REASON_CONTINUE ? REASON_FWD_DECAP : step;
 }
 
-static __always_inline verdict_t relay(struct xdp_md *ctx)
+/* The whole path of one packet: its reason, with *same_port set when a forwarded packet leaves
+ * by the port it came in on. */
+static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -164,14 +174,9 @@ static __always_inline verdict_t relay(struct xdp_md *ctx)
 	__u32 zero = 0, reason;
 	int tunnel;
 
-	switch (parse_udp4(data, data_end, &d)) {
-	case PARSE_NOT_IPV4:
-		return PASS(REASON_PASS_NOT_IPV4);
-	case PARSE_NOT_UDP:
-		return PASS(REASON_PASS_NOT_OURS);
-	default:
-		break;
-	}
+	reason = parse_udp4(data, data_end, &d);
+	if (reason != REASON_CONTINUE)
+		return reason;
 
 	cfg = config.lookup(&zero);
 	tunnel = cfg && cfg->tunnel_port && d.daddr == cfg->tunnel_addr &&
@@ -180,31 +185,32 @@ static __always_inline verdict_t relay(struct xdp_md *ctx)
 		struct vip_key vip = {.addr = d.daddr, .port = d.dport};
 
 		if (!vips.lookup(&vip))
-			return PASS(REASON_PASS_NOT_OURS);
+			return REASON_PASS_NOT_OURS;
 	}
 	if (!cfg || !cfg->tunnel_addr || !cfg->tunnel_port)
-		return DROP(REASON_DROP_NO_CONFIG);
+		return REASON_DROP_NO_CONFIG;
 
 	reason = check_udp4(&d, data_end - data - ETH_HDR_LEN);
-	if (!reason)
+	if (reason == REASON_CONTINUE)
 		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
-	if (reason)
-		return DROP(reason);
+	if (reason != REASON_CONTINUE)
+		return reason;
 	reason = tunnel ? from_tunnel(ctx, &d, &hop) : from_client(ctx, &d, cfg, &hop);
 	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
-		return PASS(REASON_PASS_SLOW_PATH);
-	if (!is_forward(reason))
-		return DROP(reason);
-	return fib_forward(ctx, &hop, reason);
+		return REASON_PASS_SLOW_PATH;
+	if (!reason_is_forward(reason))
+		return reason;
+	return fib_forward(ctx, &hop, reason, same_port);
 }
 
 int xdp_relay(struct xdp_md *ctx)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
-	verdict_t v = relay(ctx);
+	int same_port = 0;
+	__u32 reason = relay(ctx, &same_port);
 
-	count_packet(VERDICT_REASON(v), bytes);
-	return VERDICT_ACTION(v);
+	count_packet(reason, bytes);
+	return reason_action(reason, same_port);
 }

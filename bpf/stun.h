@@ -3,7 +3,7 @@
 #define EDGE_STUN_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 
 struct stun_hdr {
 	__be16 type;
@@ -17,46 +17,36 @@ struct stun_attr {
 	__be16 len;
 };
 
-enum stun_class {
-	STUN_FOLLOW_FLOW = 0, /* not STUN, or STUN other than a Binding request */
-	STUN_BINDING = 1,     /* a Binding request: route it by its ufrag */
-	STUN_DROP = 2,	      /* malformed: *reason says why */
-};
-
-/* Classifies a UDP payload of plen (> 0) bytes; on STUN_BINDING *msg_end is 20 + header length. */
-static __always_inline enum stun_class stun_classify(void *pl, void *data_end, __u32 plen,
-						     __u32 *msg_end, int *reason)
+/* Classifies a UDP payload of plen (> 0) bytes. REASON_CONTINUE, with *binding_end = 20 + its
+ * header length when it is a STUN Binding request (route it by its ufrag), and left 0 when it is
+ * not STUN or other STUN (it follows the flow map); or the drop reason of malformed STUN. */
+static __always_inline __u32 stun_classify(void *pl, void *data_end, __u32 plen,
+					   __u32 *binding_end)
 {
 	struct stun_hdr *h = pl;
 	__u32 mlen;
 
 	if (pl + 1 > data_end || *(__u8 *)pl > 1) /* RFC 7983: STUN starts with 0 or 1 */
-		return STUN_FOLLOW_FLOW;
-	if (plen < STUN_HDR_LEN || (void *)(h + 1) > data_end) {
-		*reason = REASON_DROP_TRUNCATED;
-		return STUN_DROP;
-	}
-	if (h->cookie != edge_htonl(STUN_MAGIC)) {
-		*reason = REASON_DROP_BAD_COOKIE;
-		return STUN_DROP;
-	}
+		return REASON_CONTINUE;
+	if (plen < STUN_HDR_LEN || (void *)(h + 1) > data_end)
+		return REASON_DROP_TRUNCATED;
+	if (h->cookie != edge_htonl(STUN_MAGIC))
+		return REASON_DROP_BAD_COOKIE;
 	mlen = edge_ntohs(h->len);
 	if (mlen & 3) /* RFC 8489: attributes are padded, so this is not STUN */
-		return STUN_FOLLOW_FLOW;
-	if (STUN_HDR_LEN + mlen > plen) {
-		*reason = REASON_DROP_TRUNCATED;
-		return STUN_DROP;
-	}
+		return REASON_CONTINUE;
+	if (STUN_HDR_LEN + mlen > plen)
+		return REASON_DROP_TRUNCATED;
 	if (h->type != edge_htons(STUN_BINDING_REQUEST))
-		return STUN_FOLLOW_FLOW;
-	*msg_end = STUN_HDR_LEN + mlen;
-	return STUN_BINDING;
+		return REASON_CONTINUE;
+	*binding_end = STUN_HDR_LEN + mlen;
+	return REASON_CONTINUE;
 }
 
-/* Walks at most STUN_MAX_ATTRS attributes of the message [0, msg_end) at pl. Returns 0 and the
- * offset and length of the USERNAME value, or the drop reason. msg_end - 20 is a multiple of 4
- * and every step is a multiple of 4, so the walk ends exactly at msg_end. */
-static __always_inline int stun_find_username(void *pl, void *data_end, __u32 msg_end,
+/* Walks at most STUN_MAX_ATTRS attributes of the message [0, msg_end) at pl. REASON_CONTINUE
+ * with the offset and length of the USERNAME value, or the drop reason. msg_end - 20 is a
+ * multiple of 4 and every step is a multiple of 4, so the walk ends exactly at msg_end. */
+static __always_inline __u32 stun_find_username(void *pl, void *data_end, __u32 msg_end,
 					      __u32 *val_off, __u32 *val_len)
 {
 	__u32 off = STUN_HDR_LEN;
@@ -78,7 +68,7 @@ static __always_inline int stun_find_username(void *pl, void *data_end, __u32 ms
 		if (a->type == edge_htons(STUN_ATTR_USERNAME)) {
 			*val_off = off + sizeof(*a);
 			*val_len = len;
-			return 0;
+			return REASON_CONTINUE;
 		}
 		off += sizeof(*a) + ((len + 3) & ~3U);
 	}

@@ -4,9 +4,10 @@
 #define EDGE_UFRAG_H
 
 #include "constants.h"
-#include "counters.h"
+#include "reasons.h"
 #include "maps.h"
 #include "siphash.h"
+#include "structs.h"
 
 /* Standard base64 alphabet, branch-free (after the constant-time decoders of BoringSSL): each
  * term adds value + 1 when c is in its range, so anything outside the alphabet (including '=',
@@ -40,10 +41,11 @@ static __always_inline __u64 b64_decode8(const __u8 *in, int *bad)
 	return acc;
 }
 
-/* Reads the USERNAME value at pl + off (len bytes, inside the packet), verifies the routing
- * ufrag in it and returns 0 with the transceiver it names, or the drop reason. The 18 bytes are
- * kept as three big-endian 48-bit numbers: head = bytes 0..5, body = 6..11, tag = 12..17. */
-static __always_inline int ufrag_verify(void *pl, void *data_end, __u32 off, __u32 len,
+/* Reads the USERNAME value at pl + off (len bytes, inside the packet) and verifies the routing
+ * ufrag in it: REASON_CONTINUE with the transceiver it names in *txr, or the drop reason. The 18
+ * bytes are kept as three big-endian 48-bit numbers: head = bytes 0..5, body = 6..11,
+ * tag = 12..17. */
+static __always_inline __u32 ufrag_verify(void *pl, void *data_end, __u32 off, __u32 len,
 					struct txr_key *txr)
 {
 	__u8 chars[UFRAG_LEN + 1];
@@ -84,7 +86,7 @@ static __always_inline int ufrag_verify(void *pl, void *data_end, __u32 off, __u
 	txr->cluster = (head >> 24) & 0xffff;
 	txr->pad = 0;
 	txr->id = (__u32)(((head & 0xffffff) << 8) | (body >> 40));
-	return 0;
+	return REASON_CONTINUE;
 }
 
 #endif

@@ -1,8 +1,20 @@
-"""Exit reasons of the XDP relay: one counter slot each (docs/wire-format.md §5, bpf/counters.h)."""
+"""Exit reasons of the XDP relay: one counter slot each (docs/wire-format.md §5).
+
+The Python mirror of the list in bpf/reasons.h; tests/bpf/test_bpf_reasons.py checks that the
+numbers, names and kinds agree with the C list, the compiled program and the spec's table.
+"""
 
 from __future__ import annotations
 
 import enum
+
+
+class Kind(enum.Enum):
+    """What the program does with a packet counted under a reason (bpf/reasons.h)."""
+
+    FWD = "fwd"  # forwarded: XDP_TX or XDP_REDIRECT
+    PASS = "pass"  # to the kernel: XDP_PASS
+    DROP = "drop"  # XDP_DROP
 
 
 class Reason(enum.IntEnum):
@@ -38,6 +50,11 @@ class Reason(enum.IntEnum):
     def label(self) -> str:
         """The spec's spelling, e.g. "drop_bad_tag"."""
         return self.name.lower()
+
+    @property
+    def kind(self) -> Kind:
+        """The kind its name starts with (the C list declares it; the tests check they agree)."""
+        return Kind(self.label.split("_", 1)[0])
 
 
 # What the program does with a packet counted under each reason (the spec's "verdict" column).

@@ -2,15 +2,20 @@
 
 Addresses: the sandbox's links are 198.19.0.0/24 (clients' side) and 198.19.1.0/24
 (transceivers' side); VIPs live in 198.19.128.0/24 and clients in 198.19.64.0/18.
+
+Most tests are tables of `Case`s (description, packet in, packet out, verdict, reason), each run
+by `check` on a freshly reset relay: `@cases(...)` parametrizes a test with them, ids = the
+descriptions.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import pytest
 from bcc import BPF
 
 from control.program import MAP_NAMES
@@ -24,13 +29,13 @@ from lab.fibsandbox import (
     NetnsWorker,
     Sandbox,
 )
-from wire.encap import ipv4_udp
+from wire.encap import encapsulate, ipv4_udp, parse_ipv4_udp
 from wire.stun import build_binding_request
 from wire.ufrag import mint
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
-NH_CACHE_BITS = 14  # bpf/fib.h
+NH_CACHE_BITS = 14  # bpf/constants.h
 
 VIP = "198.19.128.10"
 VIP_PORTS = (3478, 443)
@@ -141,11 +146,12 @@ class Relay:
         for txr in ALL_TXRS:
             self.add_txr(txr)
 
-    def configure(self, addr: str | None, port: int) -> None:
+    def configure(self, addr: str | None, port: int, flags: int = 0) -> None:
         cfg = self.maps["config"]
         leaf = cfg.Leaf()
         leaf.tunnel_addr = be32(addr) if addr else 0
         leaf.tunnel_port = be16(port)
+        leaf.flags = flags
         cfg[ct.c_uint32(0)] = leaf
 
     def add_vip(self, addr: str, port: int, index: int = 0) -> None:
@@ -204,6 +210,10 @@ class Relay:
 
     def flows(self) -> list[tuple[ct.Structure, ct.Structure]]:
         return list(self.maps["flows"].items())
+
+    def flow_table(self) -> dict[bytes, tuple[int, int, int, int]]:
+        """The flow map by key bytes: (cluster, pad, id, created_ns)."""
+        return {bytes(k): (v.cluster, v.pad, v.id, v.created_ns) for k, v in self.flows()}
 
     def counters(self) -> dict[int, tuple[int, int]]:
         table = self.maps["counters"]
@@ -265,3 +275,100 @@ class Relay:
 
     def run_many(self, frames: Iterable[bytes], **kw: str) -> list[Outcome]:
         return [self.run(f, **kw) for f in frames]
+
+
+# -- tables of cases ------------------------------------------------------------------------
+
+
+def eth_header(dst: str, src: str) -> bytes:
+    return mac(dst) + mac(src) + b"\x08\x00"
+
+
+# The Ethernet header the FIB gives a forwarded packet, by next hop (lab.fibsandbox's routes).
+VIA_NEAR = eth_header(NEAR_TXR[1], TXR_LINK.mac)  # out of txr0 to NEAR (on-link)
+VIA_TX_TXR = eth_header(TX_TXR[1], CLIENT_LINK.mac)  # back out of cli0 to ON_CLIENT_LINK
+VIA_TXR_GATEWAY = eth_header(TXR_LINK.gateway_mac, TXR_LINK.mac)  # default route, small MTU
+VIA_CLIENT_GATEWAY = eth_header(CLIENT_LINK.gateway_mac, CLIENT_LINK.mac)  # to the clients
+
+
+def tunnelled(frame: bytes, txr: Txr, via: bytes | None = VIA_NEAR) -> bytes:
+    """What the relay emits for a client frame it sends to txr: via's Ethernet header (None: the
+    frame's own, kept when the FIB refuses), then the tunnel header and the whole IPv4 packet."""
+    head = frame[:14] if via is None else via
+    return head + encapsulate(frame[14:], TUNNEL_ADDR, txr.addr, txr.port)
+
+
+Setup = Callable[["Relay"], object]
+
+
+def with_flow(txr: Txr, created_ns: int = 1, **where: object) -> Setup:
+    """The flow map holds a flow to txr (default: the harness client to the first VIP port)."""
+    return lambda relay: relay.set_flow(txr, created_ns, **where)
+
+
+def with_txr(txr: Txr) -> Setup:
+    return lambda relay: relay.add_txr(txr)
+
+
+def without_txr(txr: Txr) -> Setup:
+    return lambda relay: relay.remove_txr(txr)
+
+
+def with_vip(addr: str, port: int) -> Setup:
+    return lambda relay: relay.add_vip(addr, port)
+
+
+def with_keys(keys: dict[int, bytes]) -> Setup:
+    return lambda relay: relay.keys(keys)
+
+
+def configured(addr: str | None, port: int, flags: int = 0) -> Setup:
+    return lambda relay: relay.configure(addr, port, flags)
+
+
+def cleared(map_name: str) -> Setup:
+    return lambda relay: relay.maps[map_name].clear()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One packet through the relay, and everything it must do."""
+
+    description: str  # also the test id
+    packet: bytes  # the frame in
+    out: bytes | None  # the frame as the program leaves it; None: exactly the frame in
+    action: int  # the verdict: XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT
+    reason: Reason  # counted once, with the frame's length as bytes
+    setup: tuple[Setup, ...] = ()  # run after the relay's reset, before the packet
+    ingress: str = CLIENT_LINK.name
+    learns: Txr | None = None  # the flow this packet creates or moves; else flows stay as they were
+
+
+def cases(*table: Case) -> pytest.MarkDecorator:
+    """Parametrize a test's `case` argument with a table; the descriptions are the ids."""
+    ids = [c.description for c in table]
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    assert not duplicates, f"two cases share a description: {duplicates}"
+    return pytest.mark.parametrize("case", table, ids=ids)
+
+
+def check(relay: Relay, case: Case) -> Outcome:
+    """Run the case's packet after its setup: the verdict, the one counted reason (packets and
+    bytes), the bytes out and the flow map must be exactly what the case says."""
+    for step in case.setup:
+        step(relay)
+    before = relay.flow_table()
+    out = relay.run(case.packet, ingress=case.ingress)
+    assert (out.action, out.counts) == (case.action, {case.reason: (1, len(case.packet))})
+    assert out.data == (case.packet if case.out is None else case.out)
+    after = relay.flow_table()
+    if case.learns is None:
+        assert after == before, "the flow map changed"
+        return out
+    d = parse_ipv4_udp(case.packet[14:])
+    key = bytes(relay.flow_key(client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport))
+    cluster, pad, txr_id, created_ns = after.pop(key)
+    assert (cluster, pad, txr_id) == (case.learns.cluster, 0, case.learns.id)
+    assert created_ns > before.pop(key, (0, 0, 0, 0))[3]  # created, or moved: a new timestamp
+    assert after == before, "a flow other than the packet's changed"
+    return out

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from bpfharness import Relay
 
 from control.program import compile_relay, load_xdp_fn
 from lab.fibsandbox import NetnsWorker, fib_sandbox
+from tests.bpf.bpfharness import Relay
 
 
 @pytest.fixture(scope="session")

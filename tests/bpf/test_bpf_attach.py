@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from bcc import BPF
-from bpfharness import NEAR, RTP, Relay, binding, client_frame, mac
 
 from control.program import MAP_NAMES, PROG_FUNC, ProgramError, compile_relay, load_xdp_fn
 from control.reasons import Reason
 from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK, NetnsWorker, Sandbox, fib_sandbox
+from tests.bpf.bpfharness import NEAR, RTP, Relay, binding, client_frame, mac
 from wire.encap import encapsulate
 
 XDP_ATTACHED_DRV = 1  # IFLA_XDP_ATTACHED mode as `ip -j -d link` reports it

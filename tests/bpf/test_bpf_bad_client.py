@@ -1,13 +1,13 @@
 """Bad input from the client side: every malformed packet is a counted drop or a counted pass,
-and a drop never touches the flow map."""
+and a drop never touches the flow map (check() asserts it for every case)."""
 
 from __future__ import annotations
 
 import base64
 import struct
 
-import pytest
-from bpfharness import (
+from control.reasons import Reason
+from tests.bpf.bpfharness import (
     CLIENT,
     CLIENT_PORT,
     KEY,
@@ -17,30 +17,49 @@ from bpfharness import (
     VIP_PORTS,
     XDP_DROP,
     XDP_PASS,
+    XDP_REDIRECT,
+    Case,
     Relay,
+    Setup,
+    cases,
+    check,
     client_frame,
     eth,
+    tunnelled,
+    with_flow,
+    with_keys,
 )
-
-from control.reasons import Reason
 from wire.encap import checksum, ipv4_udp
 from wire.stun import ATTR_USERNAME, build_binding_request, build_message
 from wire.ufrag import mint
 
 UFRAG = mint(KEY_ID, KEY, NEAR.cluster, NEAR.id, b"\x01\x02\x03\x04\x05")
+USERNAME = (UFRAG + ":cl1E").encode()
 GOOD = build_binding_request(UFRAG + ":cl1E", attrs_before=[(0x0024, b"\x6e\x7f\x1e\xff")])
 
 
-def _flow_bytes(relay: Relay) -> list[tuple[bytes, bytes]]:
-    return sorted((bytes(k), bytes(v)) for k, v in relay.flows())
+def drop(description: str, frame: bytes, reason: Reason, *setup: Setup) -> Case:
+    """frame is dropped untouched, counted once under reason, the flow map left as it was."""
+    return Case(description, frame, None, XDP_DROP, reason, setup=setup)
 
 
-def drop(relay: Relay, frame: bytes, reason: Reason) -> None:
-    """frame is dropped, counted once under reason, and the flow map is left as it was."""
-    flows = _flow_bytes(relay)
-    out = relay.run(frame)
-    assert (out.action, out.counts) == (XDP_DROP, {reason: (1, len(frame))})
-    assert _flow_bytes(relay) == flows
+def passed(description: str, frame: bytes, reason: Reason, *setup: Setup) -> Case:
+    """frame goes to the kernel untouched, counted once under reason."""
+    return Case(description, frame, None, XDP_PASS, reason, setup=setup)
+
+
+def routed(description: str, payload: bytes, *setup: Setup) -> Case:
+    """A Binding request whose ufrag names NEAR: tunnelled there, the flow created."""
+    frame = client_frame(payload)
+    return Case(
+        description,
+        frame,
+        tunnelled(frame, NEAR),
+        XDP_REDIRECT,
+        Reason.FWD_STUN_NEW,
+        setup=setup,
+        learns=NEAR,
+    )
 
 
 def with_ip(packet: bytes, **fields: int) -> bytes:
@@ -59,205 +78,219 @@ def with_ip(packet: bytes, **fields: int) -> bytes:
     return bytes(hdr) + rest
 
 
-def test_good_packet_is_routed(relay: Relay) -> None:
-    # the baseline every mutation below starts from
-    assert relay.run(client_frame(GOOD)).reason == Reason.FWD_STUN_NEW
+def _with_field(message: bytes, at: int, value: int) -> bytes:
+    """message with the 16-bit big-endian field at byte `at` set to value."""
+    msg = bytearray(message)
+    msg[at : at + 2] = value.to_bytes(2, "big")
+    return bytes(msg)
 
 
-@pytest.mark.parametrize("cut", range(1, len(GOOD)))
-def test_stun_truncated_at_every_length(relay: Relay, cut: int) -> None:
-    # the STUN message cut short inside a well-formed UDP datagram
-    drop(relay, client_frame(GOOD[:cut]), Reason.DROP_TRUNCATED)
-
-
-def test_frame_truncated_at_every_length(relay: Relay) -> None:
-    # the frame cut short: IPv4 and UDP lengths now claim more than arrived
-    frame = client_frame(GOOD)
-    for cut in range(14, len(frame)):
-        out = relay.run(frame[:cut])
-        if cut < 14 + 20 + 8:  # ports not readable: cannot be ours
-            assert (out.action, out.reason) == (XDP_PASS, Reason.PASS_NOT_OURS), cut
-            assert out.data == frame[:cut]
-        else:
-            assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_TRUNCATED), cut
-    assert relay.flows() == []
-
-
-def test_attribute_running_past_the_message(relay: Relay) -> None:
-    username = (UFRAG + ":cl1E").encode()
+def _overrunning_attributes() -> list[Case]:
+    """An attribute whose length runs past the message: truncated, wherever it sits."""
+    out = []
     for before in ([], [(0x0024, b"\x00\x00\x00\x01")]):
-        msg = bytearray(build_message(0x0001, [*before, (ATTR_USERNAME, username)]))
-        at = 20 + sum(4 + len(v) for _, v in before)
-        for bogus in (len(username) + 4, 0x0FFF, 0xFFFF):  # value longer than what is left
-            msg[at + 2 : at + 4] = bogus.to_bytes(2, "big")
-            drop(relay, client_frame(bytes(msg)), Reason.DROP_TRUNCATED)
+        msg = build_message(0x0001, [*before, (ATTR_USERNAME, USERNAME)])
+        at = 20 + sum(4 + len(v) for _, v in before) + 2
+        where = "USERNAME after another attribute" if before else "USERNAME first"
+        for bogus in (len(USERNAME) + 4, 0x0FFF, 0xFFFF):  # value longer than what is left
+            frame = client_frame(_with_field(msg, at, bogus))
+            out.append(drop(f"{where}, length {bogus:#06x}", frame, Reason.DROP_TRUNCATED))
     # an earlier attribute that overruns hides everything after it
-    msg = bytearray(GOOD)
-    msg[22:24] = (len(GOOD) - 20 - 4 + 1).to_bytes(2, "big")
-    drop(relay, client_frame(bytes(msg)), Reason.DROP_TRUNCATED)
+    frame = client_frame(_with_field(GOOD, 22, len(GOOD) - 20 - 4 + 1))
+    out.append(drop("an earlier attribute overruns the message", frame, Reason.DROP_TRUNCATED))
+    return out
 
 
-def test_header_length_past_the_payload(relay: Relay) -> None:
-    msg = bytearray(GOOD)
-    msg[2:4] = (len(GOOD) - 20 + 4).to_bytes(2, "big")
-    drop(relay, client_frame(bytes(msg)), Reason.DROP_TRUNCATED)
-
-
-def test_message_length_shorter_than_payload_hides_username(relay: Relay) -> None:
-    msg = bytearray(GOOD)
-    msg[2:4] = (8).to_bytes(2, "big")  # only the first attribute is inside the message
-    drop(relay, client_frame(bytes(msg)), Reason.DROP_NO_USERNAME)
-
-
-def test_attribute_walk_is_bounded_at_16(relay: Relay) -> None:
-    filler = [(0x8022, b"x")] * 15
-    user = (ATTR_USERNAME, (UFRAG + ":cl1E").encode())
-    assert relay.run(client_frame(build_message(0x0001, [*filler, user]))).reason == (
-        Reason.FWD_STUN_NEW
-    )
-    relay.maps["flows"].clear()
-    drop(
-        relay,
-        client_frame(build_message(0x0001, [*filler, filler[0], user])),
-        Reason.DROP_NO_USERNAME,
-    )
-
-
-def test_no_username(relay: Relay) -> None:
-    drop(relay, client_frame(build_message(0x0001, [])), Reason.DROP_NO_USERNAME)
-    drop(relay, client_frame(build_message(0x0001, [(0x0024, b"abcd")])), Reason.DROP_NO_USERNAME)
-
-
-def test_wrong_cookie(relay: Relay) -> None:
-    msg = bytearray(GOOD)
-    msg[7] ^= 1
-    drop(relay, client_frame(bytes(msg)), Reason.DROP_BAD_COOKIE)
-    drop(relay, client_frame(b"\x01" + bytes(19)), Reason.DROP_BAD_COOKIE)
-
-
-@pytest.mark.parametrize(
-    "username",
-    [
-        UFRAG,  # no ':'
-        UFRAG + "x:cl1E",  # ':' at 25
-        UFRAG[:23] + ":cl1E",  # ':' at 23
-        UFRAG[:10] + "-" + UFRAG[11:] + ":cl1E",  # '-' is not in the alphabet
-        UFRAG[:22] + "==" + ":cl1E",  # padding
-        UFRAG[:5] + "\u00e9" + UFRAG[7:] + ":cl1E",  # two UTF-8 bytes in place of one char
-        "A" + UFRAG[1:] + ":cl1E",  # version 0
-        "I" + UFRAG[1:] + ":cl1E",  # version 2
-        ":cl1E",
-    ],
-)
-def test_bad_ufrag(relay: Relay, username: str) -> None:
-    drop(relay, client_frame(build_binding_request(username)), Reason.DROP_BAD_UFRAG)
-
-
-def test_forged_tag(relay: Relay) -> None:
-    forged = mint(KEY_ID, bytes(16), NEAR.cluster, NEAR.id)  # right layout, wrong key
-    drop(relay, client_frame(build_binding_request(forged + ":cl1E")), Reason.DROP_BAD_TAG)
-    raw = bytearray(base64.b64decode(UFRAG))
-    raw[4] ^= 0x01  # a different transceiver under the original tag
-    moved = base64.b64encode(bytes(raw)).decode()
-    drop(relay, client_frame(build_binding_request(moved + ":cl1E")), Reason.DROP_BAD_TAG)
-
-
-def test_unknown_key_id(relay: Relay) -> None:
-    other = mint(KEY_ID + 1, KEY, NEAR.cluster, NEAR.id)
-    drop(relay, client_frame(build_binding_request(other + ":cl1E")), Reason.DROP_UNKNOWN_KEY)
-    relay.keys({})  # key 1 unloaded (live = 0)
-    drop(relay, client_frame(build_binding_request(UFRAG + ":cl1E")), Reason.DROP_UNKNOWN_KEY)
-
-
-def test_two_live_keys(relay: Relay) -> None:
-    new_key = bytes(range(16))
-    relay.keys({KEY_ID: KEY, 9: new_key})
-    assert (
-        relay.run(client_frame(build_binding_request(UFRAG + ":a"))).reason == Reason.FWD_STUN_NEW
-    )
-    minted = mint(9, new_key, NEAR.cluster, NEAR.id)
-    assert relay.run(client_frame(build_binding_request(minted + ":a"))).reason == (
-        Reason.FWD_STUN_KNOWN
-    )
-
-
-def test_ip_options(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    packet = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], b"\x80rtp")
-    drop_frame = eth(with_ip(packet, options=1))
-    out = relay.run(drop_frame)
-    assert (out.action, out.counts) == (XDP_DROP, {Reason.DROP_IP_OPTIONS: (1, len(drop_frame))})
-
-
-@pytest.mark.parametrize("frag_off", [0x2000, 0x6000])  # MF, MF+DF: the first fragment
-def test_first_fragment(relay: Relay, frag_off: int) -> None:
-    packet = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], GOOD)
-    drop(relay, eth(with_ip(packet, frag_off=frag_off)), Reason.DROP_FRAGMENT)
-
-
-@pytest.mark.parametrize("frag_off", [0x0001, 0x2010])
-def test_later_fragments_go_to_the_kernel(relay: Relay, frag_off: int) -> None:
-    # no UDP header in them, so they cannot be matched to a VIP port
-    frame = eth(with_ip(ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], GOOD), frag_off=frag_off))
-    out = relay.run(frame)
-    assert (out.action, out.reason, out.data) == (XDP_PASS, Reason.PASS_NOT_OURS, frame)
-
-
-@pytest.mark.parametrize("udp_len", [0, 1, 7, 9, "ip+1", "ip-1"])
-def test_bad_udp_length(relay: Relay, udp_len: int | str) -> None:
-    relay.set_flow(NEAR)
-    packet = bytearray(ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], b"\x80" * 12))
-    right = len(packet) - 20
-    value = {"ip+1": right + 1, "ip-1": right - 1}.get(udp_len, udp_len)
-    packet[24:26] = int(value).to_bytes(2, "big")
-    drop(relay, eth(bytes(packet)), Reason.DROP_BAD_UDP_LEN)
-
-
-def test_ip_total_length_shorter_than_udp(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    packet = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], b"\x80" * 12)
-    drop(relay, eth(with_ip(packet, tot_len=len(packet) - 4)), Reason.DROP_BAD_UDP_LEN)
-
-
-def test_not_ipv4_passes(relay: Relay) -> None:
-    arp = eth(bytes.fromhex("0001080006040001") + bytes(20), ethertype=0x0806)
-    ipv6 = eth(bytes([0x60]) + bytes(47), ethertype=0x86DD)
-    vlan = eth(bytes(4) + client_frame(GOOD)[12:], ethertype=0x8100)
-    for frame in (arp, ipv6, vlan):
-        out = relay.run(frame)
-        assert (out.action, out.counts, out.data) == (
-            XDP_PASS,
-            {Reason.PASS_NOT_IPV4: (1, len(frame))},
-            frame,
+def _cut_frames() -> list[Case]:
+    """The frame cut short: IPv4 and UDP lengths now claim more than arrived."""
+    frame = client_frame(GOOD)
+    return [
+        passed(
+            f"frame cut to {cut} bytes: no UDP ports, not ours", frame[:cut], Reason.PASS_NOT_OURS
         )
-
-
-def test_not_ours_passes_untouched(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    udp = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], GOOD)
-    tcp = bytearray(udp)
-    tcp[9] = 6
-    frames = [
-        eth(ipv4_udp(CLIENT, CLIENT_PORT, VIP, 3479, GOOD)),  # another port
-        eth(ipv4_udp(CLIENT, CLIENT_PORT, "198.19.128.11", VIP_PORTS[0], GOOD)),  # another addr
-        eth(bytes(tcp)),
-        eth(bytes([0x46]) + udp[1:]),  # IHL 6 but no room: malformed, the kernel's problem
-        eth(bytes([0x44]) + udp[1:]),  # IHL 4
-        eth(bytes([0x55]) + udp[1:]),  # version 5
+        if cut < 14 + 20 + 8
+        else drop(f"frame cut to {cut} bytes", frame[:cut], Reason.DROP_TRUNCATED)
+        for cut in range(14, len(frame))
     ]
-    for frame in frames:
-        out = relay.run(frame)
-        assert (out.action, out.counts, out.data) == (
-            XDP_PASS,
-            {Reason.PASS_NOT_OURS: (1, len(frame))},
-            frame,
+
+
+FILLER = [(0x8022, b"x")] * 15  # SOFTWARE attributes before USERNAME
+WITH_KEY_9 = with_keys({KEY_ID: KEY, 9: bytes(range(16))})
+FORGED_RAW = bytearray(base64.b64decode(UFRAG))
+FORGED_RAW[4] ^= 0x01  # a different transceiver under the original tag
+MOVED_UFRAG = base64.b64encode(bytes(FORGED_RAW)).decode()
+PACKET = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], b"\x80" * 12)
+PACKET_RIGHT_UDP_LEN = len(PACKET) - 20
+ARP = eth(bytes.fromhex("0001080006040001") + bytes(20), ethertype=0x0806)
+IPV6 = eth(bytes([0x60]) + bytes(47), ethertype=0x86DD)
+VLAN = eth(bytes(4) + client_frame(GOOD)[12:], ethertype=0x8100)
+UDP_TO_VIP = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], GOOD)
+TCP_TO_VIP = bytes(UDP_TO_VIP[:9]) + b"\x06" + UDP_TO_VIP[10:]
+
+
+@cases(
+    routed("the good packet every mutation starts from is routed", GOOD),
+    *(
+        drop(f"STUN message cut to {cut} bytes", client_frame(GOOD[:cut]), Reason.DROP_TRUNCATED)
+        for cut in range(1, len(GOOD))
+    ),
+    *_cut_frames(),
+    *_overrunning_attributes(),
+    drop(
+        "STUN header length past the payload",
+        client_frame(_with_field(GOOD, 2, len(GOOD) - 20 + 4)),
+        Reason.DROP_TRUNCATED,
+    ),
+    drop(
+        "STUN header length shorter than the payload hides USERNAME",
+        client_frame(_with_field(GOOD, 2, 8)),  # only the first attribute is inside the message
+        Reason.DROP_NO_USERNAME,
+    ),
+    routed(
+        "USERNAME as the 16th attribute is found",
+        build_message(0x0001, [*FILLER, (ATTR_USERNAME, USERNAME)]),
+    ),
+    drop(
+        "USERNAME as the 17th attribute is past the walk's bound",
+        client_frame(build_message(0x0001, [*FILLER, FILLER[0], (ATTR_USERNAME, USERNAME)])),
+        Reason.DROP_NO_USERNAME,
+    ),
+    drop("no attributes at all", client_frame(build_message(0x0001, [])), Reason.DROP_NO_USERNAME),
+    drop(
+        "attributes, but no USERNAME",
+        client_frame(build_message(0x0001, [(0x0024, b"abcd")])),
+        Reason.DROP_NO_USERNAME,
+    ),
+    drop(
+        "wrong magic cookie",
+        client_frame(GOOD[:7] + bytes([GOOD[7] ^ 1]) + GOOD[8:]),
+        Reason.DROP_BAD_COOKIE,
+    ),
+    drop(
+        "a zero cookie after a STUN-like first byte",
+        client_frame(b"\x01" + bytes(19)),
+        Reason.DROP_BAD_COOKIE,
+    ),
+    *(
+        drop(
+            f"bad ufrag: {name}",
+            client_frame(build_binding_request(username)),
+            Reason.DROP_BAD_UFRAG,
         )
-    assert len(relay.flows()) == 1
+        for name, username in {
+            "no ':'": UFRAG,
+            "':' at 25": UFRAG + "x:cl1E",
+            "':' at 23": UFRAG[:23] + ":cl1E",
+            "'-' is not in the alphabet": UFRAG[:10] + "-" + UFRAG[11:] + ":cl1E",
+            "padding": UFRAG[:22] + "==" + ":cl1E",
+            "two UTF-8 bytes in place of one character": UFRAG[:5] + "\u00e9" + UFRAG[7:] + ":cl1E",
+            "version 0": "A" + UFRAG[1:] + ":cl1E",
+            "version 2": "I" + UFRAG[1:] + ":cl1E",
+            "empty": ":cl1E",
+        }.items()
+    ),
+    drop(
+        "forged tag: the right layout under the wrong key",
+        client_frame(
+            build_binding_request(mint(KEY_ID, bytes(16), NEAR.cluster, NEAR.id) + ":cl1E")
+        ),
+        Reason.DROP_BAD_TAG,
+    ),
+    drop(
+        "forged tag: another transceiver under the original tag",
+        client_frame(build_binding_request(MOVED_UFRAG + ":cl1E")),
+        Reason.DROP_BAD_TAG,
+    ),
+    drop(
+        "a key id that was never loaded",
+        client_frame(build_binding_request(mint(KEY_ID + 1, KEY, NEAR.cluster, NEAR.id) + ":cl1E")),
+        Reason.DROP_UNKNOWN_KEY,
+    ),
+    drop(
+        "a key that was unloaded (live 0)",
+        client_frame(build_binding_request(UFRAG + ":cl1E")),
+        Reason.DROP_UNKNOWN_KEY,
+        with_keys({}),
+    ),
+    routed(
+        "two live keys: a ufrag under the first",
+        build_binding_request(UFRAG + ":a"),
+        WITH_KEY_9,
+    ),
+    routed(
+        "two live keys: a ufrag under the second",
+        build_binding_request(mint(9, bytes(range(16)), NEAR.cluster, NEAR.id) + ":a"),
+        WITH_KEY_9,
+    ),
+    drop(
+        "IPv4 options, even on a known flow",
+        eth(with_ip(ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], b"\x80rtp"), options=1)),
+        Reason.DROP_IP_OPTIONS,
+        with_flow(NEAR),
+    ),
+    *(
+        drop(
+            f"a first fragment ({name})",
+            eth(with_ip(UDP_TO_VIP, frag_off=frag_off)),
+            Reason.DROP_FRAGMENT,
+        )
+        for name, frag_off in (("MF", 0x2000), ("MF and DF", 0x6000))
+    ),
+    *(
+        # no UDP header in them, so they cannot be matched to a VIP port
+        passed(
+            f"a later fragment ({name}) goes to the kernel",
+            eth(with_ip(UDP_TO_VIP, frag_off=frag_off)),
+            Reason.PASS_NOT_OURS,
+        )
+        for name, frag_off in (("offset 8", 0x0001), ("offset 128, MF", 0x2010))
+    ),
+    *(
+        drop(
+            f"UDP length {name}",
+            eth(_with_field(PACKET, 24, value)),
+            Reason.DROP_BAD_UDP_LEN,
+            with_flow(NEAR),
+        )
+        for name, value in (
+            ("0", 0),
+            ("1", 1),
+            ("7", 7),
+            ("9", 9),
+            ("one more than the IP length says", PACKET_RIGHT_UDP_LEN + 1),
+            ("one less than the IP length says", PACKET_RIGHT_UDP_LEN - 1),
+        )
+    ),
+    drop(
+        "IPv4 total length shorter than the UDP length",
+        eth(with_ip(PACKET, tot_len=len(PACKET) - 4)),
+        Reason.DROP_BAD_UDP_LEN,
+        with_flow(NEAR),
+    ),
+    passed("not IPv4: ARP", ARP, Reason.PASS_NOT_IPV4),
+    passed("not IPv4: IPv6", IPV6, Reason.PASS_NOT_IPV4),
+    passed("not IPv4: a VLAN tag", VLAN, Reason.PASS_NOT_IPV4),
+    *(
+        passed(f"not ours, untouched: {name}", frame, Reason.PASS_NOT_OURS, with_flow(NEAR))
+        for name, frame in {
+            "another port": eth(ipv4_udp(CLIENT, CLIENT_PORT, VIP, 3479, GOOD)),
+            "another address": eth(
+                ipv4_udp(CLIENT, CLIENT_PORT, "198.19.128.11", VIP_PORTS[0], GOOD)
+            ),
+            "TCP": eth(TCP_TO_VIP),
+            "IHL 6 without room for it": eth(bytes([0x46]) + UDP_TO_VIP[1:]),
+            "IHL 4": eth(bytes([0x44]) + UDP_TO_VIP[1:]),
+            "version 5": eth(bytes([0x55]) + UDP_TO_VIP[1:]),
+        }.items()
+    ),
+)
+def test_client_input(relay: Relay, case: Case) -> None:
+    check(relay, case)
 
 
 def test_counts_bytes_per_reason(relay: Relay) -> None:
     frames = [client_frame(b"\x80" * n) for n in (10, 100, 1000)]
-    outs = relay.run_many(frames)
-    assert [o.counts for o in outs] == [{Reason.DROP_NO_FLOW: (1, len(f))} for f in frames]
+    for frame in frames:
+        check(relay, drop(f"{len(frame)} bytes", frame, Reason.DROP_NO_FLOW))
     assert relay.counters()[Reason.DROP_NO_FLOW] == (3, sum(map(len, frames)))
     assert struct.calcsize("QQ") == 16  # struct counter { u64 packets; u64 bytes; }

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-from bpfharness import (
+from control.reasons import Reason
+from lab.fibsandbox import NEAR_TXR, TXR_LINK, UNRESOLVED
+from tests.bpf.bpfharness import (
     CLIENT,
     CLIENT_PORT,
     NEAR,
     TUNNEL_ADDR,
     TUNNEL_PORT,
+    VIA_CLIENT_GATEWAY,
     VIP,
     VIP_PORTS,
     XDP_DROP,
     XDP_PASS,
     XDP_REDIRECT,
     XDP_TX,
-    Outcome,
+    Case,
     Relay,
+    Setup,
+    cases,
+    check,
+    cleared,
+    configured,
     eth,
-    mac,
+    eth_header,
 )
-
-from control.reasons import Reason
-from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK, UNRESOLVED
 from wire.encap import checksum, ipv4_udp
 
 REPLY = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, b"\x80\x00reply-media", tos=0x2E)
@@ -42,70 +46,21 @@ def tunnel_frame(
     return eth(ipv4_udp(src, sport, dst, dport, inner), dst=TXR_LINK.mac, src=NEAR_TXR[1])
 
 
-def run_tunnel(relay: Relay, frame: bytes) -> Outcome:
-    return relay.run(frame, ingress=TXR_LINK.name)
+def decapsulated(frame: bytes, via: bytes | None = VIA_CLIENT_GATEWAY) -> bytes:
+    """What the relay emits for a tunnel frame: via's Ethernet header (None: the frame's own, kept
+    when the FIB refuses), then the inner packet exactly as the transceiver sent it."""
+    return (frame[:14] if via is None else via) + frame[14 + 28 :]
 
 
-def test_decap_forwards_inner_packet_exactly(relay: Relay) -> None:
-    frame = tunnel_frame(REPLY)
-    out = run_tunnel(relay, frame)
-    assert out.action == XDP_REDIRECT  # in on txr0, out on cli0
-    assert out.counts == {Reason.FWD_DECAP: (1, len(frame))}
-    assert out.data == mac(CLIENT_LINK.gateway_mac) + mac(CLIENT_LINK.mac) + b"\x08\x00" + REPLY
-
-
-def test_decap_from_second_vip_port(relay: Relay) -> None:
-    inner = ipv4_udp(VIP, VIP_PORTS[1], CLIENT, CLIENT_PORT, b"x")
-    out = run_tunnel(relay, tunnel_frame(inner))
-    assert (out.action, out.reason, out.data[14:]) == (XDP_REDIRECT, Reason.FWD_DECAP, inner)
-
-
-def test_decap_keeps_no_state(relay: Relay) -> None:
-    assert run_tunnel(relay, tunnel_frame(REPLY)).reason == Reason.FWD_DECAP
-    assert relay.flows() == []
-
-
-def test_decap_to_unroutable_client(relay: Relay) -> None:
-    inner = ipv4_udp(VIP, VIP_PORTS[0], "198.19.3.9", CLIENT_PORT, b"x")
-    out = run_tunnel(relay, tunnel_frame(inner))
-    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_FIB)
-
-
-@pytest.mark.parametrize(
-    ("src", "sport"),
-    [
-        ("198.19.1.99", NEAR.port),  # nobody registered there
-        (NEAR.addr, NEAR.port + 1),  # a registered address, another port
-        (CLIENT, CLIENT_PORT),  # a client talking to the tunnel port
-    ],
-)
-def test_tunnel_stranger(relay: Relay, src: str, sport: int) -> None:
-    frame = tunnel_frame(REPLY, src=src, sport=sport)
-    out = run_tunnel(relay, frame)
-    assert (out.action, out.counts) == (XDP_DROP, {Reason.DROP_TUNNEL_STRANGER: (1, len(frame))})
-
-
-def test_tunnel_requires_registration_not_transceiver_entry(relay: Relay) -> None:
-    # txr_addrs (not transceivers) admits tunnel peers: clearing it shuts the return path
-    relay.maps["txr_addrs"].clear()
-    assert run_tunnel(relay, tunnel_frame(REPLY)).reason == Reason.DROP_TUNNEL_STRANGER
-
-
-@pytest.mark.parametrize(
-    ("src", "sport"),
-    [
-        ("198.19.128.11", VIP_PORTS[0]),  # not a VIP address
-        (VIP, 9999),  # a VIP address, not a VIP port
-        (CLIENT, CLIENT_PORT),  # spoofing a client
-    ],
-)
-def test_tunnel_foreign_source(relay: Relay, src: str, sport: int) -> None:
-    frame = tunnel_frame(ipv4_udp(src, sport, CLIENT, CLIENT_PORT, b"spoof"))
-    out = run_tunnel(relay, frame)
-    assert (out.action, out.counts) == (
-        XDP_DROP,
-        {Reason.DROP_TUNNEL_FOREIGN_SRC: (1, len(frame))},
-    )
+def tunnel_case(
+    description: str,
+    frame: bytes,
+    out: bytes | None,
+    action: int,
+    reason: Reason,
+    *setup: Setup,
+) -> Case:
+    return Case(description, frame, out, action, reason, setup=setup, ingress=TXR_LINK.name)
 
 
 def _fix_ip_csum(pkt: bytearray) -> bytes:
@@ -152,43 +107,141 @@ def _mutations() -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("name", list(_mutations()))
-def test_tunnel_bad_inner(relay: Relay, name: str) -> None:
-    frame = tunnel_frame(_mutations()[name])
-    out = run_tunnel(relay, frame)
-    assert (out.action, out.counts) == (XDP_DROP, {Reason.DROP_TUNNEL_BAD_INNER: (1, len(frame))})
+OUTER_FRAGMENT = bytearray(tunnel_frame(REPLY))
+OUTER_FRAGMENT[14 + 6 : 14 + 8] = b"\x20\x00"  # the outer header says: first fragment
+SECOND_PORT = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[1], CLIENT, CLIENT_PORT, b"x"))
+UNROUTABLE = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], "198.19.3.9", CLIENT_PORT, b"x"))
+# a client behind the transceiver-side gateway: egress == ingress (txr0)
+BEHIND_TXR = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], TXR_LINK.gateway, CLIENT_PORT, b"x"))
+TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT, b"x"))
 
 
-def test_tunnel_outer_checks_come_first(relay: Relay) -> None:
-    frame = bytearray(tunnel_frame(REPLY))
-    frame[14 + 6 : 14 + 8] = b"\x20\x00"  # outer first fragment
-    out = run_tunnel(relay, bytes(frame))
-    assert out.reason == Reason.DROP_FRAGMENT
-
-
-def test_other_port_on_tunnel_address_is_not_ours(relay: Relay) -> None:
-    frame = tunnel_frame(REPLY, dport=TUNNEL_PORT + 1)
-    out = run_tunnel(relay, frame)
-    assert (out.action, out.reason, out.data) == (XDP_PASS, Reason.PASS_NOT_OURS, frame)
-
-
-def test_tunnel_port_follows_config(relay: Relay) -> None:
-    relay.configure(TUNNEL_ADDR, 7070)
-    assert run_tunnel(relay, tunnel_frame(REPLY)).reason == Reason.PASS_NOT_OURS
-    assert run_tunnel(relay, tunnel_frame(REPLY, dport=7070)).reason == Reason.FWD_DECAP
-
-
-def test_decap_back_out_of_the_same_link_is_xdp_tx(relay: Relay) -> None:
-    # a client behind the transceiver-side gateway: egress == ingress (txr0)
-    inner = ipv4_udp(VIP, VIP_PORTS[0], TXR_LINK.gateway, CLIENT_PORT, b"x")
-    out = run_tunnel(relay, tunnel_frame(inner))
-    assert (out.action, out.reason) == (XDP_TX, Reason.FWD_DECAP)
-    assert out.data == mac(TXR_LINK.gateway_mac) + mac(TXR_LINK.mac) + b"\x08\x00" + inner
-
-
-def test_decap_to_unresolved_neighbour_goes_to_the_kernel(relay: Relay) -> None:
-    inner = ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT, b"x")
-    frame = tunnel_frame(inner)
-    out = run_tunnel(relay, frame)
-    assert (out.action, out.reason) == (XDP_PASS, Reason.PASS_FIB_NO_NEIGH)
-    assert out.data == frame[:14] + inner  # our MAC kept as destination, outer header gone
+@cases(
+    tunnel_case(
+        "a transceiver's reply: the inner packet exactly, to the client, no state kept",
+        tunnel_frame(REPLY),
+        decapsulated(tunnel_frame(REPLY)),
+        XDP_REDIRECT,  # in on txr0, out on cli0
+        Reason.FWD_DECAP,
+    ),
+    tunnel_case(
+        "a reply from the second VIP port",
+        SECOND_PORT,
+        decapsulated(SECOND_PORT),
+        XDP_REDIRECT,
+        Reason.FWD_DECAP,
+    ),
+    tunnel_case(
+        "a reply to a client without a route",
+        UNROUTABLE,
+        decapsulated(UNROUTABLE, via=None),
+        XDP_DROP,
+        Reason.DROP_FIB,
+    ),
+    tunnel_case(
+        "a reply back out of the tunnel link is XDP_TX",
+        BEHIND_TXR,
+        decapsulated(BEHIND_TXR, eth_header(TXR_LINK.gateway_mac, TXR_LINK.mac)),
+        XDP_TX,
+        Reason.FWD_DECAP,
+    ),
+    tunnel_case(
+        "a reply to an unresolved neighbour: to the kernel, our MAC kept, outer header gone",
+        TO_UNRESOLVED,
+        decapsulated(TO_UNRESOLVED, via=None),
+        XDP_PASS,
+        Reason.PASS_FIB_NO_NEIGH,
+    ),
+    tunnel_case(
+        "stranger: nobody registered at that address",
+        tunnel_frame(REPLY, src="198.19.1.99"),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_STRANGER,
+    ),
+    tunnel_case(
+        "stranger: a registered address, another port",
+        tunnel_frame(REPLY, sport=NEAR.port + 1),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_STRANGER,
+    ),
+    tunnel_case(
+        "stranger: a client talking to the tunnel port",
+        tunnel_frame(REPLY, src=CLIENT, sport=CLIENT_PORT),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_STRANGER,
+    ),
+    tunnel_case(
+        "stranger: txr_addrs, not transceivers, admits tunnel peers",
+        tunnel_frame(REPLY),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_STRANGER,
+        cleared("txr_addrs"),
+    ),
+    tunnel_case(
+        "foreign source: not a VIP address",
+        tunnel_frame(ipv4_udp("198.19.128.11", VIP_PORTS[0], CLIENT, CLIENT_PORT, b"spoof")),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_FOREIGN_SRC,
+    ),
+    tunnel_case(
+        "foreign source: a VIP address, not a VIP port",
+        tunnel_frame(ipv4_udp(VIP, 9999, CLIENT, CLIENT_PORT, b"spoof")),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_FOREIGN_SRC,
+    ),
+    tunnel_case(
+        "foreign source: spoofing a client",
+        tunnel_frame(ipv4_udp(CLIENT, CLIENT_PORT, CLIENT, CLIENT_PORT, b"spoof")),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_FOREIGN_SRC,
+    ),
+    *(
+        tunnel_case(
+            f"bad inner packet: {name}",
+            tunnel_frame(inner),
+            None,
+            XDP_DROP,
+            Reason.DROP_TUNNEL_BAD_INNER,
+        )
+        for name, inner in _mutations().items()
+    ),
+    tunnel_case(
+        "the outer header's checks come first (an outer fragment)",
+        bytes(OUTER_FRAGMENT),
+        None,
+        XDP_DROP,
+        Reason.DROP_FRAGMENT,
+    ),
+    tunnel_case(
+        "another port on the tunnel address is not ours",
+        tunnel_frame(REPLY, dport=TUNNEL_PORT + 1),
+        None,
+        XDP_PASS,
+        Reason.PASS_NOT_OURS,
+    ),
+    tunnel_case(
+        "the tunnel port follows the config: the old port is not ours",
+        tunnel_frame(REPLY),
+        None,
+        XDP_PASS,
+        Reason.PASS_NOT_OURS,
+        configured(TUNNEL_ADDR, 7070),
+    ),
+    tunnel_case(
+        "the tunnel port follows the config: the new port is",
+        tunnel_frame(REPLY, dport=7070),
+        decapsulated(tunnel_frame(REPLY, dport=7070)),
+        XDP_REDIRECT,
+        Reason.FWD_DECAP,
+        configured(TUNNEL_ADDR, 7070),
+    ),
+)
+def test_tunnel_packet(relay: Relay, case: Case) -> None:
+    check(relay, case)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
-import pytest
-from bpfharness import (
+from control.reasons import Reason
+from datapath.maps import CONFIG_F_SLOW_PATH
+from tests.bpf.bpfharness import (
     CLIENT,
     CLIENT_PORT,
     NEAR,
@@ -14,45 +16,289 @@ from bpfharness import (
     RTP,
     SMALL_MTU,
     TUNNEL_ADDR,
+    TUNNEL_PORT,
     UNREACHABLE,
+    VIA_NEAR,
+    VIA_TX_TXR,
+    VIA_TXR_GATEWAY,
     VIP,
     VIP_PORTS,
     XDP_DROP,
     XDP_PASS,
     XDP_REDIRECT,
     XDP_TX,
+    Case,
     Relay,
     Txr,
     binding,
+    cases,
+    check,
     client_frame,
+    configured,
     eth,
-    mac,
+    tunnelled,
+    with_flow,
+    with_txr,
+    without_txr,
 )
-
-from control.reasons import Reason
-from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TX_TXR, TXR_LINK
-from wire.encap import checksum, encapsulate, flow_entropy, ipv4_udp
+from wire.encap import checksum, flow_entropy, ipv4_udp
 from wire.stun import build_message
 
+INNER = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], RTP, tos=0xB8, ttl=57)
+FLOW_HIT = Case(
+    "flow hit: the whole packet, TOS and TTL included, tunnelled to the transceiver",
+    eth(INNER),
+    tunnelled(eth(INNER), NEAR),
+    XDP_REDIRECT,  # in on cli0, out on txr0
+    Reason.FWD_FLOW,
+    setup=(with_flow(NEAR),),
+)
 
-def test_flow_hit_encapsulates_whole_packet(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    inner = ipv4_udp(CLIENT, CLIENT_PORT, VIP, VIP_PORTS[0], RTP, tos=0xB8, ttl=57)
-    frame = eth(inner)
-    out = relay.run(frame)
+STUN = client_frame(binding(NEAR))
+STUN_NEW = Case(
+    "STUN Binding request creates the flow",
+    STUN,
+    tunnelled(STUN, NEAR),
+    XDP_REDIRECT,
+    Reason.FWD_STUN_NEW,
+    learns=NEAR,
+)
+STUN_AGAIN = client_frame(binding(NEAR, nonce=b"zzzzz"))  # another session, same transceiver
+STUN_KNOWN = Case(
+    "STUN Binding request to the flow's transceiver leaves the flow alone",
+    STUN_AGAIN,
+    tunnelled(STUN_AGAIN, NEAR),
+    XDP_REDIRECT,
+    Reason.FWD_STUN_KNOWN,
+    setup=(with_flow(NEAR, created_ns=5),),
+)
+STUN_ELSEWHERE = client_frame(binding(ON_CLIENT_LINK))
+STUN_MOVE = Case(
+    "STUN Binding request moves the flow to another transceiver",
+    STUN_ELSEWHERE,
+    tunnelled(STUN_ELSEWHERE, ON_CLIENT_LINK, VIA_TX_TXR),
+    XDP_TX,
+    Reason.FWD_STUN_NEW,
+    setup=(with_flow(NEAR, created_ns=5),),
+    learns=ON_CLIENT_LINK,
+)
 
-    assert out.action == XDP_REDIRECT  # in on cli0, out on txr0
-    assert out.counts == {Reason.FWD_FLOW: (1, len(frame))}
-    data = out.data
-    assert len(data) == len(frame) + 28
-    # Ethernet: from txr0 to the transceiver's (permanent) neighbour entry
-    assert data[:14] == mac(NEAR_TXR[1]) + mac(TXR_LINK.mac) + b"\x08\x00"
+SUCCESS = build_message(0x0101, [(0x0020, b"\x00\x01\x02\x03")])  # Binding success response
+INDICATION = build_message(0x0011, [])
+ODD_LEN = bytearray(binding(NEAR))
+ODD_LEN[3] |= 2  # header length not a multiple of 4: not STUN (RFC 8489)
+OTHER_STUN = {
+    "a Binding success response": SUCCESS,
+    "a Binding indication": INDICATION,
+    "a header length not a multiple of 4": bytes(ODD_LEN),
+}
+
+MOVED = Txr(NEAR.cluster, NEAR.id, ON_CLIENT_LINK.addr, 7000)  # NEAR's ids at a new address
+
+
+def mtu_frame(size: int) -> bytes:
+    """A client frame whose tunnelled packet is exactly size bytes (the frame - 14 + 28)."""
+    frame = client_frame(bytes([0x80]) + bytes(size - 28 - 28 - 1))
+    assert len(frame) - 14 + 28 == size
+    return frame
+
+
+SHORT = client_frame(b"\x80\x01")  # a 46-byte frame: a NIC pads it to 60
+PADDED = SHORT + b"\xee" * (60 - len(SHORT))
+OTHER_PORT = eth(ipv4_udp(CLIENT, CLIENT_PORT, VIP, 9999, RTP))
+
+
+@cases(
+    FLOW_HIT,
+    Case(
+        "flow hit: a transceiver on the ingress link is XDP_TX",
+        client_frame(RTP),
+        tunnelled(client_frame(RTP), ON_CLIENT_LINK, VIA_TX_TXR),
+        XDP_TX,
+        Reason.FWD_FLOW,
+        setup=(with_flow(ON_CLIENT_LINK),),
+    ),
+    Case(
+        "flow miss: a flow from another client port is not this one",
+        client_frame(RTP),
+        None,
+        XDP_DROP,
+        Reason.DROP_NO_FLOW,
+        setup=(with_flow(NEAR, port=CLIENT_PORT + 1),),
+    ),
+    Case(
+        "flow per VIP port: no flow on the first port",
+        client_frame(RTP, vip_port=VIP_PORTS[0]),
+        None,
+        XDP_DROP,
+        Reason.DROP_NO_FLOW,
+        setup=(with_flow(NEAR, vip_port=VIP_PORTS[1]),),
+    ),
+    Case(
+        "flow per VIP port: the flow on the second port",
+        client_frame(RTP, vip_port=VIP_PORTS[1]),
+        tunnelled(client_frame(RTP, vip_port=VIP_PORTS[1]), NEAR),
+        XDP_REDIRECT,
+        Reason.FWD_FLOW,
+        setup=(with_flow(NEAR, vip_port=VIP_PORTS[1]),),
+    ),
+    Case(
+        "empty payload without a flow",
+        client_frame(b""),
+        None,
+        XDP_DROP,
+        Reason.DROP_NO_FLOW,
+    ),
+    Case(
+        "empty payload follows the flow",
+        client_frame(b""),
+        tunnelled(client_frame(b""), NEAR),
+        XDP_REDIRECT,
+        Reason.FWD_FLOW,
+        setup=(with_flow(NEAR),),
+    ),
+    STUN_NEW,
+    STUN_KNOWN,
+    STUN_MOVE,
+    *(
+        Case(
+            f"{name} without a flow",
+            client_frame(payload),
+            None,
+            XDP_DROP,
+            Reason.DROP_NO_FLOW,
+        )
+        for name, payload in OTHER_STUN.items()
+    ),
+    *(
+        Case(
+            f"{name} follows the flow",
+            client_frame(payload),
+            tunnelled(client_frame(payload), NEAR),
+            XDP_REDIRECT,
+            Reason.FWD_FLOW,
+            setup=(with_flow(NEAR),),
+        )
+        for name, payload in OTHER_STUN.items()
+    ),
+    Case(
+        "STUN to an unknown transceiver id learns nothing",
+        client_frame(binding(Txr(NEAR.cluster, 999, NEAR.addr, NEAR.port))),
+        None,
+        XDP_DROP,
+        Reason.DROP_UNKNOWN_TXR,
+    ),
+    Case(
+        "STUN to a known id in another cluster learns nothing",
+        client_frame(binding(Txr(NEAR.cluster + 1, NEAR.id, NEAR.addr, NEAR.port))),
+        None,
+        XDP_DROP,
+        Reason.DROP_UNKNOWN_TXR,
+    ),
+    Case(
+        "flow to a transceiver that left the map",
+        client_frame(RTP),
+        None,
+        XDP_DROP,
+        Reason.DROP_UNKNOWN_TXR,
+        setup=(with_flow(NEAR), without_txr(NEAR)),
+    ),
+    Case(
+        "a transceiver that moved keeps its flows",
+        client_frame(RTP),
+        tunnelled(client_frame(RTP), MOVED, VIA_TX_TXR),
+        XDP_TX,
+        Reason.FWD_FLOW,
+        setup=(with_flow(NEAR), with_txr(MOVED)),
+    ),
+    Case(
+        "unresolved neighbour: to the kernel encapsulated, our MAC kept",
+        client_frame(RTP),
+        tunnelled(client_frame(RTP), NO_NEIGH, via=None),
+        XDP_PASS,
+        Reason.PASS_FIB_NO_NEIGH,
+        setup=(with_flow(NO_NEIGH),),
+    ),
+    Case(
+        "no route to the transceiver",
+        client_frame(RTP),
+        tunnelled(client_frame(RTP), UNREACHABLE, via=None),  # refused after the tunnel header
+        XDP_DROP,
+        Reason.DROP_FIB,
+        setup=(with_flow(UNREACHABLE),),
+    ),
+    Case(
+        "outer packet of exactly the route MTU (600)",
+        mtu_frame(600),
+        tunnelled(mtu_frame(600), SMALL_MTU, VIA_TXR_GATEWAY),
+        XDP_REDIRECT,
+        Reason.FWD_FLOW,
+        setup=(with_flow(SMALL_MTU),),
+    ),
+    Case(
+        "outer packet one byte over the route MTU",
+        mtu_frame(601),
+        tunnelled(mtu_frame(601), SMALL_MTU, via=None),
+        XDP_DROP,
+        Reason.DROP_TOO_BIG,
+        setup=(with_flow(SMALL_MTU),),
+    ),
+    Case(
+        "Ethernet padding is cut, not tunnelled (bytes counted as received)",
+        PADDED,
+        tunnelled(SHORT, NEAR),
+        XDP_REDIRECT,
+        Reason.FWD_FLOW,
+        setup=(with_flow(NEAR),),
+    ),
+    Case(
+        "unconfigured relay drops VIP traffic",
+        client_frame(RTP),
+        None,
+        XDP_DROP,
+        Reason.DROP_NO_CONFIG,
+        setup=(configured(None, 0), with_flow(NEAR)),
+    ),
+    Case(
+        "unconfigured relay passes other traffic untouched",
+        OTHER_PORT,
+        None,
+        XDP_PASS,
+        Reason.PASS_NOT_OURS,
+        setup=(configured(None, 0), with_flow(NEAR)),
+    ),
+    Case(
+        "no flow with a controller listening: to its VIP socket",
+        client_frame(RTP),
+        None,
+        XDP_PASS,
+        Reason.PASS_SLOW_PATH,
+        setup=(configured(TUNNEL_ADDR, TUNNEL_PORT, CONFIG_F_SLOW_PATH),),
+    ),
+    Case(
+        "a flow with a controller listening is still forwarded",
+        client_frame(RTP),
+        tunnelled(client_frame(RTP), NEAR),
+        XDP_REDIRECT,
+        Reason.FWD_FLOW,
+        setup=(configured(TUNNEL_ADDR, TUNNEL_PORT, CONFIG_F_SLOW_PATH), with_flow(NEAR)),
+    ),
+)
+def test_client_packet(relay: Relay, case: Case) -> None:
+    check(relay, case)
+
+
+def test_encapsulation_field_by_field(relay: Relay) -> None:
+    """The flow hit's bytes out, read against the spec (§3) rather than wire.encap."""
+    data = check(relay, FLOW_HIT).data
+    assert len(data) == len(FLOW_HIT.packet) + 28
+    assert data[:14] == VIA_NEAR  # from txr0 to the transceiver's (permanent) neighbour entry
     outer_ip, outer_udp, rest = data[14:34], data[34:42], data[42:]
     ver, tos, total, ident, frag, ttl, proto, _csum = struct.unpack(">BBHHHBBH", outer_ip[:12])
     assert (ver, tos, total, ident, frag, ttl, proto) == (
         0x45,
         0xB8,
-        28 + len(inner),
+        28 + len(INNER),
         0,
         0x4000,
         64,
@@ -63,155 +309,18 @@ def test_flow_hit_encapsulates_whole_packet(relay: Relay) -> None:
     assert checksum(outer_ip) == 0
     sport, dport, ulen, ucsum = struct.unpack(">HHHH", outer_udp)
     assert sport == flow_entropy(CLIENT, CLIENT_PORT, VIP_PORTS[0]) and sport & 0x8000
-    assert (dport, ulen, ucsum) == (NEAR.port, 8 + len(inner), 0)
-    assert rest == inner  # untouched, TTL and checksum included
-    assert data[14:] == encapsulate(inner, TUNNEL_ADDR, NEAR.addr, NEAR.port)
+    assert (dport, ulen, ucsum) == (NEAR.port, 8 + len(INNER), 0)
+    assert rest == INNER  # untouched, TTL and checksum included
 
 
-def test_flow_hit_same_link_is_xdp_tx(relay: Relay) -> None:
-    relay.set_flow(ON_CLIENT_LINK)
-    frame = client_frame(RTP)
-    out = relay.run(frame)
-    assert out.action == XDP_TX
-    assert out.counts == {Reason.FWD_FLOW: (1, len(frame))}
-    assert out.data[:14] == mac(TX_TXR[1]) + mac(CLIENT_LINK.mac) + b"\x08\x00"
-    assert out.data[14:] == encapsulate(frame[14:], TUNNEL_ADDR, ON_CLIENT_LINK.addr, 5000)
+def test_stun_new_then_known(relay: Relay) -> None:
+    """The flow a Binding request created is the one the next request finds: not rewritten."""
+    check(relay, STUN_NEW)
+    check(relay, replace(STUN_KNOWN, setup=()))  # the flow is the one the program wrote
 
 
-def test_flow_miss_is_dropped(relay: Relay) -> None:
-    relay.set_flow(NEAR, port=CLIENT_PORT + 1)  # another client port: a different flow
-    out = relay.run(client_frame(RTP))
-    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_NO_FLOW)
-
-
-def test_flow_per_vip_port(relay: Relay) -> None:
-    relay.set_flow(NEAR, vip_port=VIP_PORTS[1])
-    assert relay.run(client_frame(RTP, vip_port=VIP_PORTS[0])).reason == Reason.DROP_NO_FLOW
-    assert relay.run(client_frame(RTP, vip_port=VIP_PORTS[1])).reason == Reason.FWD_FLOW
-
-
-def test_empty_payload_follows_the_flow(relay: Relay) -> None:
-    assert relay.run(client_frame(b"")).reason == Reason.DROP_NO_FLOW
-    relay.set_flow(NEAR)
-    assert relay.run(client_frame(b"")).reason == Reason.FWD_FLOW
-
-
-def test_stun_new_flow_creates_entry(relay: Relay) -> None:
-    assert relay.flows() == []
-    frame = client_frame(binding(NEAR))
-    out = relay.run(frame)
-    assert out.action == XDP_REDIRECT
-    assert out.counts == {Reason.FWD_STUN_NEW: (1, len(frame))}
-    assert out.data[14:] == encapsulate(frame[14:], TUNNEL_ADDR, NEAR.addr, NEAR.port)
-    ((key, val),) = relay.flows()
-    assert bytes(key) == bytes(relay.flow_key())  # client addr, VIP addr, client port, VIP port
-    assert (val.cluster, val.pad, val.id) == (NEAR.cluster, 0, NEAR.id)
-    assert val.created_ns > 0
-
-
-def test_stun_known_does_not_rewrite(relay: Relay) -> None:
-    assert relay.run(client_frame(binding(NEAR))).reason == Reason.FWD_STUN_NEW
-    created = relay.get_flow().created_ns
-    again = relay.run(client_frame(binding(NEAR, nonce=b"zzzzz")))  # another session, same txr
-    assert (again.action, again.reason) == (XDP_REDIRECT, Reason.FWD_STUN_KNOWN)
-    assert relay.get_flow().created_ns == created
-    assert len(relay.flows()) == 1
-
-
-def test_stun_moves_flow_to_other_transceiver(relay: Relay) -> None:
-    relay.set_flow(NEAR, created_ns=5)
-    frame = client_frame(binding(ON_CLIENT_LINK))
-    out = relay.run(frame)
-    assert (out.action, out.reason) == (XDP_TX, Reason.FWD_STUN_NEW)
-    flow = relay.get_flow()
-    assert (flow.id, flow.cluster) == (ON_CLIENT_LINK.id, ON_CLIENT_LINK.cluster)
-    assert flow.created_ns > 5
-    # later media follows the moved flow
-    assert (
-        relay.run(client_frame(RTP)).data[14:34]
-        == encapsulate(client_frame(RTP)[14:], TUNNEL_ADDR, ON_CLIENT_LINK.addr, 5000)[:20]
-    )
-
-
-def test_other_stun_follows_the_flow(relay: Relay) -> None:
-    success = build_message(0x0101, [(0x0020, b"\x00\x01\x02\x03")])  # Binding success response
-    indication = build_message(0x0011, [])
-    odd_len = bytearray(binding(NEAR))
-    odd_len[3] |= 2  # header length not a multiple of 4: not STUN (RFC 8489)
-    for payload in (success, indication, bytes(odd_len)):
-        assert relay.run(client_frame(payload)).reason == Reason.DROP_NO_FLOW
-    relay.set_flow(NEAR)
-    for payload in (success, indication, bytes(odd_len)):
-        assert relay.run(client_frame(payload)).reason == Reason.FWD_FLOW
-    assert len(relay.flows()) == 1
-
-
-def test_stun_to_unknown_transceiver(relay: Relay) -> None:
-    stranger = Txr(NEAR.cluster, 999, NEAR.addr, NEAR.port)
-    out = relay.run(client_frame(binding(stranger)))
-    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_UNKNOWN_TXR)
-    other_cluster = Txr(NEAR.cluster + 1, NEAR.id, NEAR.addr, NEAR.port)
-    assert relay.run(client_frame(binding(other_cluster))).reason == Reason.DROP_UNKNOWN_TXR
-    assert relay.flows() == []  # nothing is learned from a packet that routes nowhere
-
-
-def test_flow_to_removed_transceiver_is_dropped(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    relay.remove_txr(NEAR)
-    out = relay.run(client_frame(RTP))
-    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_UNKNOWN_TXR)
-
-
-def test_moved_transceiver_keeps_its_flows(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    moved = Txr(NEAR.cluster, NEAR.id, ON_CLIENT_LINK.addr, 7000)
-    relay.add_txr(moved)  # same ids, new address
-    out = relay.run(client_frame(RTP))
-    assert (out.action, out.reason) == (XDP_TX, Reason.FWD_FLOW)
-    assert out.data[14 + 16 : 14 + 20] == bytes(map(int, moved.addr.split(".")))
-    assert out.data[36:38] == (7000).to_bytes(2, "big")
-
-
-def test_unresolved_neighbour_goes_to_the_kernel_encapsulated(relay: Relay) -> None:
-    relay.set_flow(NO_NEIGH)
-    frame = client_frame(RTP)
-    out = relay.run(frame)
-    assert (out.action, out.reason) == (XDP_PASS, Reason.PASS_FIB_NO_NEIGH)
-    # Ethernet kept (our MAC as destination, so the kernel forwards it), tunnel header in place
-    assert out.data[:14] == frame[:14]
-    assert out.data[14:] == encapsulate(frame[14:], TUNNEL_ADDR, NO_NEIGH.addr, NO_NEIGH.port)
-
-
-def test_no_route_is_dropped(relay: Relay) -> None:
-    relay.set_flow(UNREACHABLE)
-    out = relay.run(client_frame(RTP))
-    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_FIB)
-
-
-@pytest.mark.parametrize(("size", "reason"), [(600, Reason.FWD_FLOW), (601, Reason.DROP_TOO_BIG)])
-def test_route_mtu(relay: Relay, size: int, reason: Reason) -> None:
-    # the route to SMALL_MTU has mtu 600: the outer packet is the inner one + 28 bytes
-    relay.set_flow(SMALL_MTU)
-    frame = client_frame(bytes([0x80]) + bytes(size - 28 - 28 - 1))
-    assert len(frame) - 14 + 28 == size
-    assert relay.run(frame).reason == reason
-
-
-def test_ethernet_padding_is_not_tunnelled(relay: Relay) -> None:
-    relay.set_flow(NEAR)
-    frame = client_frame(b"\x80\x01")  # a 46-byte frame: a NIC pads it to 60
-    padded = frame + b"\xee" * (60 - len(frame))
-    out = relay.run(padded)
-    assert out.counts == {Reason.FWD_FLOW: (1, 60)}
-    assert out.data[14:] == encapsulate(frame[14:], TUNNEL_ADDR, NEAR.addr, NEAR.port)
-
-
-def test_unconfigured_relay_drops_vip_traffic_only(relay: Relay) -> None:
-    relay.configure(None, 0)
-    relay.set_flow(NEAR)
-    assert relay.run(client_frame(RTP)).counts == {
-        Reason.DROP_NO_CONFIG: (1, len(client_frame(RTP)))
-    }
-    other = eth(ipv4_udp(CLIENT, CLIENT_PORT, VIP, 9999, RTP))
-    out = relay.run(other)
-    assert (out.action, out.reason, out.data) == (XDP_PASS, Reason.PASS_NOT_OURS, other)
+def test_media_follows_a_moved_flow(relay: Relay) -> None:
+    check(relay, STUN_MOVE)
+    media = client_frame(RTP)
+    moved = tunnelled(media, ON_CLIENT_LINK, VIA_TX_TXR)
+    check(relay, Case("media", media, moved, XDP_TX, Reason.FWD_FLOW))

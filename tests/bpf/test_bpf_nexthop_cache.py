@@ -8,7 +8,9 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bpfharness import (
+from control.reasons import Reason
+from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK
+from tests.bpf.bpfharness import (
     CLIENT,
     CLIENT_PORT,
     NEAR,
@@ -32,9 +34,6 @@ from bpfharness import (
     eth,
     mac,
 )
-
-from control.reasons import Reason
-from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK
 from wire.encap import flow_entropy, ipv4_udp
 
 OTHER_MAC = "02:ed:00:00:01:99"

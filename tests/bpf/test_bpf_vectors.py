@@ -1,16 +1,34 @@
 """The C program against the shared wire-format vectors (tests/vectors/wire.json, made by
-`python -m tests.vectors.generate`): the same bytes must give the same answers as in Python."""
+`python -m tests.vectors.generate`): the same bytes must give the same answers as in Python.
+Every vector becomes a case; its description says what the vector holds."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-from bpfharness import NEAR, TUNNEL_PORT, XDP_REDIRECT, Relay, Txr, client_frame, eth, mac
-
 from control.reasons import Reason
-from lab.fibsandbox import TXR_LINK
+from tests.bpf.bpfharness import (
+    NEAR,
+    TUNNEL_PORT,
+    VIA_TXR_GATEWAY,
+    XDP_DROP,
+    XDP_REDIRECT,
+    Case,
+    Relay,
+    Setup,
+    Txr,
+    cases,
+    check,
+    client_frame,
+    configured,
+    eth,
+    tunnelled,
+    with_flow,
+    with_keys,
+    with_txr,
+    with_vip,
+)
 from wire.encap import parse_ipv4_udp
 from wire.stun import StunError, build_binding_request, routing_ufrag
 
@@ -32,8 +50,106 @@ UFRAG_REASONS = {
 }
 
 
-def _ids(kind: str) -> list[str]:
-    return [f"{kind}{i}" for i in range(len(VECTORS[kind]))]
+def _keys(keys: dict[str, str]) -> Setup:
+    return with_keys({int(k): bytes.fromhex(v) for k, v in keys.items()})
+
+
+def _ufrag_vector(ufrag: str) -> dict:
+    return next(v for v in VECTORS["ufrag"] if v["ufrag"] == ufrag)
+
+
+def _routed(description: str, payload: bytes, vec: dict) -> Case:
+    """A Binding request carrying the ufrag vector vec, with vec's key loaded and its
+    transceiver registered at NEAR's address: tunnelled there, the flow created."""
+    txr = Txr(vec["cluster"], vec["transceiver"], NEAR.addr, NEAR.port)
+    frame = client_frame(payload)
+    return Case(
+        description,
+        frame,
+        tunnelled(frame, txr),
+        XDP_REDIRECT,
+        Reason.FWD_STUN_NEW,
+        setup=(with_keys({vec["key_id"]: bytes.fromhex(vec["key"])}), with_txr(txr)),
+        learns=txr,
+    )
+
+
+def _ufrag_cases() -> list[Case]:
+    return [
+        _routed(
+            f"ufrag {i} (key {v['key_id']}, cluster {v['cluster']}, transceiver "
+            f"{v['transceiver']}) is routed",
+            build_binding_request(v["ufrag"] + ":Vec1"),
+            v,
+        )
+        for i, v in enumerate(VECTORS["ufrag"])
+    ]
+
+
+def _ufrag_invalid_cases() -> list[Case]:
+    return [
+        Case(
+            f"invalid ufrag {i} ({v['reason']}): {v['ufrag']!r}",
+            client_frame(build_binding_request(v["ufrag"] + ":Vec1")),
+            None,
+            XDP_DROP,
+            UFRAG_REASONS[v["reason"]],
+            setup=(_keys(v["keys"]),),
+        )
+        for i, v in enumerate(VECTORS["ufrag_invalid"])
+    ]
+
+
+def _stun_cases() -> list[Case]:
+    out = []
+    for i, v in enumerate(VECTORS["stun"]):
+        packet = bytes.fromhex(v["packet"])
+        if "ufrag" in v:
+            desc = f"STUN message {i} ({len(packet)} bytes): routed by its ufrag"
+            out.append(_routed(desc, packet, _ufrag_vector(v["ufrag"])))
+        else:
+            desc = f"STUN message {i} ({len(packet)} bytes): {v['reason']}"
+            reason = STUN_REASONS[v["reason"]]
+            out.append(Case(desc, client_frame(packet), None, XDP_DROP, reason))
+    return out
+
+
+def _encap_cases() -> list[Case]:
+    out = []
+    for i, v in enumerate(VECTORS["encap"]):
+        inner, outer = bytes.fromhex(v["inner"]), bytes.fromhex(v["outer"])
+        d = parse_ipv4_udp(inner)
+        # an inner Binding request is routed by its ufrag: make that name the vector's
+        # transceiver, with the flow already pointing there, so both paths must emit exactly
+        # "outer"
+        setup: list[Setup] = [configured(v["relay_addr"], TUNNEL_PORT)]
+        try:
+            key = _ufrag_vector(routing_ufrag(d.payload))
+            ids, reason = (key["cluster"], key["transceiver"]), Reason.FWD_STUN_KNOWN
+            setup.append(with_keys({key["key_id"]: bytes.fromhex(key["key"])}))
+        except (StunError, StopIteration):
+            ids, reason = (3, 1000), Reason.FWD_FLOW
+        txr = Txr(*ids, v["txr_addr"], v["txr_port"])
+        where = {"client": d.src, "port": d.sport, "vip": d.dst, "vip_port": d.dport}
+        setup += [
+            with_vip(d.dst, d.dport),
+            with_txr(txr),
+            with_flow(txr, **where),
+        ]
+        out.append(
+            Case(
+                f"encap {i}: {d.src}:{d.sport} -> {d.dst}:{d.dport} tunnelled to "
+                f"{v['txr_addr']}:{v['txr_port']} ({reason.label})",
+                eth(inner),
+                # every vector transceiver is off-link: the sandbox's default route via txr0's
+                # gateway
+                VIA_TXR_GATEWAY + outer,
+                XDP_REDIRECT,
+                reason,
+                setup=tuple(setup),
+            )
+        )
+    return out
 
 
 def test_every_vector_kind_is_covered() -> None:
@@ -41,66 +157,15 @@ def test_every_vector_kind_is_covered() -> None:
     assert all(VECTORS[k] for k in ("ufrag", "ufrag_invalid", "encap", "stun"))
 
 
-@pytest.mark.parametrize("vec", VECTORS["ufrag"], ids=_ids("ufrag"))
-def test_ufrag_routes(relay: Relay, vec: dict) -> None:
-    relay.keys({vec["key_id"]: bytes.fromhex(vec["key"])})
-    txr = Txr(vec["cluster"], vec["transceiver"], NEAR.addr, NEAR.port)
-    relay.add_txr(txr)
-    out = relay.run(client_frame(build_binding_request(vec["ufrag"] + ":Vec1")))
-    assert (out.action, out.reason) == (XDP_REDIRECT, Reason.FWD_STUN_NEW)
-    ((_, flow),) = relay.flows()
-    assert (flow.cluster, flow.id) == (vec["cluster"], vec["transceiver"])
+def test_encap_vectors_agree_with_themselves() -> None:
+    """The fields an encap vector names are the ones its inner and outer packets hold."""
+    for v in VECTORS["encap"]:
+        inner, outer = bytes.fromhex(v["inner"]), bytes.fromhex(v["outer"])
+        d = parse_ipv4_udp(inner)
+        assert (d.src, d.sport, d.dport) == (v["client_addr"], v["client_port"], v["vip_port"])
+        assert int.from_bytes(outer[20:22], "big") == v["entropy"]  # the outer UDP source port
 
 
-@pytest.mark.parametrize("vec", VECTORS["ufrag_invalid"], ids=_ids("ufrag_invalid"))
-def test_ufrag_invalid(relay: Relay, vec: dict) -> None:
-    relay.keys({int(k): bytes.fromhex(v) for k, v in vec["keys"].items()})
-    username = vec["ufrag"] + ":Vec1"
-    out = relay.run(client_frame(build_binding_request(username)))
-    assert out.reason == UFRAG_REASONS[vec["reason"]]
-    assert relay.flows() == []
-
-
-def _ufrag_vector(ufrag: str) -> dict:
-    return next(v for v in VECTORS["ufrag"] if v["ufrag"] == ufrag)
-
-
-@pytest.mark.parametrize("vec", VECTORS["stun"], ids=_ids("stun"))
-def test_stun(relay: Relay, vec: dict) -> None:
-    packet = bytes.fromhex(vec["packet"])
-    if "ufrag" in vec:
-        key = _ufrag_vector(vec["ufrag"])
-        relay.keys({key["key_id"]: bytes.fromhex(key["key"])})
-        relay.add_txr(Txr(key["cluster"], key["transceiver"], NEAR.addr, NEAR.port))
-        expected = Reason.FWD_STUN_NEW
-    else:
-        expected = STUN_REASONS[vec["reason"]]
-    assert relay.run(client_frame(packet)).reason == expected
-
-
-@pytest.mark.parametrize("vec", VECTORS["encap"], ids=_ids("encap"))
-def test_encap_output_is_the_vector(relay: Relay, vec: dict) -> None:
-    inner, outer = bytes.fromhex(vec["inner"]), bytes.fromhex(vec["outer"])
-    d = parse_ipv4_udp(inner)
-    assert (d.src, d.sport, d.dport) == (vec["client_addr"], vec["client_port"], vec["vip_port"])
-    # an inner Binding request is routed by its ufrag: make that name the vector's transceiver,
-    # with the flow already pointing there, so both paths must emit exactly "outer"
-    try:
-        key = _ufrag_vector(routing_ufrag(d.payload))
-        ids, expected = (key["cluster"], key["transceiver"]), Reason.FWD_STUN_KNOWN
-        relay.keys({key["key_id"]: bytes.fromhex(key["key"])})
-    except (StunError, StopIteration):
-        ids, expected = (3, 1000), Reason.FWD_FLOW
-    txr = Txr(*ids, vec["txr_addr"], vec["txr_port"])
-    relay.configure(vec["relay_addr"], TUNNEL_PORT)
-    relay.add_vip(d.dst, d.dport)
-    relay.add_txr(txr)
-    relay.set_flow(txr, client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport)
-    frame = eth(inner)
-    out = relay.run(frame)
-    assert out.counts == {expected: (1, len(frame))}
-    # every vector transceiver is off-link: the sandbox's default route via txr0's gateway
-    assert out.action == XDP_REDIRECT
-    assert out.data[:14] == mac(TXR_LINK.gateway_mac) + mac(TXR_LINK.mac) + b"\x08\x00"
-    assert out.data[14:] == outer
-    assert int.from_bytes(out.data[34:36], "big") == vec["entropy"]
+@cases(*_ufrag_cases(), *_ufrag_invalid_cases(), *_stun_cases(), *_encap_cases())
+def test_vector(relay: Relay, case: Case) -> None:
+    check(relay, case)

@@ -1,0 +1,126 @@
+/* The relay's types: every map key and value (maps.h says which map holds which), and the structs
+ * the path steps hand each other. Addresses and ports are network byte order (__be), everything
+ * else host order. The map structs are part of the format (docs/wire-format.md §4); Python
+ * mirrors them in control/maps.py, and tests/control/test_maps.py checks the layouts agree. */
+#ifndef EDGE_STRUCTS_H
+#define EDGE_STRUCTS_H
+
+#include "constants.h"
+
+/* ---- pinned maps (the format) ------------------------------------------------------------ */
+
+struct relay_config {
+	__be32 tunnel_addr; /* this relay's tunnel address: the source of encapsulated packets */
+	__be16 tunnel_port; /* where transceivers send tunnel datagrams; 0: not configured */
+	__u16 flags;	    /* CONFIG_F_* */
+};
+
+/* An address:port: a VIP in `vips`, a transceiver's tunnel endpoint in `txr_addrs`. */
+struct vip_key {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* A SipHash-2-4 key (§1): k0 and k1 are its 16 bytes read as two little-endian u64. */
+struct routing_key {
+	__u64 k0;
+	__u64 k1;
+	__u32 live; /* 0: no key under this id (a ufrag naming it is drop_unknown_key) */
+	__u32 pad;
+};
+
+/* A transceiver's identity, as a routing ufrag names it. */
+struct txr_key {
+	__u16 cluster;
+	__u16 pad;
+	__u32 id;
+};
+
+/* Where a transceiver receives tunnel datagrams. */
+struct txr_val {
+	__be32 addr;
+	__be16 port;
+	__u16 flags; /* reserved, 0 */
+};
+
+/* A client's 4-tuple toward a VIP (the protocol is always UDP). */
+struct flow_key {
+	__be32 client_addr;
+	__be32 vip_addr;
+	__be16 client_port;
+	__be16 vip_port;
+};
+
+/* The transceiver a flow goes to: its ids, not its address, so a transceiver that moves keeps
+ * its flows and one that leaves the map stops receiving them. */
+struct flow_val {
+	__u16 cluster;
+	__u16 pad;
+	__u32 id;
+	__u64 created_ns; /* bpf_ktime_get_ns() when the flow was created or last moved */
+};
+
+/* One exit reason's tally on one CPU. */
+struct counter {
+	__u64 packets;
+	__u64 bytes; /* frame length as received */
+};
+
+/* ---- private maps (not part of the format) ----------------------------------------------- */
+
+/* A next-hop cache entry's key: every input of bpf_fib_lookup that the relay varies. */
+struct nh_key {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 ifindex; /* ingress */
+	__u8 tos;
+	__u8 pad[3];
+};
+
+/* What the FIB answered for that key. */
+struct nh_val {
+	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock; 0: never filled */
+	__u32 ifindex;	  /* egress */
+	__u32 epoch;	  /* nh_epoch[0] when filled: a bump invalidates every slot */
+	__u16 max_len;	  /* the longest tot_len the FIB accepted for this entry */
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u16 pad;
+};
+
+/* One slot of the direct-mapped cache: the key is stored and compared on every hit. */
+struct nh_slot {
+	struct nh_key key;
+	struct nh_val val;
+};
+
+/* ---- between the path steps -------------------------------------------------------------- */
+
+/* The fields of a client or tunnel datagram, copied out of the packet so that they survive
+ * bpf_xdp_adjust_head/tail (which invalidate every packet pointer). */
+struct udp4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u16 tot_len;	/* IPv4 total length, host order */
+	__u16 udp_len;	/* UDP length, host order */
+	__u16 frag_off; /* host order, flags included */
+	__u8 ihl;	/* header length in bytes */
+	__u8 tos;
+};
+
+/* The IPv4/UDP packet that now follows the Ethernet header at ctx, as the FIB sees it. */
+struct next_hop {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u16 tot_len; /* host order: the helper checks it against the route MTU */
+	__u8 tos;
+};
+
+#endif
