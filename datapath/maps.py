@@ -77,15 +77,17 @@ class MapSpec:
     max_entries: int
 
 
-# Max entries as in the spec table; counters has spare slots (bpf/constants.h COUNTER_SLOTS).
+# max_entries is checked only where an index means something (the config slot, the 16 key
+# ids); the hash maps' sizes are limits a build may override (bpf/constants.h), and counters
+# has spare slots (COUNTER_SLOTS). 0: any size.
 SPECS: dict[str, MapSpec] = {
     "config": MapSpec(ct.c_uint32, RelayConfig, MAP_ARRAY, 1),
-    "vips": MapSpec(VipKey, ct.c_uint32, MAP_HASH, 64),
+    "vips": MapSpec(VipKey, ct.c_uint32, MAP_HASH, 0),
     "keys": MapSpec(ct.c_uint32, RoutingKey, MAP_ARRAY, 16),
-    "transceivers": MapSpec(TxrKey, TxrVal, MAP_HASH, 65536),
-    "txr_addrs": MapSpec(VipKey, ct.c_uint32, MAP_HASH, 65536),
-    "flows": MapSpec(FlowKey, FlowVal, MAP_LRU_HASH, 1 << 20),
-    "counters": MapSpec(ct.c_uint32, Counter, MAP_PERCPU_ARRAY, 0),  # 0: any size
+    "transceivers": MapSpec(TxrKey, TxrVal, MAP_HASH, 0),
+    "txr_addrs": MapSpec(VipKey, ct.c_uint32, MAP_HASH, 0),
+    "flows": MapSpec(FlowKey, FlowVal, MAP_LRU_HASH, 0),
+    "counters": MapSpec(ct.c_uint32, Counter, MAP_PERCPU_ARRAY, 0),
 }
 
 
