@@ -18,7 +18,7 @@ import dis
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aioice
 import aiortc.rtcpeerconnection as aiortc_pc
@@ -148,6 +148,9 @@ TOUCHES: tuple[Touch, ...] = (
 )
 
 
+_ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}  # LOAD_METHOD: Python < 3.12
+
+
 def _attrs_used_on(cls: type, field: str) -> set[str]:
     """Attribute names aiortc's `cls` reads, calls or writes on `self.<field>` (its bytecode)."""
     used: set[str] = set()
@@ -162,9 +165,6 @@ def _attrs_used_on(cls: type, field: str) -> set[str]:
                 used.add(str(ins.argval))
             previous = ins if ins.opname in _ATTR_OPS else None
     return used
-
-
-_ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
 
 
 def ice_surface_missing(agent_class: type) -> list[str]:
@@ -263,7 +263,7 @@ def sender_counters(sender: RTCRtpSender) -> SenderCounters:
     return SenderCounters(*(getattr(sender, _SENDER + name) for name in _SENDER_COUNTERS))
 
 
-class DecoderQueue:
+class DecoderQueue(Protocol):
     """What RTCRtpReceiver's decoder thread reads: `put` from the receiver, `get` in the thread."""
 
     def put(self, item: Any) -> None: ...
