@@ -32,7 +32,6 @@ from transceiver.ice import AUTHENTICATED, IGNORED, OTHER_CALL, IceLiteAgent
 from transceiver.paths import Addr, DirectRoute, Path, Route
 from transceiver.tunnel import TUNNEL_FIRST_BYTE, TunnelLayer
 from wire import stun as wstun
-from wire.defaults import RELAY_TUNNEL_PORT
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class SocketMux(asyncio.DatagramProtocol):
         stats: MuxStats | None = None,
         *,
         vips: Iterable[Addr] = (),
-        relay_tunnel_port: int = RELAY_TUNNEL_PORT,
+        relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT,
     ) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         # The transport's own (non-blocking) socket, when the owner hands it over: read

@@ -18,10 +18,10 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from transceiver import defaults
 from transceiver.drops import TUNNEL_BAD_INNER, TUNNEL_FOREIGN_VIP
 from transceiver.paths import Addr, Path, Route, SendTo
 from wire import encap
-from wire.defaults import RELAY_TUNNEL_PORT
 
 if TYPE_CHECKING:
     from transceiver.ice import IceLiteAgent
@@ -60,7 +60,7 @@ class TunnelLayer:
         vips: Iterable[Addr],
         drop: Callable[[str], None],
         sendto: SendTo,
-        relay_tunnel_port: int = RELAY_TUNNEL_PORT,
+        relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT,
     ) -> None:
         # No VIPs (direct mode): clients never reach us through a relay, so nothing tunneled
         # is ours.
