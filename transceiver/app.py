@@ -44,6 +44,7 @@ import av
 
 MediaFormat = Literal["opus", "pcm"]
 OPUS_CLOCK = 48000
+OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz: how far apart frames sent without a timestamp are
 OUT_QUEUE_FRAMES = 50  # 1 s of 20 ms frames
 
 

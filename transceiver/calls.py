@@ -9,6 +9,7 @@ import time
 
 from aioice import Candidate
 
+from transceiver import defaults
 from transceiver.app import CallApp
 from transceiver.certs import SharedCertificate
 from transceiver.keys import Keyring, NoRoutingKey
@@ -40,9 +41,9 @@ class CallManager:
         candidates: list[Candidate],
         cluster: int,
         txr_id: int,
-        capacity: int,
-        consent_timeout: float = 30.0,
-        setup_timeout: float = 30.0,
+        capacity: int = defaults.CAPACITY,
+        consent_timeout: float = defaults.CONSENT_TIMEOUT,
+        setup_timeout: float = defaults.SETUP_TIMEOUT,
         fast_media: bool = True,
     ) -> None:
         self.mux = mux

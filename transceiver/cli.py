@@ -3,23 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
 import click
 
-from transceiver.config import Settings, parse_addr
+from transceiver import defaults
+from transceiver.aiortc_seam import SeamError
+from transceiver.config import Settings
 from transceiver.keys import parse_key
-from transceiver.service import ConfigError, Transceiver
+from transceiver.service import ConfigError, TransceiverService
+from wire.addr import parse_addr_port
 
 
-def _addr(ctx: click.Context, param: click.Parameter, value: object) -> object:
+def _text(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _bind_addr(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    """An address we listen on: ':5000' is 0.0.0.0:5000, port 0 any free port."""
     try:
-        if isinstance(value, tuple):
-            return [parse_addr(v) for v in value]
-        return None if value is None else parse_addr(str(value))
+        return parse_addr_port(value, what=param.opts[0], bind=True)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _vips(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list:
+    try:
+        return [parse_addr_port(v, what="--vip") for v in value]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _tunnel(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return _text(parse_addr_port(value, what="--tunnel"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
 
 
 def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
@@ -37,76 +67,126 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--listen", default="127.0.0.1:8080", show_default=True, callback=_addr,
+    "--listen",
+    metavar="HOST:PORT",
+    default=_text(defaults.HTTP_LISTEN),
+    show_default=True,
+    callback=_bind_addr,
     help="HTTP HOST:PORT for signaling, /healthz, /metrics and the demo page.",
-)  # fmt: skip
+)
 @click.option(
-    "--udp", default="0.0.0.0:5000", show_default=True, callback=_addr,
+    "--udp",
+    metavar="HOST:PORT",
+    default=_text(defaults.UDP_LISTEN),
+    show_default=True,
+    callback=_bind_addr,
     help="The one UDP socket every call uses (direct datagrams and relay tunnel datagrams).",
-)  # fmt: skip
+)
 @click.option(
-    "--cluster", default=1, type=click.IntRange(0, 0xFFFF), show_default=True,
+    "--cluster",
+    default=defaults.CLUSTER,
+    type=click.IntRange(0, 0xFFFF),
+    show_default=True,
     help="Cluster id minted into every routing ufrag.",
-)  # fmt: skip
+)
 @click.option(
-    "--id", "txr_id", default=1, type=click.IntRange(0, 0xFFFFFFFF), show_default=True,
+    "--id",
+    "txr_id",
+    default=defaults.TXR_ID,
+    type=click.IntRange(0, 0xFFFFFFFF),
+    show_default=True,
     help="This transceiver's id in its cluster (unique; relays route by cluster and id).",
-)  # fmt: skip
+)
 @click.option(
-    "--vip", multiple=True, callback=_addr,
+    "--vip",
+    metavar="ADDR:PORT",
+    multiple=True,
+    callback=_vips,
     help="A relay VIP ADDR:PORT to offer as the ICE candidate (repeatable); none: direct mode.",
-)  # fmt: skip
-@click.option("--advertise", help="Direct mode: the address clients reach the UDP socket at.")
+)
+@click.option(
+    "--advertise",
+    metavar="ADDR",
+    callback=_ipv4,
+    help="Direct mode: the IPv4 address clients reach the UDP socket at.",
+)
 @click.option(
     "--tunnel",
+    metavar="ADDR:PORT",
+    callback=_tunnel,
     help="ADDR:PORT relays send tunnel datagrams to, as registered [default: --advertise/--udp].",
 )
 @click.option(
-    "--redis", "redis_url",
+    "--redis",
+    "redis_url",
+    metavar="URL",
     help="Registry URL (e.g. redis://host:6379/0): register, refresh, read routing keys.",
-)  # fmt: skip
-@click.option("--redis-prefix", default="edge", show_default=True, help="Registry key prefix.")
+)
 @click.option(
-    "--capacity", default=100, type=click.IntRange(0), show_default=True,
+    "--redis-prefix", default=defaults.REDIS_PREFIX, show_default=True, help="Registry key prefix."
+)
+@click.option(
+    "--capacity",
+    default=defaults.CAPACITY,
+    type=click.IntRange(0),
+    show_default=True,
     help="Calls at once; more get 503.",
-)  # fmt: skip
+)
 @click.option(
-    "--drain-timeout", default=30.0, type=click.FloatRange(0), show_default=True,
+    "--drain-timeout",
+    default=defaults.DRAIN_TIMEOUT,
+    type=click.FloatRange(0),
+    show_default=True,
     help="On SIGTERM: seconds to let running calls finish before exiting.",
-)  # fmt: skip
+)
 @click.option("--key-id", type=click.IntRange(0, 15), help="Routing key id (with --key).")
 @click.option(
-    "--key", callback=_key,
+    "--key",
+    metavar="HEX",
+    callback=_key,
     help="Routing key, 32 hex chars [default: from --redis; without either, a throwaway key].",
-)  # fmt: skip
+)
 @click.option(
-    "--relay-tunnel-port", default=6080, type=click.IntRange(1, 65535), show_default=True,
+    "--relay-tunnel-port",
+    default=defaults.RELAY_TUNNEL_PORT,
+    type=click.IntRange(1, 65535),
+    show_default=True,
     help="The relays' tunnel port, where replies go (the same on every relay).",
-)  # fmt: skip
+)
 @click.option(
-    "--consent-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True,
+    "--consent-timeout",
+    default=defaults.CONSENT_TIMEOUT,
+    type=click.FloatRange(0.5),
+    show_default=True,
     help="End a call whose client sent no consent check for this long (RFC 7675).",
-)  # fmt: skip
+)
 @click.option(
-    "--setup-timeout", default=30.0, type=click.FloatRange(0.5), show_default=True,
-    help="End a call that is not connected this long after its offer.",
-)  # fmt: skip
+    "--setup-timeout",
+    default=defaults.SETUP_TIMEOUT,
+    type=click.FloatRange(0.5),
+    show_default=True,
+    help="End a call that got no authenticated ICE check this long after its answer.",
+)
 @click.option(
-    "--app", default="echo", show_default=True,
+    "--app",
+    metavar="APP",
+    default=defaults.APP,
+    show_default=True,
     help="The application: echo (Opus frames back), pcm-echo, or module:attr of your own.",
-)  # fmt: skip
+)
 @click.option(
     "--media-path",
-    default="fast",
+    default=defaults.MEDIA_PATH,
     type=click.Choice(["fast", "aiortc"]),
     show_default=True,
-    help="Opus apps: RTP handled in the socket mux (fast) or by aiortc's sender/receiver",
+    help="Opus apps: RTP handled in the socket mux (fast) or by aiortc's sender/receiver.",
 )
 @click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning"]),
+    help="How much to log (stderr).",
 )
 def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) -> None:
     """Serve calls: POST /v1/calls, DELETE /v1/calls/<id>, GET /healthz, GET /metrics, GET /.
@@ -129,12 +209,12 @@ def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) ->
     )
     try:
         asyncio.run(_serve(settings))
-    except ConfigError as exc:
+    except (ConfigError, SeamError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
 async def _serve(settings: Settings) -> None:
-    txr = Transceiver(settings)
+    txr = TransceiverService(settings)
     await txr.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

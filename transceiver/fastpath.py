@@ -16,11 +16,12 @@ needed, so for those calls:
   here (`_publish_sender_stats`).
 
 Keys: aiortc derives them in `RTCDtlsTransport._setup_srtp()` (RFC 5764 exporter ->
-`pylibsrtp.Policy` -> `Session`, stored as `_rx_srtp` / `_tx_srtp`) right before it reports
-"connected". We use those very Session objects rather than building a second pair from the
-same key material: libsrtp keeps per-SSRC replay windows and rollover counters in the session,
-and aiortc still protects its RTCP (same SSRC) with `_tx_srtp`, so one session per direction
-is the only arrangement in which both users see one consistent crypto context.
+`pylibsrtp.Policy` -> `Session`) right before it reports "connected"; they are reached, like
+every aiortc internal, through transceiver/aiortc_seam.py. We use those very Session objects
+rather than building a second pair from the same key material: libsrtp keeps per-SSRC replay
+windows and rollover counters in the session, and aiortc still protects its RTCP (same SSRC)
+with the transmit session, so one session per direction is the only arrangement in which both
+users see one consistent crypto context.
 """
 
 from __future__ import annotations
@@ -33,69 +34,12 @@ import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.rtp import RtpPacket
-from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 
-from transceiver.app import Call, OpusFrame
+from transceiver import aiortc_seam
+from transceiver.app import OPUS_FRAME_TICKS, Call, OpusFrame
 
 _HEAD = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
-OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz, when the app leaves timestamps to us
 STATS_EVERY = 16  # packets between updates of the SR counters aiortc's sender reports
-_SENDER = "_RTCRtpSender__"  # name-mangled private attributes of RTCRtpSender
-
-
-def check_aiortc_fields() -> None:
-    """Fail at start-up, not mid-call, if an aiortc upgrade moved what the fast path uses."""
-    names = set(RTCRtpSender.__init__.__code__.co_names)
-    names.update(RTCRtpSender.send.__code__.co_names)
-    for field in ("packet_count", "octet_count", "rtp_timestamp", "ntp_timestamp", "mid"):
-        if f"{_SENDER}{field}" not in names:
-            raise RuntimeError(f"aiortc's RTCRtpSender changed: no {field} for the fast path")
-    setup = RTCDtlsTransport._setup_srtp.__code__.co_names
-    if "_rx_srtp" not in setup or "_tx_srtp" not in setup:
-        raise RuntimeError("aiortc's RTCDtlsTransport changed: its SRTP sessions moved")
-
-
-class _SrtpCalls:
-    """protect()/unprotect() of one pylibsrtp.Session without its per-call wrapper cost.
-
-    pylibsrtp's Session.__process allocates an `int *` with cffi and re-checks its arguments
-    on every packet (about 40 % of a protect() for an Opus packet); here the length cell is
-    allocated once and libsrtp is called on the session's own buffer, exactly as
-    Session.__process does. Falls back to the public methods if pylibsrtp's internals move.
-    """
-
-    def __init__(self, session: pylibsrtp.Session) -> None:
-        self._session = session
-        try:
-            self._srtp = session._srtp[0]
-            self._cdata = session._cdata
-            self._buffer = session._buffer
-            self._size = len(self._buffer)
-        except (AttributeError, TypeError):
-            self.protect = session.protect  # type: ignore[method-assign]
-            self.unprotect = session.unprotect  # type: ignore[method-assign]
-            return
-        self._len = _ffi.new("int *")
-        self._protect = _lib.srtp_protect
-        self._unprotect = _lib.srtp_unprotect
-
-    def _process(self, data: bytes, func: Callable[..., int], room: int) -> bytes:
-        n = len(data)
-        if n > room:
-            raise ValueError("packet is too long")
-        self._buffer[0:n] = data
-        self._len[0] = n
-        rc = func(self._srtp, self._cdata, self._len)
-        if rc:
-            raise pylibsrtp.Error(f"libsrtp error {rc}")
-        return self._buffer[0 : self._len[0]]
-
-    def protect(self, data: bytes) -> bytes:  # room for the auth tag, like pylibsrtp
-        return self._process(data, self._protect, self._size - pylibsrtp.SRTP_MAX_TRAILER_LEN)
-
-    def unprotect(self, data: bytes) -> bytes:
-        return self._process(data, self._unprotect, self._size)
 
 
 def parse_rtp(data: bytes) -> tuple[int, int, int, bytes] | None:
@@ -131,14 +75,15 @@ class OpusFastPath:
         send_payload_type: int,
         write: Callable[[bytes], None],
     ) -> None:
-        self._rx = _SrtpCalls(dtls._rx_srtp)
-        self._tx = _SrtpCalls(dtls._tx_srtp)
+        rx, tx = aiortc_seam.srtp_sessions(dtls)
+        self._rx = aiortc_seam.FastSrtp(rx)
+        self._tx = aiortc_seam.FastSrtp(tx)
         self._call = call
         self._sender = sender
         self._payload_types = frozenset(payload_types)
         self._write = write
         self._pt = send_payload_type
-        self._ssrc = sender._ssrc
+        self._ssrc = aiortc_seam.sender_ssrc(sender)
         template = self._header_template(dtls, sender)
         self._b0 = template[0]  # version, and the X bit when an extension is negotiated
         self._extension = template[12:]  # the header extension block (mid), constant
@@ -157,8 +102,8 @@ class OpusFastPath:
         # for audio); send() reuses its first byte and extension block, which never change.
         packet = RtpPacket(payload_type=self._pt, sequence_number=0, timestamp=0)
         packet.ssrc = self._ssrc
-        packet.extensions.mid = getattr(sender, f"{_SENDER}mid")
-        return packet.serialize(dtls._rtp_header_extensions_map)
+        packet.extensions.mid = aiortc_seam.sender_mid(sender)
+        return packet.serialize(aiortc_seam.header_extensions_map(dtls))
 
     # --- inbound, called by the mux for SRTP (not SRTCP) on the call's path -----------------
 
@@ -204,8 +149,12 @@ class OpusFastPath:
 
     def _publish_sender_stats(self, rtp_timestamp: int) -> None:
         # aiortc's sender writes its RTCP SR from these; its own RTP loop never sends here.
-        s = self._sender
-        setattr(s, f"{_SENDER}ntp_timestamp", current_ntp_time())
-        setattr(s, f"{_SENDER}rtp_timestamp", rtp_timestamp)
-        setattr(s, f"{_SENDER}packet_count", self.rtp_out)
-        setattr(s, f"{_SENDER}octet_count", self.octets_out)
+        aiortc_seam.publish_sender_stats(
+            self._sender,
+            aiortc_seam.SenderCounters(
+                ntp_timestamp=current_ntp_time(),
+                rtp_timestamp=rtp_timestamp,
+                packet_count=self.rtp_out,
+                octet_count=self.octets_out,
+            ),
+        )

@@ -1,6 +1,6 @@
 """Glue between aiortc's RTP sender/receiver and the application's `Call` (transceiver/app.py).
 
-Why these hooks, and the one private attribute:
+Why these hooks (the private parts of them live in transceiver/aiortc_seam.py):
 - Sending Opus without encoding needs no patching: RTCRtpSender packs any non-Frame a track
   returns via `encoder.pack()`, and aiortc's OpusEncoder.pack() copies an `av.Packet` verbatim
   into the RTP payload. So `OutboundTrack` returns `av.Packet`s for Opus apps.
@@ -28,11 +28,10 @@ from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from transceiver.app import OPUS_CLOCK, Call, OpusFrame
+from transceiver import aiortc_seam
+from transceiver.app import OPUS_CLOCK, OPUS_FRAME_TICKS, Call, OpusFrame
 
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK)
-OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz, used when the app leaves timestamps to us
-_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 
 
 class OutboundTrack(MediaStreamTrack):
@@ -74,26 +73,17 @@ class OpusTap:
         return self._sentinel.get()
 
 
-def check_aiortc_hooks() -> None:
-    """Fail at start-up, not mid-call, if an aiortc upgrade moved what we hook."""
-    probe = RTCRtpReceiver.__init__.__code__.co_names
-    if _DECODER_QUEUE_ATTR not in probe or not hasattr(RTCRtpReceiver, "_handle_rtp_packet"):
-        raise RuntimeError("aiortc's RTCRtpReceiver changed: the Opus tap needs updating")
-
-
 def tap_opus(receiver: RTCRtpReceiver, call: Call, payload_types: set[int]) -> None:
     """Hand the receiver's Opus RTP payloads to `call` as they arrive; never decode them."""
-    setattr(receiver, _DECODER_QUEUE_ATTR, OpusTap())
-    handle = receiver._handle_rtp_packet
+    aiortc_seam.replace_decoder_queue(receiver, OpusTap())
 
-    async def handle_and_tap(packet: RtpPacket, arrival_time_ms: int) -> None:
-        await handle(packet, arrival_time_ms=arrival_time_ms)
+    def deliver(packet: RtpPacket) -> None:
         if packet.payload_type in payload_types and packet.payload:
             call._deliver(
                 OpusFrame(packet.payload, packet.timestamp, sequence=packet.sequence_number)
             )
 
-    receiver._handle_rtp_packet = handle_and_tap  # type: ignore[method-assign]
+    aiortc_seam.tap_rtp(receiver, deliver)
 
 
 async def pump_pcm(track: MediaStreamTrack, call: Call) -> None:

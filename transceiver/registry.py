@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import redis
 
+from transceiver import defaults
 from transceiver.keys import Keyring
 from wire import registry as wreg
 
@@ -45,12 +46,16 @@ class RegistryAgent:
         url: str,
         record: Callable[[], wreg.TransceiverRecord],
         *,
-        prefix: str = wreg.DEFAULT_PREFIX,
-        ttl: float = wreg.DEFAULT_TTL,
-        refresh: float = wreg.REFRESH_INTERVAL,
+        prefix: str = defaults.REDIS_PREFIX,
+        ttl: float = defaults.REGISTRY_TTL,
+        refresh: float = defaults.REGISTRY_REFRESH,
         keyring: Keyring | None = None,
     ) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=defaults.REDIS_TIMEOUT,
+            socket_connect_timeout=defaults.REDIS_TIMEOUT,
+        )
         self._record = record
         self._prefix = prefix
         self._ttl = ttl

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from transceiver import defaults
 from transceiver.calls import CallManager, Refused
 from transceiver.metrics import Metrics
 from transceiver.sdp import MAX_OFFER_BYTES, OfferError
@@ -33,7 +34,7 @@ async def post_call(request: web.Request) -> web.Response:
     try:
         session, answer = await manager.create(offer)
     except Refused as exc:
-        return _text(exc.status, exc.reason, **{"Retry-After": "5"})
+        return _text(exc.status, exc.reason, **{"Retry-After": str(defaults.RETRY_AFTER)})
     except OfferError as exc:
         return _text(400, exc.reason)
     return web.Response(

@@ -1,10 +1,10 @@
-"""One call: an aiortc RTCPeerConnection whose ICE transport is our ICE-lite connection.
+"""One call: an aiortc RTCPeerConnection whose ICE transport is our ICE-lite agent.
 
 RTCPeerConnection is kept for what it does well (SDP negotiation of codecs/mids/extensions,
-DTLS, SRTP, RTP/RTCP). Two things are changed from outside, at the points marked below:
-- its single ICE transport gets an IceLiteConnection instead of an aioice.Connection (swapped
-  right after addTransceiver, before any negotiation), since aioice is a full agent owning its
-  own sockets;
+DTLS, SRTP, RTP/RTCP). Two things are changed from outside, through transceiver/aiortc_seam.py:
+- its single ICE transport gets an IceLiteAgent (transceiver/ice.py) instead of an
+  aioice.Connection (swapped right after addTransceiver, before any negotiation), since aioice
+  is a full agent owning its own sockets;
 - the DTLS role is set explicitly so the answer says `a=setup:passive` (browsers expect the
   answerer to be the DTLS server; aiortc would answer `active`).
 """
@@ -26,11 +26,11 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from transceiver import media
+from transceiver import aiortc_seam, media
 from transceiver.app import Call, CallApp
 from transceiver.certs import SharedCertificate
 from transceiver.fastpath import OpusFastPath
-from transceiver.icelite import IceLiteConnection
+from transceiver.ice import IceLiteAgent
 from transceiver.mux import SocketMux
 from transceiver.sdp import OfferError, add_ice_lite, validate_offer
 
@@ -75,10 +75,9 @@ class CallSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._ending: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()
-        self.ice = IceLiteConnection(
+        self.ice = IceLiteAgent(
             local_username=ufrag,
             candidates=candidates,
-            sender=mux,
             consent_timeout=consent_timeout,
             setup_timeout=setup_timeout,
             on_close=self._ice_closed,
@@ -96,18 +95,14 @@ class CallSession:
     async def answer(self, offer: str) -> str:
         """Negotiate; returns the SDP answer. Raises OfferError for offers we cannot take."""
         offered = validate_offer(offer)
-        self._mux.add(self.ice)
+        self._mux.register(self.ice)
         pc = self.pc
-        transceiver = pc.addTransceiver(media.OutboundTrack(self.call), direction="sendrecv")
-        dtls = transceiver.receiver.transport
-        ice_transport = dtls.transport
-        # PATCH POINT (ICE): RTCIceTransport copied recv/send from the aioice.Connection its
-        # gatherer made; point all three at our lite connection. MAX_BUNDLE makes every other
-        # m-line reuse this transport, so no other aioice.Connection ever gathers or connects.
-        ice_transport._connection = self.ice
-        ice_transport._recv = self.ice.recv
-        ice_transport._send = self.ice.send
-        ice_transport.iceGatherer._connection = self.ice
+        # The SDP transceiver (aiortc's RTCRtpTransceiver), not to be confused with this process.
+        rtp = pc.addTransceiver(media.OutboundTrack(self.call), direction="sendrecv")
+        dtls = rtp.receiver.transport
+        # MAX_BUNDLE makes every other m-line reuse this transport, so no other
+        # aioice.Connection ever gathers or connects.
+        aiortc_seam.use_ice_agent(dtls.transport, self.ice)
         if self.call.media == "opus":
             opus = {
                 c.payloadType
@@ -116,7 +111,7 @@ class CallSession:
                 for c in m.rtp.codecs
                 if c.mimeType.lower() == "audio/opus"
             }
-            media.tap_opus(transceiver.receiver, self.call, opus)
+            media.tap_opus(rtp.receiver, self.call, opus)
             self._opus_pts = opus
         dtls.on("statechange", lambda: self._dtls_state(dtls.state))
         pc.on("connectionstatechange", self._pc_state)
@@ -125,9 +120,8 @@ class CallSession:
         except Exception as exc:  # aiortc rejects e.g. no common codec with assorted errors
             raise OfferError(f"offer rejected: {exc}") from None
         offered_role = next((m.dtls.role for m in offered.media if m.dtls is not None), "auto")
-        # PATCH POINT (DTLS role): answer passive (we are the DTLS server) unless the offer
-        # insisted on being passive itself.
-        dtls._set_role("client" if offered_role == "server" else "server")
+        # Answer passive (we are the DTLS server) unless the offer insisted on being passive.
+        aiortc_seam.set_dtls_role(dtls, "client" if offered_role == "server" else "server")
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         return add_ice_lite(pc.localDescription.sdp)
@@ -147,16 +141,15 @@ class CallSession:
     def _start_fastpath(self) -> None:
         # Runs inside RTCDtlsTransport.start() right after _setup_srtp(), before any SRTP can
         # be received, so every RTP packet of the call goes through the fast path.
-        transceiver = self.pc.getTransceivers()[0]
+        rtp = self.pc.getTransceivers()[0]
         answer = SessionDescription.parse(self.pc.localDescription.sdp)
         codecs = [c for m in answer.media if m.kind == "audio" for c in m.rtp.codecs]
         if not codecs or codecs[0].mimeType.lower() != "audio/opus":
             log.info("call %s: answer does not send Opus first, media stays on aiortc", self.id)
             return
-        dtls = transceiver.receiver.transport
         fast = OpusFastPath(
-            dtls=dtls,
-            sender=transceiver.sender,
+            dtls=rtp.receiver.transport,
+            sender=rtp.sender,
             call=self.call,
             payload_types=self._opus_pts,
             send_payload_type=codecs[0].payloadType,
@@ -184,10 +177,10 @@ class CallSession:
         if self.pc.connectionState in ("failed", "closed"):
             self.end_soon(self.ice.close_reason or "peer_closed")
 
-    def _ice_closed(self, conn: IceLiteConnection) -> None:
-        self._mux.remove(conn)
-        if conn.close_reason is not None:
-            self.end_soon(conn.close_reason)
+    def _ice_closed(self, agent: IceLiteAgent) -> None:
+        self._mux.unregister(agent)
+        if agent.close_reason is not None:
+            self.end_soon(agent.close_reason)
 
     def end_soon(self, reason: str) -> None:
         if self._ending is None:
@@ -207,7 +200,7 @@ class CallSession:
         except Exception:
             log.exception("call %s: close failed", self.id)
         await self.ice.close()
-        self._mux.remove(self.ice)
+        self._mux.unregister(self.ice)
         if self.fastpath is not None and self._fast_stats is not None:
             self._fast_stats.fastpath_ended(self.fastpath)
         if self.connected_at is not None:

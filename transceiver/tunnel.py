@@ -1,90 +1,93 @@
-"""The mux's per-path tunnel fast lane: wrap replies and recognise inbound packets cheaply.
+"""The relay tunnel as a layer under the socket mux (docs/wire-format.md §3).
 
-wire.encap builds and parses tunnel packets generically (string addresses, checksums summed
-16 bits at a time), which costs more than the SRTP work for a 100-byte Opus packet. For one
-tunneled path everything but the lengths and checksums is fixed, so:
+A relay delivers a client's datagram as a whole IPv4/UDP packet (client:port -> VIP:port)
+inside a UDP datagram from the relay; replies go back the same way, VIP:port -> client:port,
+to the relay's tunnel port. This layer turns a tunnel datagram into (path key, inner payload)
+or a counted drop, says which Path a key names (checking the VIP), and makes the Route that
+wraps a path's replies. The header bytes themselves are wire.encap's (one home, shared with the
+relays): `inbound_key()` reads a plain inner header without parsing it, `PathHeader` builds a
+path's reply headers with everything but lengths and checksums made once.
 
-- `PathHeader.wrap()` prepends a precomputed IPv4+UDP header (docs/wire-format.md §3,
-  transceiver -> relay: IHL 5, TTL 64, id 0, no DF, correct IPv4 and UDP checksums; the same
-  bytes wire.encap.ipv4_udp makes, which a test checks). The checksums use the fact that the
-  ones' complement sum of 16-bit words is the packet read as one big integer modulo 0xFFFF
-  (2^16 = 1 mod 0xFFFF), so one int.from_bytes() replaces the word loop.
-- `inbound_key()` names the path of an inbound tunnel datagram by its raw inner addresses and
-  ports (12 bytes of the header), so the mux can find a bound path without building strings.
+Hot path: the mux looks the key up among bound paths first; only a key no call has bound goes
+through `path_of()`. A bound key's VIP was checked when it was bound, so it is not re-checked.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from transceiver.paths import Addr
+from transceiver import defaults
+from transceiver.drops import TUNNEL_BAD_INNER, TUNNEL_FOREIGN_VIP
+from transceiver.paths import Addr, Path, Route, SendTo
+from wire import encap
 
-IP_HLEN = 20
-UDP_HLEN = 8
-PROTO_UDP = 17
-TTL = 64
-_HEADER = struct.Struct("!BBHHHBBH4s4sHHHH")
-_LENGTHS = struct.Struct("!H")
+if TYPE_CHECKING:
+    from transceiver.ice import IceLiteAgent
 
-
-def _fold(value: int) -> int:
-    """Ones' complement sum (1..0xFFFF) of words whose plain sum or big-int value is `value`."""
-    s = value % 0xFFFF
-    return s or 0xFFFF
+TUNNEL_FIRST_BYTE = 0x45  # IPv4, IHL 5: RFC 7983 leaves 64..79 to TURN channels, not WebRTC
 
 
-def _words(data: bytes) -> int:
-    return int.from_bytes(data + b"\x00" if len(data) & 1 else data, "big")
+class TunnelRoute(Route):
+    """A path through a relay: replies are wrapped and sent to the latest delivering relay."""
+
+    __slots__ = ("_header", "_port", "_sendto")
+
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        agent: IceLiteAgent,
+        relay: str,
+        sendto: SendTo,
+        relay_tunnel_port: int,
+    ) -> None:
+        super().__init__(path, key, agent, relay)
+        assert path.vip is not None
+        self._header = encap.PathHeader(path.vip, path.client)
+        self._sendto = sendto
+        self._port = relay_tunnel_port
+
+    def send(self, data: bytes) -> None:
+        self._sendto(self._header.wrap(data), (self.relay, self._port))  # type: ignore[arg-type]
 
 
-def path_key(client: Addr, vip: Addr) -> bytes:
-    """Inner source address, destination address, source port, destination port: as on the wire."""
-    return (
-        socket.inet_aton(client[0])
-        + socket.inet_aton(vip[0])
-        + struct.pack("!HH", client[1], vip[1])
-    )
+class TunnelLayer:
+    def __init__(
+        self,
+        *,
+        vips: Iterable[Addr],
+        drop: Callable[[str], None],
+        sendto: SendTo,
+        relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT,
+    ) -> None:
+        # No VIPs (direct mode): clients never reach us through a relay, so nothing tunneled
+        # is ours.
+        self._vips = frozenset(vips)
+        self._drop = drop
+        self._sendto = sendto
+        self.relay_tunnel_port = relay_tunnel_port
 
+    def unwrap(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """(path key, inner payload) of a tunnel datagram; None: dropped and counted."""
+        key = encap.inbound_key(data)
+        if key is not None:
+            return key, data[encap.OUTER_LEN :]
+        try:
+            inner = encap.parse_ipv4_udp(data)
+        except encap.EncapError:
+            self._drop(TUNNEL_BAD_INNER)
+            return None
+        return encap.path_key((inner.src, inner.sport), (inner.dst, inner.dport)), inner.payload
 
-def inbound_key(data: bytes) -> bytes | None:
-    """The path key of a tunnel datagram whose inner IPv4/UDP header is plain and consistent.
+    def path_of(self, key: bytes) -> Path | None:
+        """The path a key names if it came to one of our VIPs; None: dropped and counted."""
+        vip = (socket.inet_ntoa(key[4:8]), int.from_bytes(key[10:12], "big"))
+        if vip not in self._vips:
+            self._drop(TUNNEL_FOREIGN_VIP)
+            return None
+        return Path(client=(socket.inet_ntoa(key[0:4]), int.from_bytes(key[8:10], "big")), vip=vip)
 
-    None sends the datagram down the mux's full parse (wire.encap), which counts what is wrong.
-    """
-    if len(data) < IP_HLEN + UDP_HLEN or data[0] != 0x45 or data[9] != PROTO_UDP:
-        return None
-    if data[6] & 0x3F or data[7]:  # MF flag or a fragment offset
-        return None
-    total = (data[2] << 8) | data[3]
-    if total != len(data) or ((data[24] << 8) | data[25]) != total - IP_HLEN:
-        return None
-    return data[12:24]
-
-
-class PathHeader:
-    """The IPv4+UDP header of every packet sent on one tunneled path, VIP:port -> client:port."""
-
-    def __init__(self, vip: Addr, client: Addr) -> None:
-        src, dst = socket.inet_aton(vip[0]), socket.inet_aton(client[0])
-        self._fixed = _HEADER.pack(
-            0x45, 0, 0, 0, 0, TTL, PROTO_UDP, 0, src, dst, vip[1], client[1], 0, 0
-        )
-        # Sums of the words that never change: the IPv4 header without total length and
-        # checksum, and the UDP pseudo header + header without the two lengths and checksum.
-        self._ip_sum = _words(self._fixed[:IP_HLEN])
-        self._udp_sum = _words(src + dst) + PROTO_UDP + vip[1] + client[1]
-
-    def wrap(self, payload: bytes) -> bytes:
-        ulen = UDP_HLEN + len(payload)
-        total = IP_HLEN + ulen
-        ip_csum = 0xFFFF - _fold(self._ip_sum + total)
-        # the UDP length counts twice: in the pseudo header and in the UDP header
-        udp_csum = 0xFFFF - _fold(self._udp_sum + 2 * ulen + _words(payload))
-        header = bytearray(self._fixed)
-        header[2:4] = _LENGTHS.pack(total)
-        header[10:12] = _LENGTHS.pack(ip_csum)
-        header[24:26] = _LENGTHS.pack(ulen)
-        header[26:28] = _LENGTHS.pack(udp_csum or 0xFFFF)  # 0 would mean "no checksum"
-        header += payload
-        return bytes(header)
+    def route(self, path: Path, key: bytes, agent: IceLiteAgent, relay: str) -> TunnelRoute:
+        return TunnelRoute(path, key, agent, relay, self._sendto, self.relay_tunnel_port)

@@ -3,6 +3,11 @@
 The relay sends the client's whole IPv4/UDP packet as the payload of an outer UDP datagram (no
 GUE header: the first nibble, 4, says IPv4); transceivers answer the same way. These functions
 build and check exactly what the BPF program emits and accepts.
+
+Two kinds of builder, one set of bytes: `ipv4_udp()` makes any packet; `PathHeader` makes the
+packets of one fixed address pair (a transceiver's replies on one tunneled path) with everything
+but the lengths and checksums computed once. `inbound_key()` reads the 12 address and port
+bytes of a plain inbound packet without parsing it, so a receiver can find its path in a dict.
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-RELAY_TUNNEL_PORT = 6080
+from wire.defaults import IP_TTL
+from wire.defaults import RELAY_TUNNEL_PORT as RELAY_TUNNEL_PORT  # re-export: older importers
+
+Addr = tuple[str, int]
 IP_HLEN = 20
 UDP_HLEN = 8
 OUTER_LEN = IP_HLEN + UDP_HLEN
 PROTO_UDP = 17
-DEFAULT_TTL = 64
 _DF = 0x4000
 _MF_OFFSET = 0x3FFF  # MF flag + fragment offset: any bit set means a fragment
 _IP = struct.Struct(">BBHHHBBH4s4s")
 _UDP = struct.Struct(">HHHH")
+_U16 = struct.Struct(">H")
 
 
 class EncapError(ValueError):
@@ -40,17 +48,30 @@ class Datagram:
     dport: int
     payload: bytes
     tos: int = 0
-    ttl: int = DEFAULT_TTL
+    ttl: int = IP_TTL
+
+
+def _words(data: bytes) -> int:
+    """`data` as one big-endian integer, zero-padded to whole 16-bit words."""
+    return int.from_bytes(data + b"\x00" if len(data) & 1 else data, "big")
+
+
+def _fold(value: int) -> int:
+    """The ones' complement sum (RFC 1071) of the 16-bit words that make up `value`.
+
+    `value` may be `_words(data)`, a plain sum of words, or a sum of both: since 2**16 is 1
+    modulo 0xFFFF, a number and the sum of its 16-bit digits are equal modulo 0xFFFF, so one
+    `%` replaces the word loop. The end-around carry never folds a nonzero sum to 0, hence 0xFFFF
+    where `%` says 0; only all-zero words sum to 0.
+    """
+    if value == 0:
+        return 0
+    return value % 0xFFFF or 0xFFFF
 
 
 def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """The Internet checksum (RFC 1071) of `data`: 0 over a packet whose checksum is right."""
+    return 0xFFFF - _fold(_words(data))
 
 
 def _addr(a: str) -> bytes:
@@ -67,7 +88,7 @@ def _ip_header(
     src: bytes, dst: bytes, total: int, *, ttl: int, tos: int, ident: int, df: bool
 ) -> bytes:
     hdr = _IP.pack(0x45, tos, total, ident, _DF if df else 0, ttl, PROTO_UDP, 0, src, dst)
-    return hdr[:10] + struct.pack(">H", checksum(hdr)) + hdr[12:]
+    return hdr[:10] + _U16.pack(checksum(hdr)) + hdr[12:]
 
 
 def ipv4_udp(
@@ -77,7 +98,7 @@ def ipv4_udp(
     dport: int,
     payload: bytes,
     *,
-    ttl: int = DEFAULT_TTL,
+    ttl: int = IP_TTL,
     tos: int = 0,
     ident: int = 0,
     df: bool = False,
@@ -88,7 +109,7 @@ def ipv4_udp(
     if IP_HLEN + ulen > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes does not fit in one IPv4 packet")
     udp = _UDP.pack(sport, dport, ulen, 0) + payload
-    udp = udp[:6] + struct.pack(">H", _udp_checksum(s, d, udp)) + udp[8:]
+    udp = udp[:6] + _U16.pack(_udp_checksum(s, d, udp)) + udp[8:]
     return _ip_header(s, d, IP_HLEN + ulen, ttl=ttl, tos=tos, ident=ident, df=df) + udp
 
 
@@ -151,7 +172,7 @@ def encapsulate(inner: bytes, relay_addr: str, txr_addr: str, txr_port: int) -> 
     if total > 0xFFFF:
         raise EncapError("too_big", f"{len(inner)}-byte packet does not fit in a tunnel datagram")
     ip = _ip_header(
-        _addr(relay_addr), _addr(txr_addr), total, ttl=DEFAULT_TTL, tos=d.tos, ident=0, df=True
+        _addr(relay_addr), _addr(txr_addr), total, ttl=IP_TTL, tos=d.tos, ident=0, df=True
     )
     udp = _UDP.pack(flow_entropy(d.src, d.sport, d.dport), txr_port, UDP_HLEN + len(inner), 0)
     return ip + udp + inner
@@ -172,3 +193,61 @@ def decapsulate(outer: bytes) -> bytes:
     if int.from_bytes(inner[2:4], "big") != len(inner):
         raise EncapError("bad_inner", "tunnel payload length != inner IPv4 total length")
     return inner
+
+
+def path_key(client: Addr, vip: Addr) -> bytes:
+    """What `inbound_key()` returns for packets client -> VIP: addresses, then ports."""
+    return _addr(client[0]) + _addr(vip[0]) + struct.pack(">HH", client[1], vip[1])
+
+
+def inbound_key(pkt: bytes) -> bytes | None:
+    """Source and destination address and port (12 raw bytes) of a plain IPv4/UDP packet.
+
+    Plain: IHL 5, UDP, not a fragment, both lengths equal to the packet's. Anything else is
+    None, so the caller falls back to `parse_ipv4_udp()`, which says what is wrong.
+    """
+    if len(pkt) < OUTER_LEN or pkt[0] != 0x45 or pkt[9] != PROTO_UDP:
+        return None
+    if pkt[6] & 0x3F or pkt[7]:  # MF flag or a fragment offset
+        return None
+    total = (pkt[2] << 8) | pkt[3]
+    if total != len(pkt) or ((pkt[24] << 8) | pkt[25]) != total - IP_HLEN:
+        return None
+    return pkt[12:24]
+
+
+class PathHeader:
+    """`ipv4_udp(src, sport, dst, dport, payload)` for one fixed address pair, made fast.
+
+    Same bytes (IHL 5, TTL 64, id 0, no DF, tos 0, both checksums): everything but the two
+    lengths and checksums is built once, and the checksums start from the precomputed sums of
+    the words that never change, so a packet costs one `int.from_bytes()` of its payload.
+    """
+
+    __slots__ = ("_fixed", "_ip_sum", "_udp_sum")
+
+    def __init__(self, src: Addr, dst: Addr) -> None:
+        s, d = _addr(src[0]), _addr(dst[0])
+        self._fixed = _IP.pack(0x45, 0, 0, 0, 0, IP_TTL, PROTO_UDP, 0, s, d) + _UDP.pack(
+            src[1], dst[1], 0, 0
+        )
+        # IPv4 header without total length and checksum; UDP pseudo header and header without
+        # the two length fields and the checksum.
+        self._ip_sum = _words(self._fixed[:IP_HLEN])
+        self._udp_sum = _words(s + d) + PROTO_UDP + src[1] + dst[1]
+
+    def wrap(self, payload: bytes) -> bytes:
+        ulen = UDP_HLEN + len(payload)
+        total = IP_HLEN + ulen
+        if total > 0xFFFF:
+            raise ValueError(f"payload of {len(payload)} bytes does not fit in one IPv4 packet")
+        ip_csum = 0xFFFF - _fold(self._ip_sum + total)
+        # the UDP length counts twice: in the pseudo header and in the UDP header
+        udp_csum = 0xFFFF - _fold(self._udp_sum + 2 * ulen + _words(payload))
+        header = bytearray(self._fixed)
+        header[2:4] = _U16.pack(total)
+        header[10:12] = _U16.pack(ip_csum)
+        header[24:26] = _U16.pack(ulen)
+        header[26:28] = _U16.pack(udp_csum or 0xFFFF)  # 0 would mean "no checksum"
+        header += payload
+        return bytes(header)

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from transceiver.config import Settings
-from transceiver.service import Transceiver
+from transceiver.service import TransceiverService
 
 TEST_KEY_ID = 3
 TEST_KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -34,10 +34,10 @@ def settings(**overrides: object) -> Settings:
 @pytest.fixture
 async def start_txr() -> AsyncIterator[Callable[..., object]]:
     """Start in-process transceivers with Settings overrides; all are stopped afterwards."""
-    started: list[Transceiver] = []
+    started: list[TransceiverService] = []
 
-    async def start(app: object = None, **overrides: object) -> Transceiver:
-        txr = Transceiver(settings(**overrides), app=app)  # type: ignore[arg-type]
+    async def start(app: object = None, **overrides: object) -> TransceiverService:
+        txr = TransceiverService(settings(**overrides), app=app)  # type: ignore[arg-type]
         await txr.start()
         started.append(txr)
         return txr
@@ -48,7 +48,7 @@ async def start_txr() -> AsyncIterator[Callable[..., object]]:
 
 
 @pytest.fixture
-async def txr(start_txr: Callable[..., object]) -> Transceiver:
+async def txr(start_txr: Callable[..., object]) -> TransceiverService:
     return await start_txr()  # type: ignore[misc]
 
 

@@ -129,7 +129,7 @@ async def test_bad_offers_get_400_with_a_reason(txr, http: aiohttp.ClientSession
         assert status == 400 and "Opus" in body
         status, body = await post(http, txr.http_url, "v=0\r\n" + "a=x\r\n" * 100_000)
         assert status in (400, 413)
-        assert txr.manager.active == 0 and txr.mux._by_ufrag == {}
+        assert txr.manager.active == 0 and txr.mux.registered() == []
     finally:
         await client.close()
 

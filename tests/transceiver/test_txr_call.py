@@ -9,14 +9,14 @@ import aiohttp
 import pytest
 from txr_peers import TONE_HZ, call, dominant_hz, rms
 
-from transceiver.service import Transceiver
+from transceiver.service import TransceiverService
 from wire import ufrag
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_call_connects_echoes_and_delete_ends_it(
-    txr: Transceiver, http: aiohttp.ClientSession
+    txr: TransceiverService, http: aiohttp.ClientSession
 ) -> None:
     client = await call(http, txr.http_url, want_frames=100)
     try:
@@ -57,7 +57,7 @@ async def test_call_connects_echoes_and_delete_ends_it(
 
 
 async def test_offer_with_a_data_channel_still_gets_audio_echo(
-    txr: Transceiver, http: aiohttp.ClientSession
+    txr: TransceiverService, http: aiohttp.ClientSession
 ) -> None:
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from txr_peers import Client, ToneTrack
@@ -85,7 +85,7 @@ async def test_offer_with_a_data_channel_still_gets_audio_echo(
         await client.close()
 
 
-async def test_index_page_and_healthz(txr: Transceiver, http: aiohttp.ClientSession) -> None:
+async def test_index_page_and_healthz(txr: TransceiverService, http: aiohttp.ClientSession) -> None:
     from transceiver.server import STATIC_DIR
 
     async with http.get(txr.http_url + "/") as resp:

@@ -8,6 +8,8 @@ import aiohttp
 import pytest
 from txr_peers import call, make_offer
 
+from transceiver import aiortc_seam
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -26,7 +28,7 @@ async def test_peer_hangup_ends_the_call(txr, http: aiohttp.ClientSession) -> No
     await client.close()  # DTLS close_notify
     await asyncio.wait_for(session.ended.wait(), 10)
     assert session.end_reason == "peer_closed"
-    assert txr.manager.active == 0 and txr.mux._routes == {} and txr.mux._by_ufrag == {}
+    assert txr.manager.active == 0 and txr.mux.bound_routes() == [] and txr.mux.registered() == []
 
 
 async def test_call_ends_when_client_stops_consent_checks(start_txr, http) -> None:
@@ -37,7 +39,7 @@ async def test_call_ends_when_client_stops_consent_checks(start_txr, http) -> No
         await asyncio.wait_for(client.got_frames.wait(), 10)
         (session,) = txr.manager.sessions.values()
         # Media keeps flowing, but the client no longer sends consent checks.
-        client.ice._query_consent_task.cancel()
+        aiortc_seam.stop_consent_checks(client.ice)
         checks = session.ice.checks
         assert await wait_ended(txr, 8) == "consent_expired"
         assert session.ice.checks == checks
@@ -71,6 +73,6 @@ async def test_offer_without_checks_times_out(start_txr, http) -> None:
         ) as resp:
             assert resp.status == 201
         assert await wait_ended(txr, 5) == "setup_timeout"
-        assert txr.manager.active == 0 and txr.mux._by_ufrag == {}
+        assert txr.manager.active == 0 and txr.mux.registered() == []
     finally:
         await client.close()

@@ -1,0 +1,13 @@
+"""Fleet-wide defaults: values relays, transceivers and the controller must agree on.
+
+Each package keeps its own defaults table (e.g. transceiver/defaults.py) for what only it uses;
+what crosses a process boundary lives here, once.
+"""
+
+from __future__ import annotations
+
+RELAY_TUNNEL_PORT = 6080  # UDP port every relay receives transceivers' tunnel datagrams on
+REGISTRY_TTL = 10.0  # seconds a transceiver's registry entry lives without a refresh
+REGISTRY_REFRESH = 3.0  # seconds between a transceiver's registry refreshes
+REDIS_PREFIX = "edge"  # prefix of every registry key in Redis
+IP_TTL = 64  # TTL of the IPv4 packets we build (tunnel headers, replies inside them)
