@@ -39,13 +39,14 @@ from lab.fibsandbox import (
     fib_sandbox,
     prog_test_run,
 )
+from wire.defaults import RELAY_TUNNEL_PORT
 from wire.encap import flow_entropy, ipv4_udp
 from wire.stun import build_binding_request
 from wire.ufrag import mint
 
 BASELINE_SRC = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 VIP, VIP_PORT = "198.19.128.10", 3478
-TUNNEL, TUNNEL_PORT = TXR_LINK.addr, 6080
+TUNNEL, TUNNEL_PORT = TXR_LINK.addr, RELAY_TUNNEL_PORT
 TXR_ADDR, TXR_PORT, CLUSTER, TXR_ID = NEAR_TXR[0], 5000, 1, 7
 KEY_ID, KEY = 1, bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")
 CLIENT, CLIENT_PORT = "198.19.64.5", 50000

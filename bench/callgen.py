@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 import aiohttp
 from aiortc.mediastreams import MediaStreamTrack
 
-from lab import peer_seam, procstat
+from lab import procstat
 from lab.peer import ClientPeer
+from transceiver import aiortc_seam
 
 DRAIN_S = 0.5  # echoes still in flight after the clients stop sending
 RAMP_PER_S = 20.0  # new calls per second: a steady arrival rate, not one burst
@@ -326,7 +327,7 @@ async def run(
 def client_address_only(addr: str) -> None:
     """Gather client candidates on one address only (the server's side of the bench is untouched):
     fewer candidate pairs means less client work and a set-up time that measures the server."""
-    peer_seam.host_addresses_only(addr)
+    aiortc_seam.gather_only(addr)
 
 
 def main(argv: list[str] | None = None) -> int:

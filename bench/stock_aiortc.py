@@ -27,6 +27,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
+from wire.addr import bind_arg
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "transceiver" / "static"
 MAX_OFFER_BYTES = 64 * 1024
 
@@ -153,19 +155,12 @@ def make_app(capacity: int) -> web.Application:
     return app
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
-
-
 async def serve(host: str, port: int, capacity: int) -> None:
     runner = web.AppRunner(make_app(capacity))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+    bound = runner.addresses[0]
     print(f"READY http://{bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -179,7 +174,7 @@ async def serve(host: str, port: int, capacity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", type=parse_hostport, default=("127.0.0.1", 0))
+    parser.add_argument("--listen", type=bind_arg, default=("127.0.0.1", 0))
     parser.add_argument("--capacity", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -18,7 +18,7 @@ from control import defaults
 from control.errors import RelayctlError
 from datapath import DatapathError
 from wire.addr import parse_addr_port
-from wire.registry import DEFAULT_PREFIX as REDIS_PREFIX
+from wire.defaults import REDIS_PREFIX
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -29,8 +29,8 @@ from control.sync import RegistrySync
 from datapath import DatapathError
 from datapath.maps import RelayMaps, fd_info, obj_get, read_config
 from datapath.slowpath import SlowPath
+from wire.defaults import REDIS_PREFIX
 from wire.redisconn import Backoff, connect, redact
-from wire.registry import DEFAULT_PREFIX as REDIS_PREFIX
 
 log = logging.getLogger("relayctl.run")
 

@@ -1,6 +1,7 @@
 """Standard aiortc WebRTC calls to transceivers, driven over stdin/stdout (run in a client netns).
 
     python -m lab.callclient URL [URL ...]
+    python -m lab.callclient --once URL [FRAMES]
 
 One call per URL (lab.peer.ClientPeer: a WHIP-style POST of the offer; the answer's only
 candidates are the VIPs). It prints one JSON line per event and reads commands, one per line:
@@ -14,6 +15,10 @@ candidates are the VIPs). It prints one JSON line per event and reads commands, 
                       round trips on call I's credentials, from a fresh port, to the VIP
     rttdirect I N ADDR:PORT -> the same, sent straight to a transceiver's UDP socket
     hangup         -> DELETE every call, final "stats", exit 0
+
+`--once` places one call, waits for FRAMES decoded frames of echo (default 50), hangs up and
+prints one JSON document: state, frames, hz and rms of the echo (lab.tone), the nominated
+local/remote addresses, the answer, the server's /metrics text and the DELETE status.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import aiohttp
 from aioice import stun
 
 from lab.peer import ClientPeer
+from lab.tone import dominant_hz, rms
 from wire.addr import parse_addr_port
 
 
@@ -99,6 +105,31 @@ class Client:
             await peer.hang_up(self.http)
 
 
+async def once(url: str, frames: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        peer = ClientPeer(want_frames=frames)
+        try:
+            await peer.start(http, url)
+            await asyncio.wait_for(peer.got_frames.wait(), 20)
+            local, remote = peer.nominated()
+            tail = peer.frames[-40:]
+            result: dict[str, Any] = {
+                "state": peer.pc.connectionState,
+                "frames": len(peer.frames),
+                "hz": dominant_hz(tail),
+                "rms": rms(tail),
+                "local": list(local),
+                "remote": list(remote),
+                "answer": peer.answer_sdp,
+            }
+            async with http.get(url + "/metrics") as resp:
+                result["metrics"] = await resp.text()
+            result["delete"] = await peer.hang_up(http)
+            return result
+        finally:
+            await peer.close()
+
+
 async def main(urls: list[str]) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -132,4 +163,8 @@ async def main(urls: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--once"] and len(sys.argv) in (3, 4):
+        frames = int(sys.argv[3]) if len(sys.argv) == 4 else 50
+        print(json.dumps(asyncio.run(once(sys.argv[2], frames))))
+        sys.exit(0)
     sys.exit(asyncio.run(main(sys.argv[1:])))

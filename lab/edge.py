@@ -34,7 +34,7 @@ from lab.base import Lab, edge_host_sysctls, relayctl_path, stop_process
 from lab.redis_server import RedisServer
 from lab.wait import wait_until
 from wire import registry
-from wire.encap import RELAY_TUNNEL_PORT
+from wire.defaults import RELAY_TUNNEL_PORT
 
 VIP = "198.18.100.1"
 VIP_PORT = 3478

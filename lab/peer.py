@@ -4,23 +4,24 @@ The transceiver tests (in process), the namespace call client (lab.callclient, d
 stdin/stdout), the end-to-end tests, the demo and the call generator (bench.callgen) all place
 calls with this class, so "a call" means the same thing everywhere:
 
-    peer = ClientPeer(audio="pcm", keep_frames=50)   # or audio="opus", decode=False for load
+    peer = ClientPeer(audio="pcm", want_frames=50)   # or audio="opus", decode=False for load
     await peer.start(http, "http://198.18.2.2:8080")  # offer, POST, answer, wait connected
     ... peer.rtp_in, peer.max_gap, peer.frames ...
     await peer.hang_up(http)
 
 Echoed RTP is counted where it arrives (before any jitter buffer), so a gap in the path shows
-as a gap in the counts. The few private aiortc attributes a client needs (the arrival hook, the
-decoder queue, the nominated pair, the sender's packet count) are read through
-transceiver.aiortc_seam, the project's one seam into aiortc.
+as a gap in the counts. The few private aiortc attributes a client needs (the RTP tap, the
+decoder queue, the nominated pair, the sender's packet count) go through transceiver/aiortc_seam.py,
+the project's one seam into aiortc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -28,11 +29,26 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from lab import peer_seam as seam
 from lab.tone import OpusToneTrack, ToneTrack
+from transceiver import aiortc_seam as seam
 
 CALLS_PATH = "/v1/calls"
 SETUP_TIMEOUT = 20.0
+
+
+class _NoDecode:
+    """Stands in for the receiver's decoder queue: frames are dropped, not decoded. The
+    decoder thread waits on get() until the receiver stops and sends it the None sentinel."""
+
+    def __init__(self) -> None:
+        self._sentinel: queue.Queue[None] = queue.Queue()
+
+    def put(self, item: object) -> None:
+        if item is None:
+            self._sentinel.put(None)
+
+    def get(self) -> None:
+        return self._sentinel.get()
 
 
 class CallRefused(RuntimeError):
@@ -47,16 +63,21 @@ class CallRefused(RuntimeError):
 class ClientPeer:
     """One call. audio="pcm": a paced tone encoded by aiortc (like a browser); "opus": the tone
     pre-encoded (cheap, for load). decode=False: the echo is counted, never decoded.
-    keep_frames=N: keep the first N decoded frames of the echo (`frames`, `got_frames`)."""
+    want_frames=N: keep the decoded echo in `frames`; `got_frames` is set once N have arrived
+    (raise `want_frames` and clear `got_frames` to wait for more). data_channels: labels of data
+    channels opened before the audio track (`channels`)."""
 
     def __init__(
         self,
         *,
         audio: Literal["pcm", "opus"] = "pcm",
         decode: bool = True,
-        keep_frames: int = 0,
+        want_frames: int = 0,
+        data_channels: Sequence[str] = (),
     ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # Channels made first put the application m-line before the audio one.
+        self.channels = [self.pc.createDataChannel(label) for label in data_channels]
         self.tone: ToneTrack | OpusToneTrack = ToneTrack() if audio == "pcm" else OpusToneTrack()
         transceiver = self.pc.addTransceiver(self.tone, direction="sendrecv")
         self.url = ""
@@ -72,13 +93,14 @@ class ClientPeer:
         self.first_at = 0.0
         self.last_at = 0.0
         self.max_gap = 0.0
-        self.keep_frames = keep_frames
+        self.want_frames = want_frames
         self.frames: list[av.AudioFrame] = []
         self.got_frames = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        seam.on_rtp_arrival(transceiver.receiver, self._arrived)
-        if not decode and not keep_frames and seam.skip_decoding(transceiver.receiver):
-            pass  # nothing is decoded: the receiver's track yields nothing to read
+        seam.tap_rtp(transceiver.receiver, self._arrived)
+        if not decode and not want_frames and seam.has_decoder_queue(transceiver.receiver):
+            # Nothing is decoded: the receiver's track then yields nothing to read.
+            seam.replace_decoder_queue(transceiver.receiver, _NoDecode())
         else:
             self.pc.on("track", self._on_track)
 
@@ -147,7 +169,7 @@ class ClientPeer:
 
     # --- what comes back -------------------------------------------------------------------------
 
-    def _arrived(self) -> None:
+    def _arrived(self, packet: object) -> None:
         now = time.monotonic()
         if self.rtp_in:
             self.max_gap = max(self.max_gap, now - self.last_at)
@@ -163,9 +185,9 @@ class ClientPeer:
         try:
             while True:
                 frame = await track.recv()
-                if len(self.frames) < self.keep_frames:
+                if self.want_frames:
                     self.frames.append(frame)
-                    if len(self.frames) == self.keep_frames:
+                    if len(self.frames) >= self.want_frames:
                         self.got_frames.set()
         except MediaStreamError:
             return
@@ -176,11 +198,15 @@ class ClientPeer:
     def sent(self) -> int | None:
         """RTP packets our sender sent (None if aiortc keeps no such count)."""
         senders = self.pc.getSenders()
-        return seam.sender_packet_count(senders[0]) if senders else None
+        return seam.sender_counters(senders[0]).packet_count if senders else None
 
     def nominated(self) -> tuple[tuple[str, int], tuple[str, int]]:
         """(local address, remote address) of the nominated ICE pair."""
-        return seam.nominated_pair(self.pc)
+        pair = seam.nominated_pair(seam.ice_connection(self.pc))
+        if pair is None:
+            raise ConnectionError("no nominated ICE pair yet")
+        local = pair.local_candidate
+        return (local.host, local.port), (pair.remote_addr[0], pair.remote_addr[1])
 
     def credentials(self) -> tuple[str, str, str]:
         """(server ufrag, server pwd, client ufrag) from the SDP."""
@@ -231,3 +257,30 @@ class ClientPeer:
         await self.pc.close()
         for task in self._tasks:
             task.cancel()
+
+
+# --- the short forms the transceiver tests use ------------------------------------------------
+
+
+async def make_offer(want_frames: int = 50) -> ClientPeer:
+    """A peer with its offer made (not posted): for tests that post it themselves."""
+    peer = ClientPeer(want_frames=want_frames)
+    await peer.make_offer()
+    return peer
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    base: str,
+    want_frames: int = 50,
+    headers: Mapping[str, str] | None = None,
+) -> ClientPeer:
+    """Offer, POST, apply the answer; returns once the answer is applied (not yet connected).
+    A refusal raises CallRefused; the peer is closed then."""
+    peer = await make_offer(want_frames)
+    try:
+        await peer.post(http, base, headers)
+    except BaseException:
+        await peer.close()
+        raise
+    return peer

@@ -1,4 +1,5 @@
-"""CPU time and resident memory of a server process (and its children), read from /proc."""
+"""CPU time, run-queue wait, resident memory and UDP socket state of a process tree, from /proc:
+the one reader the bench, the lab and the tests use."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process tree, in seconds."""
-    total = 0
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process tree, in seconds."""
+    user = system = 0
     for p in tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
@@ -40,8 +41,14 @@ def cpu_seconds(pid: int) -> float:
             continue
         # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process tree, in seconds."""
+    return sum(user_system_seconds(pid))
 
 
 def runqueue_wait_seconds(pid: int) -> float:

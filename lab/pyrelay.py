@@ -21,14 +21,14 @@ import json
 import selectors
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 
 from wire import stun, ufrag
-from wire.encap import PROTO_UDP, flow_entropy
+from wire.addr import addr_arg
+from wire.encap import PathHeader, TunnelHeader, flow_entropy, inbound_key
 from wire.registry import load_registry_file
 
 Addr = tuple[str, int]
@@ -65,93 +65,18 @@ class Routes:
         return cls(keys=dict(reg.keys), transceivers=txrs)
 
 
-def _ones_sum(data: bytes) -> int:
-    """One's-complement sum of the 16-bit big-endian words of data: as 2**16 = 1 (mod 0xFFFF),
-    the whole buffer read as one integer, mod 0xFFFF, is that sum; big-int arithmetic runs in C."""
-    if len(data) % 2:
-        data += b"\x00"
-    x = int.from_bytes(data, "big")
-    s = x % 0xFFFF
-    return 0xFFFF if s == 0 and x else s
-
-
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _well_formed_ipv4_udp(pkt: bytes) -> bool:
-    """IPv4 without options or fragmentation, UDP, and every length agreeing (spec §3)."""
-    if len(pkt) < 28 or pkt[0] != 0x45 or pkt[9] != PROTO_UDP:
-        return False
-    total = int.from_bytes(pkt[2:4], "big")
-    frag = int.from_bytes(pkt[6:8], "big") & 0x3FFF
-    return total == len(pkt) and not frag and int.from_bytes(pkt[24:26], "big") == total - 20
-
-
 class FlowPlan:
-    """Header words of one flow precomputed: a packet then costs two packs and one checksum.
-
-    Builds exactly what wire.encap.encapsulate(wire.encap.ipv4_udp(...)) builds (a test checks
-    it); the generic functions cost ~50 us a packet in Python, which would make the baseline a
-    straw man.
-    """
-
-    _HDR = struct.Struct(">BBHHHBBH4s4sHHHH")
+    """One flow's headers built once (wire.encap's precomputed PathHeader for the inner packet,
+    TunnelHeader for the outer): a packet then costs two header fills. The generic functions
+    cost ~50 us a packet in Python, which would make the baseline a straw man."""
 
     def __init__(self, client: Addr, vip: Addr, tunnel_addr: str, dest: Addr) -> None:
-        self.c_addr, self.v_addr = socket.inet_aton(client[0]), socket.inet_aton(vip[0])
-        self.t_addr, self.d_addr = socket.inet_aton(tunnel_addr), socket.inet_aton(dest[0])
-        self.cport, self.vport, self.dport = client[1], vip[1], dest[1]
         self.dest = dest
-        self.sport = flow_entropy(client[0], client[1], vip[1])
-        words = _ones_sum(self.c_addr + self.v_addr)
-        # inner IPv4: version/IHL, TTL 64 | UDP, addresses; the total length is added per packet
-        self.inner_ip_sum = 0x4500 + 0x4011 + words
-        self.pseudo_sum = words + PROTO_UDP + self.cport + self.vport
-        self.outer_ip_sum = 0x4500 + 0x4000 + 0x4011 + _ones_sum(self.t_addr + self.d_addr)
+        self._inner = PathHeader(client, vip)
+        self._outer = TunnelHeader(tunnel_addr, dest, flow_entropy(client[0], client[1], vip[1]))
 
     def build(self, payload: bytes) -> bytes:
-        ulen = 8 + len(payload)
-        total = 20 + ulen
-        ip_csum = ~_fold(self.inner_ip_sum + total) & 0xFFFF
-        ucsum = ~_fold(self.pseudo_sum + 2 * ulen + _ones_sum(payload)) & 0xFFFF or 0xFFFF
-        otot = 28 + total
-        o_csum = ~_fold(self.outer_ip_sum + otot) & 0xFFFF
-        outer = self._HDR.pack(
-            0x45,
-            0,
-            otot,
-            0,
-            0x4000,
-            64,
-            PROTO_UDP,
-            o_csum,
-            self.t_addr,
-            self.d_addr,
-            self.sport,
-            self.dport,
-            8 + total,
-            0,
-        )
-        inner = self._HDR.pack(
-            0x45,
-            0,
-            total,
-            0,
-            0,
-            64,
-            PROTO_UDP,
-            ip_csum,
-            self.c_addr,
-            self.v_addr,
-            self.cport,
-            self.vport,
-            ulen,
-            ucsum,
-        )
-        return outer + inner + payload
+        return self._outer.wrap(self._inner.wrap(payload))
 
 
 class PyRelay:
@@ -238,7 +163,7 @@ class PyRelay:
         if src not in self.txr_addrs:
             self.counters["drop_tunnel_stranger"] += 1
             return None
-        if not _well_formed_ipv4_udp(payload):
+        if inbound_key(payload) is None:  # not a plain IPv4/UDP packet with agreeing lengths
             self.counters["drop_tunnel_bad_inner"] += 1
             return None
         if (payload[12:16], int.from_bytes(payload[20:22], "big")) not in self.vip_keys:
@@ -312,17 +237,10 @@ class _Stop(Exception):
     """Raised by the SIGTERM/SIGINT handler to leave the serve loop."""
 
 
-def _parse_addr(text: str) -> Addr:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected ADDR:PORT, got {text!r}")
-    return host, int(port)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.pyrelay", description=__doc__)
-    ap.add_argument("--vip", type=_parse_addr, action="append", required=True)
-    ap.add_argument("--tunnel", type=_parse_addr, required=True)
+    ap.add_argument("--vip", type=addr_arg, action="append", required=True)
+    ap.add_argument("--tunnel", type=addr_arg, required=True)
     ap.add_argument("--registry", required=True, help="JSON registry file (wire.registry)")
     args = ap.parse_args(argv)
     try:

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 
 from lab import netns
-from wire.encap import RELAY_TUNNEL_PORT, Datagram, EncapError, ipv4_udp, parse_ipv4_udp
+from wire.addr import bind_arg
+from wire.defaults import RELAY_TUNNEL_PORT
+from wire.encap import Datagram, EncapError, ipv4_udp, parse_ipv4_udp
 
 TUNNEL_FIRST_BYTE = 0x45
 # Not exported by Python's socket module (33 on Linux); lets root exceed net.core.rmem_max.
@@ -197,16 +199,9 @@ class _Stop(Exception):
     """Raised by the SIGTERM/SIGINT handler to leave the stdin loop."""
 
 
-def _parse_addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected ADDR:PORT, got {text!r}")
-    return host, int(port)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.standin", description=__doc__)
-    ap.add_argument("--bind", type=_parse_addr, required=True, help="ADDR:PORT to listen on")
+    ap.add_argument("--bind", type=bind_arg, required=True, help="ADDR:PORT to listen on")
     ap.add_argument("--relay-port", type=int, default=RELAY_TUNNEL_PORT)
     ap.add_argument("--prefix", default="", help="text put before each echoed payload")
     ap.add_argument("--no-reply", action="store_true", help="count only (throughput runs)")

@@ -29,7 +29,7 @@ from lab import netns
 from lab.base import Lab, edge_host_sysctls
 from lab.standin import StandIn
 from wire import ufrag
-from wire.encap import RELAY_TUNNEL_PORT
+from wire.defaults import RELAY_TUNNEL_PORT
 
 VIP = "198.18.100.1"
 VIP_PORT = 3478

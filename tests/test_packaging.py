@@ -3,6 +3,7 @@ formats and the XDP program's sources; never the dev kit (lab/), the tests or th
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,9 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_ships_the_product_and_not_the_dev_kit(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: setuptools writes build/ next to pyproject.toml.
+    src = tmp_path / "src"
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True
+    ).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("*.whl")

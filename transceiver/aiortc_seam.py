@@ -145,6 +145,13 @@ TOUCHES: tuple[Touch, ...] = (
         "__init__",
         ("_nominated", "_query_consent_task"),
     ),
+    Touch("client: host addresses gathered", aioice.ice, "get_host_addresses"),
+    Touch(
+        "client: gathering asks for host addresses",
+        aioice.Connection,
+        "gather_candidates",
+        ("get_host_addresses",),
+    ),
 )
 
 
@@ -390,3 +397,9 @@ def stop_consent_checks(connection: aioice.Connection) -> None:
     task = connection._query_consent_task
     if task is not None:
         task.cancel()
+
+
+def gather_only(addr: str) -> None:
+    """Make every aioice agent of this process gather host candidates on `addr` only (a load
+    generator: fewer candidate pairs, less client work, set-up times that measure the server)."""
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [addr]  # type: ignore[assignment]

@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import time
-import warnings
 
 from aiohttp import web
 
@@ -199,14 +198,3 @@ class TransceiverService:
             self.mux.sock = None
             self._udp.close()
             self._udp = None
-
-
-def __getattr__(name: str) -> object:
-    # The old name of TransceiverService, only for tests/transceiver/txr_measure.py until it
-    # moves into lab/ (then remove this).
-    if name == "Transceiver":
-        warnings.warn(
-            "transceiver.service.Transceiver is now TransceiverService", DeprecationWarning, 2
-        )
-        return TransceiverService
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

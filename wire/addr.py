@@ -26,3 +26,23 @@ def parse_addr_port(text: str, *, what: str = "address", bind: bool = False) -> 
     if not (port_text.isascii() and port_text.isdigit()) or not lowest <= int(port_text) <= 65535:
         raise ValueError(f"{what} {text!r}: port {port_text!r} is not {lowest}..65535") from None
     return addr, int(port_text)
+
+
+def addr_arg(text: str) -> tuple[str, int]:
+    """parse_addr_port as an argparse `type=` (the lab's and bench's small command lines)."""
+    import argparse
+
+    try:
+        return parse_addr_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bind_arg(text: str) -> tuple[str, int]:
+    """The same for an address to listen on (host optional, port 0 allowed)."""
+    import argparse
+
+    try:
+        return parse_addr_port(text, bind=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -25,11 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from wire.addr import parse_addr_port
+from wire.defaults import REDIS_PREFIX, REGISTRY_TTL
 from wire.ufrag import KEY_LEN, MAX_KEY_ID
-
-DEFAULT_PREFIX = "edge"
-DEFAULT_TTL = 10.0
-REFRESH_INTERVAL = 3.0
 
 
 class RegistryError(ValueError):
@@ -94,7 +91,7 @@ def _publish(r: Any, prefix: str, event: str, **data: Any) -> None:
 
 
 def register(
-    r: Any, rec: TransceiverRecord, ttl: float = DEFAULT_TTL, *, prefix: str = DEFAULT_PREFIX
+    r: Any, rec: TransceiverRecord, ttl: float = REGISTRY_TTL, *, prefix: str = REDIS_PREFIX
 ) -> None:
     """Write (or refresh) a transceiver's hash with its TTL, then announce it."""
     name = txr_key(prefix, rec.cluster, rec.id)
@@ -116,7 +113,7 @@ def register(
     _publish(r, prefix, "register", cluster=rec.cluster, id=rec.id)
 
 
-def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = DEFAULT_PREFIX) -> None:
+def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = REDIS_PREFIX) -> None:
     pipe = r.pipeline(transaction=True)
     pipe.delete(txr_key(prefix, rec.cluster, rec.id))
     pipe.srem(index_key(prefix), f"{rec.cluster}:{rec.id}")
@@ -124,18 +121,18 @@ def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = DEFAULT_PREFIX) 
     _publish(r, prefix, "deregister", cluster=rec.cluster, id=rec.id)
 
 
-def set_key(r: Any, key_id: int, key: bytes, *, prefix: str = DEFAULT_PREFIX) -> None:
+def set_key(r: Any, key_id: int, key: bytes, *, prefix: str = REDIS_PREFIX) -> None:
     _check_key(key_id, key)
     r.hset(f"{prefix}:keys", str(key_id), key.hex())
     _publish(r, prefix, "key", key_id=key_id)
 
 
-def remove_key(r: Any, key_id: int, *, prefix: str = DEFAULT_PREFIX) -> None:
+def remove_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
     r.hdel(f"{prefix}:keys", str(key_id))
     _publish(r, prefix, "key", key_id=key_id)
 
 
-def set_current_key(r: Any, key_id: int, *, prefix: str = DEFAULT_PREFIX) -> None:
+def set_current_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
     if not 0 <= key_id <= MAX_KEY_ID:
         raise RegistryError(f"key id {key_id} is not 0..{MAX_KEY_ID}")
     r.set(f"{prefix}:keys:current", str(key_id))
@@ -186,7 +183,7 @@ def record_from_fields(fields: dict[Any, Any]) -> TransceiverRecord:
         raise RegistryError(f"transceiver entry {f!r}: {exc}") from None
 
 
-def read_registry(r: Any, *, prefix: str = DEFAULT_PREFIX) -> Registry:
+def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
     """Everything the relay needs from Redis; malformed entries are skipped into `problems`."""
     reg = Registry()
     members = sorted(_s(m) for m in r.smembers(index_key(prefix)))

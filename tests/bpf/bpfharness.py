@@ -29,6 +29,7 @@ from lab.fibsandbox import (
     NetnsWorker,
     Sandbox,
 )
+from wire.defaults import RELAY_TUNNEL_PORT
 from wire.encap import encapsulate, ipv4_udp, parse_ipv4_udp
 from wire.stun import build_binding_request
 from wire.ufrag import mint
@@ -39,7 +40,7 @@ NH_CACHE_BITS = 14  # bpf/constants.h
 
 VIP = "198.19.128.10"
 VIP_PORTS = (3478, 443)
-TUNNEL_ADDR, TUNNEL_PORT = TXR_LINK.addr, 6080
+TUNNEL_ADDR, TUNNEL_PORT = TXR_LINK.addr, RELAY_TUNNEL_PORT
 CLIENT, CLIENT_PORT = "198.19.64.5", 50000
 KEY_ID = 1
 KEY = bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from lab import base, netns
+from wire.defaults import RELAY_TUNNEL_PORT
 
 VENV_BIN = Path(sys.executable).parent
 RELAYCTL = str(VENV_BIN / "relayctl")
 BPFFS = Path("/sys/fs/bpf")
 RELAY_ADDR = "198.18.0.1"
 CLIENT_ADDR = "198.18.0.2"
-STANDARD_LOAD = ("--vip", f"{RELAY_ADDR}:3478", "--tunnel", f"{RELAY_ADDR}:6080")
+STANDARD_LOAD = ("--vip", f"{RELAY_ADDR}:3478", "--tunnel", f"{RELAY_ADDR}:{RELAY_TUNNEL_PORT}")
 
 
 def ip(*args: str) -> None:

@@ -1,4 +1,4 @@
-"""datapath/maps.py mirrors the program's structs exactly (as bcc parsed them from bpf/structs.h)."""
+"""datapath/maps.py mirrors the program's structs exactly (as bcc parsed bpf/structs.h)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtp import HeaderExtensionsMap
 from packaging.requirements import Requirement
-from txr_peers import call
 
+from lab.peer import call
 from transceiver import aiortc_seam as seam
 from transceiver.ice import IceLiteAgent, host_candidates
 from transceiver.service import TransceiverService

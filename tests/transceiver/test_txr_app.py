@@ -8,8 +8,9 @@ import itertools
 import aiohttp
 import av
 import pytest
-from txr_peers import TONE_HZ, call, dominant_hz, rms
 
+from lab.peer import call
+from lab.tone import TONE_HZ, dominant_hz, rms
 from transceiver.app import Call, OpusFrame, load_app
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,8 +48,8 @@ async def test_pcm_echo_app_decodes_and_reencodes(start_txr, http: aiohttp.Clien
     try:
         await client.wait_state("connected")
         await asyncio.wait_for(client.got_frames.wait(), 15)
-        assert abs(dominant_hz(client.received[-40:]) - TONE_HZ) < 30
-        assert rms(client.received[-40:]) > 1000
+        assert abs(dominant_hz(client.frames[-40:]) - TONE_HZ) < 30
+        assert rms(client.frames[-40:]) > 1000
         (session,) = txr.manager.sessions.values()
         assert session.call.media == "pcm" and session.call.frames_in >= 50
     finally:
@@ -78,7 +79,7 @@ async def test_opus_app_gets_encoded_frames_and_its_replies_go_out_verbatim(
         steps = {(b - a) % 2**32 for a, b in itertools.pairwise(stamps)}
         assert steps == {960}
         # What the client decodes is our silence, not its tone.
-        assert rms(client.received[-10:]) < 50
+        assert rms(client.frames[-10:]) < 50
         async with http.delete(txr.http_url + (client.location or "")) as resp:
             assert resp.status == 204
         assert app.ended == [(session.id, "deleted")]

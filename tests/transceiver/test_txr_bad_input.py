@@ -9,7 +9,8 @@ import socket
 import aiohttp
 import pytest
 from aioice import stun
-from txr_peers import call, make_offer
+
+from lab.peer import call, make_offer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,7 +45,7 @@ async def test_garbage_and_forged_stun_are_dropped_and_the_call_goes_on(
         await client.wait_state("connected")
         await asyncio.wait_for(client.got_frames.wait(), 15)
         (session,) = txr.manager.sessions.values()
-        server_ufrag = answer_ufrag(client.answer or "")
+        server_ufrag = answer_ufrag(client.answer_sdp)
         checks_before = session.ice.checks
         selected_before = session.ice.selected
 
@@ -89,7 +90,7 @@ async def test_garbage_and_forged_stun_are_dropped_and_the_call_goes_on(
         assert len(txr.mux.paths_of(session.ice)) == 1
         # And the call keeps flowing.
         client.got_frames.clear()
-        client.want_frames = len(client.received) + 25
+        client.want_frames = len(client.frames) + 25
         await asyncio.wait_for(client.got_frames.wait(), 10)
         assert txr.manager.active == 1
         metrics = await (await http.get(txr.http_url + "/metrics")).text()
@@ -202,7 +203,7 @@ async def test_fuzzed_datagrams_never_break_the_socket_or_a_call(
         assert sum(txr.mux.drops.values()) >= 0.9 * len(datagrams)
         assert not [r for r in caplog.records if r.name == "transceiver.mux"], "mux raised"
         client.got_frames.clear()
-        client.want_frames = len(client.received) + 25
+        client.want_frames = len(client.frames) + 25
         await asyncio.wait_for(client.got_frames.wait(), 10)
         assert txr.manager.active == 1
     finally:

@@ -7,8 +7,9 @@ import re
 
 import aiohttp
 import pytest
-from txr_peers import TONE_HZ, call, dominant_hz, rms
 
+from lab.peer import ClientPeer, call
+from lab.tone import TONE_HZ, dominant_hz, rms
 from transceiver.service import TransceiverService
 from wire import ufrag
 
@@ -23,13 +24,13 @@ async def test_call_connects_echoes_and_delete_ends_it(
         assert await client.wait_state("connected") == "connected"
         await asyncio.wait_for(client.got_frames.wait(), 15)
         # The echo is our own tone, not silence and not noise.
-        tail = client.received[-50:]
+        tail = client.frames[-50:]
         assert rms(tail) > 1000
         assert abs(dominant_hz(tail) - TONE_HZ) < 30
         assert client.tone.sent >= 100
 
         # The answer is ICE-lite, passive, with our minted ufrag and only the advertised address.
-        answer = client.answer or ""
+        answer = client.answer_sdp
         assert "a=ice-lite" in answer.splitlines()
         assert "a=setup:passive" in answer
         assert re.search(r"^a=fingerprint:sha-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}\r$", answer, re.M)
@@ -41,7 +42,7 @@ async def test_call_connects_echoes_and_delete_ends_it(
         assert (hint.cluster, hint.transceiver) == (2, 7)
         cands = [ln for ln in answer.splitlines() if ln.startswith("a=candidate:")]
         assert len(cands) == 1 and f"127.0.0.1 {txr.udp_addr[1]} typ host" in cands[0]
-        assert client.nominated_remote() == txr.udp_addr
+        assert client.nominated()[1] == txr.udp_addr
 
         (session,) = txr.manager.sessions.values()
         assert session.call.frames_in >= 100 and session.call.frames_out >= 100
@@ -59,28 +60,13 @@ async def test_call_connects_echoes_and_delete_ends_it(
 async def test_offer_with_a_data_channel_still_gets_audio_echo(
     txr: TransceiverService, http: aiohttp.ClientSession
 ) -> None:
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-    from txr_peers import Client, ToneTrack
-
-    pc = RTCPeerConnection()
-    pc.createDataChannel("chat")  # application m-line first, then audio
-    client = Client(pc=pc, tone=ToneTrack(), want_frames=30)
-    pc.addTrack(client.tone)
-    pc.on("track", client._on_track)
+    client = ClientPeer(data_channels=("chat",), want_frames=30)  # application m-line first
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        async with http.post(
-            txr.http_url + "/v1/calls",
-            data=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
-        ) as resp:
-            assert resp.status == 201, await resp.text()
-            answer = await resp.text()
+        answer = await client.post(http, txr.http_url)
         assert answer.count("a=candidate:") == 2  # one per m-line, both the same address
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await client.wait_state("connected")
         await asyncio.wait_for(client.got_frames.wait(), 15)
-        assert abs(dominant_hz(client.received[-20:]) - TONE_HZ) < 30
+        assert abs(dominant_hz(client.frames[-20:]) - TONE_HZ) < 30
     finally:
         await client.close()
 

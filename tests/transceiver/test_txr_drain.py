@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis
-from txr_peers import call, make_offer
 
+from lab.peer import call, make_offer
 from wire import registry as wreg
 
 pytestmark = pytest.mark.timeout(90)
@@ -101,7 +101,7 @@ async def test_sigterm_drains_then_exits_when_the_last_call_ends(serve, redis_ur
             assert r.hget(name, "draining") == "1"
             # The running call goes on while draining ...
             client.got_frames.clear()
-            client.want_frames = len(client.received) + 20
+            client.want_frames = len(client.frames) + 20
             await asyncio.wait_for(client.got_frames.wait(), 10)
             assert txr.proc.returncode is None
             # ... and when it ends the process deregisters and exits by itself.

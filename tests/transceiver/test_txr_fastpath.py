@@ -11,9 +11,10 @@ import struct
 
 import aiohttp
 import pytest
-from txr_peers import TONE_HZ, call, dominant_hz, rms
-from txr_relay import TunnelRelay
 
+from lab.peer import call
+from lab.tone import TONE_HZ, dominant_hz, rms
+from lab.tunnelrelay import TunnelRelay
 from transceiver import aiortc_seam
 from transceiver.app import OpusFrame, PcmEchoApp
 from transceiver.certs import SharedCertificate
@@ -32,7 +33,7 @@ async def _echo_call(txr: TransceiverService, http: aiohttp.ClientSession, frame
     client = await call(http, txr.http_url, want_frames=frames)
     await client.wait_state("connected")
     await asyncio.wait_for(client.got_frames.wait(), 15)
-    tail = client.received[-40:]
+    tail = client.frames[-40:]
     assert rms(tail) > 1000
     assert abs(dominant_hz(tail) - TONE_HZ) < 30
     return client
@@ -54,7 +55,7 @@ async def test_fast_path_carries_the_echo(
         rtp = session.pc.getTransceivers()[0]
         assert aiortc_seam.remote_stream_count(rtp.receiver) == 0
         # The client demultiplexed our RTP by the SSRC and payload type the answer announced.
-        answer = client.answer or ""
+        answer = client.answer_sdp
         ssrc = int(re.search(r"^a=ssrc:(\d+) ", answer, re.M).group(1))
         assert ssrc == aiortc_seam.sender_ssrc(rtp.sender)
         stats = await client.pc.getStats()
@@ -78,7 +79,7 @@ async def test_fast_path_carries_the_echo(
         session.call.send(OpusFrame(bytes(70000)))  # cannot be one RTP packet: counted, not sent
         assert fast.tx_errors == 1 and fast.rtp_out == out_before
         client.got_frames.clear()
-        client.want_frames = len(client.received) + 20
+        client.want_frames = len(client.frames) + 20
         await asyncio.wait_for(client.got_frames.wait(), 10)
         assert fast.rtp_in > before
 
@@ -143,7 +144,7 @@ async def test_calls_share_one_certificate(
     a = await call(http, txr.http_url)
     b = await call(http, txr.http_url)
     try:
-        prints = [re.search(r"^a=fingerprint:(.*)$", c.answer or "", re.M) for c in (a, b)]
+        prints = [re.search(r"^a=fingerprint:(.*)$", c.answer_sdp, re.M) for c in (a, b)]
         assert prints[0] and prints[1] and prints[0].group(1) == prints[1].group(1)
         await asyncio.gather(a.wait_state("connected"), b.wait_state("connected"))
     finally:

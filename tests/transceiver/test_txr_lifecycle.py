@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 import pytest
-from txr_peers import call, make_offer
 
+from lab.peer import call, make_offer
 from transceiver import aiortc_seam
 
 pytestmark = pytest.mark.timeout(60)

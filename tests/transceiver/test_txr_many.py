@@ -6,7 +6,9 @@ import asyncio
 
 import aiohttp
 import pytest
-from txr_peers import TONE_HZ, call, dominant_hz
+
+from lab.peer import call
+from lab.tone import TONE_HZ, dominant_hz
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,9 +23,9 @@ async def test_ten_calls_share_one_udp_port(txr, http: aiohttp.ClientSession) ->
         await asyncio.gather(*(c.wait_state("connected", timeout=30) for c in clients))
         await asyncio.wait_for(asyncio.gather(*(c.got_frames.wait() for c in clients)), 30)
         # Every client checked and nominated the same single server address:port ...
-        assert {c.nominated_remote() for c in clients} == {txr.udp_addr}
+        assert {c.nominated()[1] for c in clients} == {txr.udp_addr}
         # ... with its own server ufrag, and each heard its own tone back.
-        ufrags = {ln for c in clients for ln in (c.answer or "").splitlines() if "ice-ufrag" in ln}
+        ufrags = {ln for c in clients for ln in (c.answer_sdp).splitlines() if "ice-ufrag" in ln}
         assert len(ufrags) == CALLS
         for c in clients:
             assert abs(dominant_hz(c.received[-30:]) - TONE_HZ) < 30

@@ -8,8 +8,8 @@ import time
 import aiohttp
 import pytest
 import redis
-from txr_peers import call
 
+from lab.peer import call
 from wire import registry as wreg
 from wire import ufrag
 
@@ -82,7 +82,7 @@ async def test_keys_come_from_redis_and_rotate_while_calls_run(
     txr = await start_txr(redis_url=redis_url, key=None, key_id=None, registry_refresh=0.2)
     first = await call(http, txr.http_url, want_frames=20)
     try:
-        hint = ufrag.verify(answer_ufrag(first.answer or ""), {1: KEY1})
+        hint = ufrag.verify(answer_ufrag(first.answer_sdp), {1: KEY1})
         assert hint.key_id == 1
         await first.wait_state("connected")
 
@@ -91,7 +91,7 @@ async def test_keys_come_from_redis_and_rotate_while_calls_run(
         await until(lambda: txr.keyring.current == 2)
         second = await call(http, txr.http_url, want_frames=20)
         try:
-            assert ufrag.verify(answer_ufrag(second.answer or ""), {2: KEY2}).key_id == 2
+            assert ufrag.verify(answer_ufrag(second.answer_sdp), {2: KEY2}).key_id == 2
             await second.wait_state("connected")
             # The call minted under key 1 is unaffected by the rotation.
             await asyncio.wait_for(

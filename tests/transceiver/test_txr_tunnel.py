@@ -6,8 +6,10 @@ import asyncio
 
 import aiohttp
 import pytest
-from txr_peers import TONE_HZ, call, dominant_hz, rms
-from txr_relay import TunnelRelay
+
+from lab.peer import call
+from lab.tone import TONE_HZ, dominant_hz, rms
+from lab.tunnelrelay import TunnelRelay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,21 +21,21 @@ async def test_call_through_tunnel_follows_latest_relay(start_txr, http: aiohttp
         relay.txr = txr.udp_addr
         client = await call(http, txr.http_url, want_frames=60)
         try:
-            assert f"127.0.0.1 {relay.vip[1]} typ host" in (client.answer or "")
-            assert f" {txr.udp_addr[1]} typ" not in (client.answer or "")
+            assert f"127.0.0.1 {relay.vip[1]} typ host" in (client.answer_sdp)
+            assert f" {txr.udp_addr[1]} typ" not in (client.answer_sdp)
             await client.wait_state("connected")
             await asyncio.wait_for(client.got_frames.wait(), 15)
-            assert client.nominated_remote() == relay.vip
-            assert abs(dominant_hz(client.received[-40:]) - TONE_HZ) < 30
-            assert rms(client.received[-40:]) > 1000
+            assert client.nominated()[1] == relay.vip
+            assert abs(dominant_hz(client.frames[-40:]) - TONE_HZ) < 30
+            assert rms(client.frames[-40:]) > 1000
             (session,) = txr.manager.sessions.values()
             (path,) = txr.mux.paths_of(session.ice)
-            assert path.vip == relay.vip and path.client == client.nominated_local()
+            assert path.vip == relay.vip and path.client == client.nominated()[0]
             assert relay.counts["down:127.0.0.1"] > 50 and relay.counts["down:127.0.0.2"] == 0
 
             # The flow moves to the second relay: replies follow the latest delivering relay.
             relay.via = "127.0.0.2"
-            before = len(client.received)
+            before = len(client.frames)
             client.got_frames.clear()
             client.want_frames = before + 50
             await asyncio.wait_for(client.got_frames.wait(), 15)

@@ -21,7 +21,6 @@ from lab.topology import RelayLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
-HERE = Path(__file__).parent
 EXE = Path(sys.executable).parent / "transceiver"
 HTTP_PORT = 8080
 
@@ -65,7 +64,7 @@ def test_call_through_the_xdp_relay(lab: RelayLab, served: str) -> None:
     before = lab.stats()
     out = netns.run(
         lab.client_ns,
-        [sys.executable, str(HERE / "txr_lab_client.py"), served, "100"],
+        [sys.executable, "-m", "lab.callclient", "--once", served, "100"],
         timeout=90,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])

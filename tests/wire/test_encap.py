@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import struct
 
@@ -124,3 +125,17 @@ def test_decapsulate_rejects_bad_inner() -> None:
         encap.decapsulate(outer)
     assert err.value.reason == "bad_inner"
     assert encap.decapsulate(encap.ipv4_udp("198.18.2.2", 5000, "198.18.0.9", 6080, inner)) == inner
+
+
+def test_tunnel_header_builds_what_encapsulate_builds() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        client = (f"198.18.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.randrange(1, 65536))
+        vip_port = rng.choice([3478, 443])
+        payload = rng.randbytes(rng.randrange(0, 1400))
+        tos = rng.choice([0, 0x2E, 0xB8, 0xFF])
+        inner = encap.ipv4_udp(*client, "198.18.100.1", vip_port, payload, tos=tos)
+        header = encap.TunnelHeader(
+            "198.18.2.1", ("198.18.2.2", 5000), encap.flow_entropy(*client, vip_port)
+        )
+        assert header.wrap(inner, tos) == encap.encapsulate(inner, "198.18.2.1", "198.18.2.2", 5000)

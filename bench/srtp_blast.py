@@ -1,10 +1,10 @@
 """Server CPU per echoed Opus packet, measured with a steady synthetic packet rate.
 
-    .venv/bin/python tests/transceiver/txr_blast.py --pps 1000 --seconds 10
-    .venv/bin/python tests/transceiver/txr_blast.py --media-path aiortc
-    .venv/bin/python tests/transceiver/txr_blast.py --source /path/to/other/checkout
+    .venv/bin/python -m bench.srtp_blast --pps 1000 --seconds 10
+    .venv/bin/python -m bench.srtp_blast --media-path aiortc
+    .venv/bin/python -m bench.srtp_blast --source /path/to/other/checkout
 
-Real calls (txr_measure.py, bench/calls.py) need many aiortc clients whose own CPU competes
+Real calls (bench/txr_measure.py, bench/calls.py) need many aiortc clients whose own CPU competes
 with the server on a small machine. Here one real aiortc client sets a call up (ICE-lite, DTLS,
 SRTP keys), then sends pre-built SRTP Opus packets at `--pps` from its nominated socket and
 only counts what comes back, so almost all client work is gone. The server's CPU time over the
@@ -28,8 +28,8 @@ from pathlib import Path
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-sys.path.insert(0, str(Path(__file__).parent))
-from txr_measure import cpu_seconds
+from lab.procstat import cpu_seconds, user_system_seconds
+from transceiver import aiortc_seam
 
 EXE = Path(sys.executable).parent / "transceiver"
 # Runs `transceiver serve` from argv[1]'s tree; the editable install's finder would win over
@@ -49,12 +49,6 @@ sys.argv[0] = "transceiver"
 main()
 """
 OPUS_PAYLOAD = bytes([0xFC]) + bytes(79)  # an 80-byte Opus packet (CELT FB 20 ms, silence)
-
-
-def _utime_stime(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 class Silent(MediaStreamTrack):
@@ -111,7 +105,8 @@ async def blast(
         assert pc.connectionState == "connected", pc.connectionState
         pt = int(re.search(r"a=rtpmap:(\d+) opus/48000", answer, re.I).group(1))
         dtls = pc.getTransceivers()[0].sender.transport
-        pair = dtls.transport._connection._nominated[1]
+        pair = aiortc_seam.nominated_pair(aiortc_seam.ice_connection(pc))
+        assert pair is not None, "no nominated pair"
         transport, dest = pair.protocol.transport, pair.remote_addr
         echoed = 0
 
@@ -122,7 +117,7 @@ async def blast(
 
         pair.protocol.datagram_received = count
         ssrc, seq, ts = int.from_bytes(os.urandom(4), "big"), 0, 0
-        tx = dtls._tx_srtp
+        tx = aiortc_seam.srtp_sessions(dtls)[1]
 
         async def send_for(duration: float) -> int:
             nonlocal seq, ts
@@ -143,7 +138,7 @@ async def blast(
         cpu, wall = cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
         got = echoed - echoed0
         per_echo_us = 1e6 * cpu / max(got, 1)
-        user, system = _utime_stime(proc.pid)
+        user, system = user_system_seconds(proc.pid)
         load = os.getloadavg()[0]
         print(
             f"server {source or 'this tree'} media-path={media_path or 'default'} load={load:.1f}"

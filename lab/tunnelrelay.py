@@ -1,4 +1,5 @@
-"""A test-side stand-in for the XDP relay: plain UDP sockets doing the tunnel of wire-format §3.
+"""A stand-in for the XDP relay in the transceiver tests: plain UDP sockets doing the tunnel of
+wire-format §3 (no ufrag routing: one VIP, one transceiver, several relay addresses).
 
 Client -> VIP socket: wrap as IPv4/UDP (src client, dst VIP) and send from the relay's tunnel
 socket to the transceiver. Transceiver -> tunnel socket: check the inner packet (checksums,

@@ -1,7 +1,7 @@
 """Call set-up time with a real browser: headless Chromium on the demo page, N calls in a row.
 
-    .venv/bin/python tests/transceiver/txr_browser_setup.py --calls 10
-    .venv/bin/python tests/transceiver/txr_browser_setup.py --source /path/to/other/checkout
+    .venv/bin/python -m bench.browser_setup --calls 10
+    .venv/bin/python -m bench.browser_setup --source /path/to/other/checkout
 
 Prints the page's POST-to-connected time (`window.setupMs`) and the server's own
 `txr_call_setup_seconds` (offer received to DTLS connected) median. aiortc clients cannot show
@@ -22,12 +22,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent.parent))  # test_browser imports bench
-from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from txr_blast import EXE, RUN_FROM_SOURCE  # noqa: E402
-from txr_measure import _histogram_p50  # noqa: E402
+from bench.srtp_blast import EXE, RUN_FROM_SOURCE
+from bench.txr_measure import _histogram_p50
+from lab.browsercall import ARGS as CHROMIUM_ARGS
+from lab.browsercall import CHROMIUM
 
 
 def main(calls: int, source: str | None) -> None:

@@ -1,7 +1,7 @@
 """Measure the transceiver: call set-up time, server CPU per call, in-server echo latency.
 
-    .venv/bin/python tests/transceiver/txr_measure.py --calls 10 --seconds 10 --app echo
-    .venv/bin/python tests/transceiver/txr_measure.py --latency --app pcm-echo
+    .venv/bin/python -m bench.txr_measure --calls 10 --seconds 10 --app echo
+    .venv/bin/python -m bench.txr_measure --latency --app pcm-echo
 
 The first starts `transceiver serve` as a subprocess on 127.0.0.1, runs N aiortc tone clients in
 this process, reads the set-up histogram from /metrics and the server's CPU time from /proc.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import sys
@@ -22,18 +21,12 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from txr_peers import call
-
+from lab.peer import call
+from lab.procstat import cpu_seconds
 from transceiver.config import Settings
-from transceiver.service import Transceiver
+from transceiver.service import TransceiverService
 
 EXE = Path(sys.executable).parent / "transceiver"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(calls: int, seconds: float, app: str) -> None:
@@ -52,10 +45,10 @@ async def main(calls: int, seconds: float, app: str) -> None:
             await asyncio.gather(*(c.wait_state("connected", timeout=30) for c in clients))
             await asyncio.gather(*(c.got_frames.wait() for c in clients))
             c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-            n0 = sum(len(c.received) for c in clients)
+            n0 = sum(len(c.frames) for c in clients)
             await asyncio.sleep(seconds)
             busy = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
-            echoed = (sum(len(c.received) for c in clients) - n0) / seconds / calls
+            echoed = (sum(len(c.frames) for c in clients) - n0) / seconds / calls
             text = await (await http.get(url + "/metrics")).text()
             total = float(re.search(r"txr_call_setup_seconds_sum (\S+)", text).group(1))
             count = float(re.search(r"txr_call_setup_seconds_count (\S+)", text).group(1))
@@ -91,7 +84,7 @@ def _is_rtp(data: bytes) -> bool:
 
 
 async def latency(app: str, frames: int = 300) -> None:
-    txr = Transceiver(Settings(http=("127.0.0.1", 0), udp=("127.0.0.1", 0), app=app))
+    txr = TransceiverService(Settings(http=("127.0.0.1", 0), udp=("127.0.0.1", 0), app=app))
     await txr.start()
     ins: list[float] = []
     outs: list[float] = []
