@@ -15,9 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_wheel_ships_the_product_and_not_the_dev_kit(tmp_path: Path) -> None:
     # Built from a copy of the tracked files: setuptools writes build/ next to pyproject.toml.
     src = tmp_path / "src"
-    tracked = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True
-    ).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, tracked):
         if (REPO / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
