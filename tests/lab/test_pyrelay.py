@@ -135,7 +135,7 @@ def test_standin_process_reports_counts(bare_lab: RelayLab) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--vip", "198.18.100.1:x"], "expected ADDR:PORT"),
+        (["--vip", "198.18.100.1:x"], "port 'x' is not 1..65535"),
         (["--registry-json", '{"keys": 5}'], '"keys" must be an object'),
         (["--registry-json", "not json"], "not JSON"),
     ],

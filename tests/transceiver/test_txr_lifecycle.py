@@ -39,7 +39,7 @@ async def test_call_ends_when_client_stops_consent_checks(start_txr, http) -> No
         await asyncio.wait_for(client.got_frames.wait(), 10)
         (session,) = txr.manager.sessions.values()
         # Media keeps flowing, but the client no longer sends consent checks.
-        aiortc_seam.stop_consent_checks(client.ice)
+        aiortc_seam.stop_consent_checks(aiortc_seam.ice_connection(client.pc))
         checks = session.ice.checks
         assert await wait_ended(txr, 8) == "consent_expired"
         assert session.ice.checks == checks

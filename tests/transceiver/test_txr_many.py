@@ -28,7 +28,7 @@ async def test_ten_calls_share_one_udp_port(txr, http: aiohttp.ClientSession) ->
         ufrags = {ln for c in clients for ln in (c.answer_sdp).splitlines() if "ice-ufrag" in ln}
         assert len(ufrags) == CALLS
         for c in clients:
-            assert abs(dominant_hz(c.received[-30:]) - TONE_HZ) < 30
+            assert abs(dominant_hz(c.frames[-30:]) - TONE_HZ) < 30
         assert txr.manager.active == CALLS
         assert len({s.ice.selected for s in txr.manager.sessions.values()}) == CALLS
 
@@ -40,7 +40,7 @@ async def test_ten_calls_share_one_udp_port(txr, http: aiohttp.ClientSession) ->
         rest = clients[CALLS // 2 :]
         for c in rest:
             c.got_frames.clear()
-            c.want_frames = len(c.received) + 25
+            c.want_frames = len(c.frames) + 25
         await asyncio.wait_for(asyncio.gather(*(c.got_frames.wait() for c in rest)), 20)
     finally:
         await asyncio.gather(*(c.close() for c in clients))
