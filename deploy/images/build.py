@@ -226,8 +226,17 @@ def build(base_ref: str, only: list[str], rebuild_base: bool) -> dict[str, dict[
             build_image(image, base_ref, ref, epoch)
             log(f"built {image} in {time.monotonic() - t0:.0f} s")
             built = True
+            prune(image, ref)
         result[image] = {"ref": ref, "size": image_size(ref), "built": built}
     return result
+
+
+def prune(image: str, keep: str) -> None:
+    """Remove this image's older builds (tags of other keys) that no container uses."""
+    out = run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{REPO}/{image}"])
+    for ref in out.split():
+        if ref not in (keep, f"{REPO}/{image}:latest"):
+            subprocess.run(["podman", "rmi", ref], capture_output=True, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
