@@ -194,6 +194,7 @@ class PodLab:
         self.vip = VIP
         self.node_ip = NODE_IP
         self._next_pod = 2
+        self._volume_dirs = 0
         self._ports = 0
         self._owner = os.getpid()
         self._lock = threading.Lock()
@@ -345,7 +346,12 @@ class PodLab:
             if doc is None and not src.get("optional"):
                 raise PodError(f"no {kind} {src[ref]} for volume {v['name']}")
             items = src.get("items") or [{"key": k, "path": k} for k in data]
-            d = self.tmpdir / "volumes" / f"{pod['metadata']['name']}-{v['name']}"
+            self._volume_dirs += 1  # a pod played again (same name) gets fresh directories
+            d = (
+                self.tmpdir
+                / "volumes"
+                / f"{pod['metadata']['name']}-{v['name']}-{self._volume_dirs}"
+            )
             d.mkdir(parents=True)
             for item in items if doc is not None else []:
                 f = d / item["path"]
@@ -387,7 +393,7 @@ class PodLab:
         if proc.returncode != 0:
             logs = "".join(
                 f"\n--- {c['name']}:\n"
-                + _podman("logs", f"{name}-{c['name']}", check=False)[-3000:]
+                + _logs(f"{name}-{c['name']}")[-3000:]
                 for c in played["spec"].get("initContainers", []) + played["spec"]["containers"]
             )
             raise PodError(f"podman kube play {name}: {proc.stderr.strip() or proc.stdout}{logs}")
@@ -399,10 +405,13 @@ class PodLab:
         """The container's output, stdout and stderr (podman logs splits them)."""
         return _logs(handle.container(container))
 
-    def state_of(self, handle: PodHandle, container: str) -> dict[str, Any]:
+    def inspect(self, handle: PodHandle, container: str) -> dict[str, Any]:
         out = _podman("inspect", "--format", "json", handle.container(container), check=False)
         docs = json.loads(out or "[]")
-        return dict(docs[0]["State"]) if docs else {}
+        return dict(docs[0]) if docs else {}
+
+    def state_of(self, handle: PodHandle, container: str) -> dict[str, Any]:
+        return dict(self.inspect(handle, container).get("State", {}))
 
     def exec(self, handle: PodHandle, container: str, argv: list[str], check: bool = True) -> str:
         # A host-network container has no network namespace of its own: `podman exec` runs in
@@ -420,29 +429,25 @@ class PodLab:
         url = f"http://{handle.ip}:{port}{probe['path']}"
         return self.http_status(url) == 200
 
-    def http_status(self, url: str) -> int:
-        """GET url from the client namespace; the HTTP status (0 if nothing answered)."""
+    def http_get(self, url: str) -> tuple[int, bytes]:
+        """GET url from the client namespace: (status, body); (0, b"") if nothing answered."""
 
-        def get() -> int:
+        def get() -> tuple[int, bytes]:
             try:
                 with urllib.request.urlopen(url, timeout=3) as r:
-                    return int(r.status)
+                    return int(r.status), r.read()
             except urllib.error.HTTPError as exc:
-                return int(exc.code)
+                return int(exc.code), exc.read()
             except OSError:
-                return 0
+                return 0, b""
 
         return netns.call_in(self.client_ns, get)
+
+    def http_status(self, url: str) -> int:
+        return self.http_get(url)[0]
 
     def http_json(self, url: str) -> dict[str, Any]:
-        def get() -> dict[str, Any]:
-            try:
-                with urllib.request.urlopen(url, timeout=3) as r:
-                    return dict(json.loads(r.read()))
-            except urllib.error.HTTPError as exc:
-                return dict(json.loads(exc.read()))
-
-        return netns.call_in(self.client_ns, get)
+        return dict(json.loads(self.http_get(url)[1] or b"{}"))
 
     def wait_running(self, handle: PodHandle, container: str, timeout: float = 60) -> None:
         def running() -> bool:

@@ -51,8 +51,8 @@ CONTEXT = BUILD / "context"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
 # The project's sources that go into an image (the relay and transceiver images install the
-# project; bpf/ is what relayctl compiles).
-SOURCES = ("pyproject.toml", "README.md", "wire", "control", "transceiver", "lab", "bpf")
+# project; bpf/ is what relayctl compiles; lab/ is dev-only and stays out).
+SOURCES = ("pyproject.toml", "README.md", "wire", "control", "transceiver", "bpf")
 # Per image: pinned runtime requirements, extra context files.
 NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
     "relay": {"requirements": ("relay", "build"), "files": ("relay-load",)},

@@ -1,0 +1,44 @@
+"""Fixtures for the deployment tests: the images of this tree (`make images`, built once and
+cached on their inputs), and the single-cluster overlay running as pods in lab namespaces
+(tests/deploy/podstack.py). Everything is removed after each test, also on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from podstack import Stack
+
+from lab import netns
+from lab.pods import PodLab, build_images, sweep_stale_pods
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.fail("the pod tests need root (podman, network namespaces, XDP)")
+    for leftover in sweep_stale_pods():  # of earlier runs that were killed outright
+        print(f"removed leftover {leftover}")
+    return build_images()
+
+
+@pytest.fixture
+def stack(images: dict[str, str]) -> Iterator[Stack]:
+    with PodLab() as lab:
+        s = Stack(lab, images)
+        s.up()
+        yield s
+    prefix = lab.prefix
+    assert not netns.list_namespaces(prefix), "lab namespaces left behind"
+    assert not [p for p in netns.BPFFS.iterdir() if p.name.startswith(prefix)], "pins left"
+    pods = subprocess.run(
+        ["podman", "pod", "ps", "--format", "{{.Name}}"], capture_output=True, text=True
+    ).stdout.split()
+    assert not [p for p in pods if p.startswith(prefix)], "pods left behind"
+    volumes = subprocess.run(
+        ["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
+    ).stdout.split()
+    assert not [v for v in volumes if v.startswith(prefix)], "volumes left behind"
+    assert not lab.tmpdir.exists()
