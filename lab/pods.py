@@ -11,8 +11,8 @@ A dev-only harness for tests/deploy (docs/kubernetes.md, "Tests"):
 - what a kubelet does and podman 4.3's kube play does not, done here and nowhere else:
   the downward API's status.podIP / status.hostIP (filled with the pod's and the node's lab
   addresses), `$(VAR)` references in command, args and env (expanded by Kubernetes' rules),
-  ConfigMap and Secret volumes (podman 4.3 makes the first root-only and crashes on the second:
-  their files are mounted from a directory, with the volume's mode),
+  ConfigMap, Secret and emptyDir volumes (podman 4.3 makes the first root-only, crashes on the
+  second and shares the third between pods: each becomes a directory of the pod's own),
   container ports (podman 4.3 would publish each on the host: dropped, as information only),
   seccompProfile (podman 4.3 reads only the old seccomp annotations: written as those), init
   containers (podman 4.3 restarts them under restartPolicy Always: played with OnFailure), the
@@ -226,11 +226,8 @@ class PodLab:
                     proc.kill()
                     proc.wait()
             self.others.clear()
-            for pod in reversed(self.state.pods):
-                _podman("pod", "rm", "-f", "-t", "0", pod, check=False)
+            remove_podman_objects(self.prefix)
             self.state.pods.clear()
-            for vol in self.state.volumes:
-                _podman("volume", "rm", "-f", vol, check=False)
             self.state.volumes.clear()
             for ns in reversed(self.state.namespaces):
                 with contextlib.suppress(Exception):
@@ -323,14 +320,30 @@ class PodLab:
         (d / "kustomization.yaml").write_text(yaml.safe_dump(kust))
         return render(d)
 
+    def _volume_dir(self, pod: dict[str, Any], volume: dict[str, Any], mode: int) -> Path:
+        """A fresh directory for one volume of one pod (a pod played again gets new ones)."""
+        self._volume_dirs += 1
+        name = f"{self._volume_dirs}-{pod['metadata']['name']}-{volume['name']}"
+        d = self.tmpdir / "volumes" / name
+        d.mkdir(parents=True)
+        d.chmod(mode)
+        volume["hostPath"] = {"path": str(d), "type": "Directory"}
+        return d
+
     def _file_volumes(self, pod: dict[str, Any], docs: list[dict[str, Any]]) -> None:
         """ConfigMap and Secret volumes become read-only directories of their files, with the
-        volume's defaultMode (0644 as in Kubernetes when unset): podman 4.3's kube play writes
-        ConfigMap volumes readable by root only and crashes on Secret volumes. A Secret comes
-        from the test overlay's secretGenerator, so it carries the lab's name prefix (kustomize
-        does not prefix a base's reference to a Secret an overlay generates)."""
+        volume's defaultMode (0644 as in Kubernetes when unset), and an emptyDir a fresh
+        directory: podman 4.3's kube play writes ConfigMap volumes readable by root only,
+        crashes on Secret volumes and makes an emptyDir one named volume shared by every pod on
+        the host. A Secret comes from the test overlay's secretGenerator, so it carries the
+        lab's name prefix (kustomize does not prefix a base's reference to a Secret an overlay
+        generates)."""
         by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
         for v in pod["spec"].get("volumes", []):
+            if "emptyDir" in v:
+                v.pop("emptyDir")
+                self._volume_dir(pod, v, 0o1777)
+                continue
             if "configMap" in v:
                 kind, src, ref = "ConfigMap", v.pop("configMap"), "name"
                 doc = by_name.get((kind, src[ref]))
@@ -346,19 +359,11 @@ class PodLab:
             if doc is None and not src.get("optional"):
                 raise PodError(f"no {kind} {src[ref]} for volume {v['name']}")
             items = src.get("items") or [{"key": k, "path": k} for k in data]
-            self._volume_dirs += 1  # a pod played again (same name) gets fresh directories
-            d = (
-                self.tmpdir
-                / "volumes"
-                / f"{pod['metadata']['name']}-{v['name']}-{self._volume_dirs}"
-            )
-            d.mkdir(parents=True)
+            d = self._volume_dir(pod, v, 0o755)
             for item in items if doc is not None else []:
                 f = d / item["path"]
                 f.write_bytes(data[item["key"]])
                 f.chmod(item.get("mode", src.get("defaultMode", 0o644)))
-            d.chmod(0o755)
-            v["hostPath"] = {"path": str(d), "type": "Directory"}
 
     def play(
         self,
@@ -392,8 +397,7 @@ class PodLab:
         proc = subprocess.run(netns.nsenter_argv(ns, argv), capture_output=True, text=True)
         if proc.returncode != 0:
             logs = "".join(
-                f"\n--- {c['name']}:\n"
-                + _logs(f"{name}-{c['name']}")[-3000:]
+                f"\n--- {c['name']}:\n" + _logs(f"{name}-{c['name']}")[-3000:]
                 for c in played["spec"].get("initContainers", []) + played["spec"]["containers"]
             )
             raise PodError(f"podman kube play {name}: {proc.stderr.strip() or proc.stdout}{logs}")
@@ -602,30 +606,39 @@ def build_images() -> dict[str, str]:
     return {name: str(r["ref"]) for name, r in result.items()}
 
 
+def podman_names(kind: str, prefix: str) -> list[str]:
+    """Names of podman pods (kind "pod") or volumes ("volume") starting with prefix."""
+    fmt = "{{.Name}}"
+    out = _podman(kind, "ls" if kind == "volume" else "ps", "--format", fmt, check=False)
+    return [n for n in out.split() if n.startswith(prefix)]
+
+
+def remove_podman_objects(prefix: str) -> list[str]:
+    """Remove every pod (with its containers) and volume named with the prefix. A pod whose
+    init container podman is restarting may survive one `pod rm`: try again, then say so."""
+    removed: list[str] = []
+    for _ in range(5):
+        pods = podman_names("pod", prefix)
+        for pod in pods:
+            _podman("pod", "stop", "-t", "0", pod, check=False)
+            _podman("pod", "rm", "-f", "-t", "0", pod, check=False)
+        vols = podman_names("volume", prefix)
+        for vol in vols:
+            _podman("volume", "rm", "-f", vol, check=False)
+        removed += pods + vols
+        if not podman_names("pod", prefix) and not podman_names("volume", prefix):
+            return removed
+    raise PodError(f"podman objects of {prefix} would not go: {podman_names('pod', prefix)}")
+
+
 def sweep_stale_pods() -> list[str]:
-    """Pods and volumes of labs whose owner process is gone (a SIGKILLed run)."""
+    """Pods, volumes, namespaces and pins of labs whose owner process is gone (a SIGKILLed run)."""
+    names = podman_names("pod", netns.LAB_BASE) + podman_names("volume", netns.LAB_BASE)
     removed = []
-    stale = netns.stale_prefixes()
-    for line in _podman("pod", "ps", "--format", "{{.Name}}", check=False).split():
-        m = re.match(rf"^{netns.LAB_BASE}(\d+)x", line)
-        if m and not _pid_alive(int(m.group(1))):
-            _podman("pod", "rm", "-f", "-t", "0", line, check=False)
-            removed.append(line)
-    for line in _podman("volume", "ls", "--format", "{{.Name}}", check=False).split():
-        m = re.match(rf"^{netns.LAB_BASE}(\d+)x", line)
-        if m and not _pid_alive(int(m.group(1))):
-            _podman("volume", "rm", "-f", line, check=False)
-            removed.append(line)
-    for prefix in stale:
+    for prefix in sorted(netns.stale_prefixes(names)):
+        removed += remove_podman_objects(prefix)
         removed += netns.sweep(prefix)
+        for d in Path(tempfile.gettempdir()).glob(f"{prefix}-files"):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

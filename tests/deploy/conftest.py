@@ -5,13 +5,11 @@ cached on their inputs), and the single-cluster overlay running as pods in lab n
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from podstack import Stack
+from podstack import Stack, assert_clean
 
-from lab import netns
 from lab.pods import PodLab, build_images, sweep_stale_pods
 
 
@@ -30,15 +28,4 @@ def stack(images: dict[str, str]) -> Iterator[Stack]:
         s = Stack(lab, images)
         s.up()
         yield s
-    prefix = lab.prefix
-    assert not netns.list_namespaces(prefix), "lab namespaces left behind"
-    assert not [p for p in netns.BPFFS.iterdir() if p.name.startswith(prefix)], "pins left"
-    pods = subprocess.run(
-        ["podman", "pod", "ps", "--format", "{{.Name}}"], capture_output=True, text=True
-    ).stdout.split()
-    assert not [p for p in pods if p.startswith(prefix)], "pods left behind"
-    volumes = subprocess.run(
-        ["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
-    ).stdout.split()
-    assert not [v for v in volumes if v.startswith(prefix)], "volumes left behind"
-    assert not lab.tmpdir.exists()
+    assert_clean(lab)

@@ -8,7 +8,8 @@ import json
 import secrets
 from typing import Any
 
-from lab.pods import KUBERNETES, PodHandle, PodLab, find, pod_of
+from lab import netns
+from lab.pods import KUBERNETES, PodHandle, PodLab, find, pod_of, podman_names
 from lab.wait import wait_until
 
 OVERLAY = KUBERNETES / "overlays" / "single-cluster"
@@ -117,6 +118,16 @@ class Stack:
         )
         items = out.split()
         return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def assert_clean(lab: PodLab) -> None:
+    """Nothing of a closed lab is left: namespaces, pins, pods, volumes, files."""
+    prefix = lab.prefix
+    assert not netns.list_namespaces(prefix), "lab namespaces left behind"
+    assert not [p for p in netns.BPFFS.iterdir() if p.name.startswith(prefix)], "pins left"
+    assert not podman_names("pod", prefix), "pods left behind"
+    assert not podman_names("volume", prefix), "volumes left behind"
+    assert not lab.tmpdir.exists(), "files left behind"
 
 
 def drops(stats: dict[str, int]) -> dict[str, int]:

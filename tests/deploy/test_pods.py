@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from podstack import VIP_PORT, Stack, drops, txr_id
+from podstack import VIP_PORT, Stack, assert_clean, drops, txr_id
 
 from control.maps import fd_info, obj_get
 from lab import netns
@@ -166,6 +166,8 @@ def test_the_relay_load_needs_each_of_its_capabilities(
         pod = pod_of(ds, ds["metadata"]["name"])
         load = pod["spec"]["initContainers"][0]
         load["securityContext"]["capabilities"]["add"].remove(missing)
+        pod["spec"]["restartPolicy"] = "Never"  # a kubelet would retry forever; once is enough
         with pytest.raises(PodError, match=r"init container \S+ exited with code [1-9]"):
             lab.play(pod, stack.docs, ns=lab.node_ns, ip=lab.node_ip)
         assert not (netns.BPFFS / lab.name / "prog").exists()
+    assert_clean(lab)
