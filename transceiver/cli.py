@@ -59,6 +59,26 @@ def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes
         raise click.BadParameter(str(exc)) from None
 
 
+class TxrId(click.ParamType):
+    """0..2^32-1, or an IPv4 address meaning its 32-bit value: `--id=$(POD_IP)` gives every pod
+    of a Deployment an id no other running pod has (docs/kubernetes.md)."""
+
+    name = "ID|IPV4"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: object) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            try:
+                number = int(ipaddress.IPv4Address(text)) if "." in text else int(text)
+            except ValueError:
+                self.fail(f"{text!r} is neither a number nor an IPv4 address", param)
+        if not 0 <= number <= 0xFFFFFFFF:
+            self.fail(f"{number} is not in 0..4294967295", param)
+        return number
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """WebRTC transceiver of the edge: ICE-lite, DTLS and SRTP for many calls on one UDP socket,
@@ -93,16 +113,19 @@ def main() -> None:
     "--id",
     "txr_id",
     default=defaults.TXR_ID,
-    type=click.IntRange(0, 0xFFFFFFFF),
+    type=TxrId(),
     show_default=True,
-    help="This transceiver's id in its cluster (unique; relays route by cluster and id).",
+    help="This transceiver's id in its cluster (unique; relays route by cluster and id): a "
+    "number, or an IPv4 address for its 32-bit value (a pod IP).",
 )
 @click.option(
     "--vip",
     metavar="ADDR:PORT",
     multiple=True,
     callback=_vips,
-    help="A relay VIP ADDR:PORT to offer as the ICE candidate (repeatable); none: direct mode.",
+    envvar="TXR_VIPS",
+    help="A relay VIP ADDR:PORT to offer as the ICE candidate (repeatable; env TXR_VIPS, "
+    "space separated); none: direct mode.",
 )
 @click.option(
     "--advertise",

@@ -65,6 +65,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness (a Kubernetes probe): 200 while new offers are taken, 503 while draining or
+    full, so a Service stops sending offers here; /healthz stays 200 (liveness)."""
+    m = request.app[_MANAGER]
+    status = "draining" if m.draining else "full" if m.active >= m.capacity else "ok"
+    body = {"status": status, "active": m.active, "capacity": m.capacity}
+    return web.json_response(body, status=200 if status == "ok" else 503)
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=request.app[_METRICS].render(),
@@ -87,6 +96,7 @@ def make_app(manager: CallManager, metrics_: Metrics) -> web.Application:
     app.router.add_delete(CALLS_PATH + "/{call_id}", delete_call)
     app.router.add_patch(CALLS_PATH + "/{call_id}", patch_call)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
