@@ -22,6 +22,13 @@ for tool in mmdebstrap mke2fs qemu-img; do
     command -v "$tool" >/dev/null || { echo "build-image.sh: $tool is missing (vagrant/host-deps.sh installs it)" >&2; exit 1; }
 done
 
+# Units a lab VM has no use for: each costs seconds of an emulated boot.
+boot_masks="systemd-binfmt.service proc-sys-fs-binfmt_misc.automount dev-hugepages.mount
+ dev-mqueue.mount sys-kernel-config.mount sys-fs-fuse-connections.mount systemd-pstore.service
+ modprobe@fuse.service modprobe@loop.service modprobe@efi_pstore.service modprobe@drm.service
+ modprobe@dm_mod.service modprobe@configfs.service e2scrub_reap.service
+ systemd-update-utmp.service systemd-update-utmp-runlevel.service systemd-tmpfiles-clean.timer"
+boot_masks="$(echo $boot_masks)"
 packages="$( { grep -v '^\s*#' "$here/image-packages.txt"; printf '%s\n' "$@"; } | awk 'NF {print $1}' | sort -u )"
 work="$(mktemp -d "${TMPDIR:-/tmp}/edge-vm-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -39,6 +46,7 @@ mmdebstrap --quiet --variant=apt --mode=root \
     --customize-hook='chroot "$1" update-initramfs -u -k all' \
     --customize-hook='chroot "$1" systemctl enable systemd-networkd.service ssh.service edge-seed.service edge-hostkeys.service edge-ready.service' \
     --customize-hook='chroot "$1" systemctl mask serial-getty@ttyS0.service getty@tty1.service' \
+    --customize-hook="chroot \"\$1\" systemctl mask $boot_masks" \
     --customize-hook='chroot "$1" sh -c "systemctl disable redis-server.service; systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/machine-id; : > "$1"/etc/machine-id' \
     --customize-hook='chroot "$1" passwd -l root' \
