@@ -62,14 +62,25 @@ def _die_with_parent() -> None:
 class Vm:
     """A started VM: `boot()`, `wait_up()`, `ssh(...)`, `power_off()`, `close()`."""
 
-    def __init__(self, spec: VmSpec, image: Image, ns: str, workdir: Path, ssh_key: Path) -> None:
+    def __init__(
+        self,
+        spec: VmSpec,
+        image: Image,
+        ns: str,
+        workdir: Path,
+        ssh_key: Path,
+        *,
+        disk: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.image = image
         self.ns = ns
         self.dir = workdir / spec.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.disk = self.dir / "disk.qcow2"
+        # Its own copy-on-write disk over the image, removed by close(); or a given one, kept.
+        self.disk = disk or self.dir / "disk.qcow2"
+        self._own_disk = disk is None
         self.console = self.dir / "console.log"
         self.qmp_path = self.dir / "qmp.sock"
         self.ssh_key = ssh_key
@@ -198,12 +209,21 @@ class Vm:
             self.proc.kill()
             self.proc.wait()
 
+    def wait_exit(self, timeout: float) -> None:
+        """Until QEMU exits (the guest powered itself off)."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise VmError(f"{self.name} did not power off in {timeout} s\n{self.tail()}") from None
+
     def close(self) -> None:
-        """Kill QEMU (if running) and drop the VM's disk; idempotent."""
+        """Kill QEMU (if running) and drop the VM's own disk; idempotent."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self.disk.unlink(missing_ok=True)
+        if self._own_disk:
+            self.disk.unlink(missing_ok=True)
 
     # --- commands --------------------------------------------------------------------------------
 
@@ -252,6 +272,35 @@ class Vm:
         """Until SSH stops answering (the VM went down for a reboot)."""
         wait_until(lambda: self.ssh("true", check=False, timeout=10).returncode != 0,
                    timeout, f"{self.name} to go down", step=0.5)  # fmt: skip
+
+
+def write_seed(
+    dest: Path, *, hostname: str, mac: str, addr: str, gateway: str, pubkey: str, hosts: str = ""
+) -> Path:
+    """A seed share for one VM: dest/rootfs/ is copied over / at boot by the image's edge-seed
+    (vagrant/image/rootfs/usr/local/sbin/edge-seed): name, address, root's SSH key."""
+    files = {
+        "etc/hostname": f"{hostname}\n",
+        "etc/hosts": f"127.0.0.1 localhost\n{hosts}",
+        "etc/systemd/network/10-edge-lab.network": (
+            f"[Match]\nMACAddress={mac}\n\n[Network]\nAddress={addr}\nGateway={gateway}\n"
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        ),
+        "root/.ssh/authorized_keys": pubkey,
+    }
+    for rel, text in files.items():
+        p = dest / "rootfs" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return dest
+
+
+def make_ssh_key(path: Path, comment: str) -> Path:
+    """A throwaway ed25519 key pair (path, path.pub) for one run."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
+    )
+    return path
 
 
 def in_parallel(fns: Sequence[Callable[[], object]], what: str) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 from lab import netns
 from lab.calldriver import CallDriver
 from lab.topology import _packets_by_reason, _signals_deferred
-from lab.vm import Nic, Vm, VmError, VmSpec, in_parallel
+from lab.vm import Nic, Vm, VmError, VmSpec, in_parallel, make_ssh_key, write_seed
 from lab.vmimage import Image, stage_checkout
 from lab.wait import wait_until
 from wire import registry
@@ -94,6 +94,30 @@ ROLES = (
 
 def _mac(index: int) -> str:
     return f"52:54:00:ed:00:{index + 0x10:02x}"
+
+
+def mount_shares(vm: Vm, *tags: str) -> None:
+    """Mount the VM's read-only 9p shares at /mnt/TAG."""
+    vm.ssh(" && ".join(
+        f"mkdir -p /mnt/{tag} && (mountpoint -q /mnt/{tag} || mount -t 9p -o "
+        f"trans=virtio,version=9p2000.L,ro,msize=512000 {tag} /mnt/{tag})"
+        for tag in tags
+    ))  # fmt: skip
+
+
+def provision(vm: Vm, *args: str, timeout: float = 600) -> None:
+    """vagrant/provision.sh in the VM (the Vagrantfile provisions with the same script)."""
+    vm.sh(["bash", f"{INSTALL_DIR}/vagrant/provision.sh", *args], timeout=timeout)
+
+
+def install_checkout(vm: Vm) -> None:
+    """The checkout (share edgeshare) to /opt/webrtc-edge, then `make install` there, offline
+    (pip reads only the wheelhouse share)."""
+    mount_shares(vm, CHECKOUT_TAG, WHEELS_TAG)
+    tar = f"/mnt/{CHECKOUT_TAG}/checkout.tar"
+    # provision.sh comes with the checkout: unpack it first, then let it install.
+    vm.ssh(f"mkdir -p {INSTALL_DIR} && tar -xf {tar} -C {INSTALL_DIR} vagrant/provision.sh")
+    provision(vm, "install", tar, f"/mnt/{WHEELS_TAG}", timeout=3000)
 
 
 class HealthChecker:
@@ -282,13 +306,16 @@ class VmLab:
     # --- the VMs ---------------------------------------------------------------------------------
 
     def _boot_all(self) -> None:
-        key = self.tmpdir / "ssh_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix,
-                        "-f", str(key)], check=True)  # fmt: skip
+        key = make_ssh_key(self.tmpdir / "ssh_key", self.prefix)
+        pubkey = key.with_suffix(".pub").read_text()
         share = self.tmpdir / "share"
         stage_checkout(share)
+        hosts = "".join(f"{r.addr} {r.name}\n" for r in ROLES)
         for i, role in enumerate(ROLES):
-            seed = self._seed(i, role, key.with_suffix(".pub").read_text())
+            seed = write_seed(
+                self.tmpdir / "seeds" / role.name, hostname=role.name, mac=_mac(i),
+                addr=f"{role.addr}/24", gateway=role.gateway, pubkey=pubkey, hosts=hosts,
+            )  # fmt: skip
             spec = VmSpec(
                 role.name, role.mem_mb, [Nic(role.tap, _mac(i))], role.addr,
                 {SEED_TAG: seed, CHECKOUT_TAG: share, WHEELS_TAG: self.wheels},
@@ -298,24 +325,6 @@ class VmLab:
             vm.boot()
         in_parallel([vm.wait_up for vm in self.vms.values()], "boot")
 
-    def _seed(self, index: int, role: Role, pubkey: str) -> Path:
-        """The seed share's rootfs/ tree, copied over / at boot by the image's edge-seed."""
-        root = self.tmpdir / "seeds" / role.name / "rootfs"
-        files = {
-            "etc/hostname": f"{role.name}\n",
-            "etc/hosts": "127.0.0.1 localhost\n" + "".join(f"{r.addr} {r.name}\n" for r in ROLES),
-            "etc/systemd/network/10-edge-lab.network": (
-                f"[Match]\nMACAddress={_mac(index)}\n\n[Network]\nAddress={role.addr}/24\n"
-                f"Gateway={role.gateway}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
-            ),
-            "root/.ssh/authorized_keys": pubkey,
-        }
-        for rel, text in files.items():
-            p = root / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-        return root.parent
-
     def vm(self, name: str) -> Vm:
         return self.vms[name]
 
@@ -324,31 +333,17 @@ class VmLab:
 
     # --- installing, as an operator would --------------------------------------------------------
 
-    def provision(self, vm: Vm, *args: str, timeout: float = 600) -> None:
-        """vagrant/provision.sh in the VM (the Vagrantfile provisions with the same script)."""
-        vm.sh(["bash", f"{INSTALL_DIR}/vagrant/provision.sh", *args], timeout=timeout)
-
     def _install(self, vm: Vm) -> None:
-        """Copy the checkout to /opt/webrtc-edge and run `make install` there, offline."""
-        mounts = " && ".join(
-            f"mkdir -p /mnt/{tag} && (mountpoint -q /mnt/{tag} || mount -t 9p -o "
-            f"trans=virtio,version=9p2000.L,ro,msize=512000 {tag} /mnt/{tag})"
-            for tag in (CHECKOUT_TAG, WHEELS_TAG)
-        )
-        # provision.sh comes with the checkout: unpack it first, then let it install.
-        vm.ssh(f"{mounts} && mkdir -p {INSTALL_DIR} && tar -xf /mnt/{CHECKOUT_TAG}/checkout.tar"
-               f" -C {INSTALL_DIR} vagrant/provision.sh")  # fmt: skip
-        self.provision(vm, "install", f"/mnt/{CHECKOUT_TAG}/checkout.tar", f"/mnt/{WHEELS_TAG}",
-                       timeout=1500)  # fmt: skip
+        install_checkout(vm)
 
     def redis_url(self) -> str:
         return f"redis://:{self.redis_password}@{TXR_ADDR}:{REDIS_PORT}/0"
 
     def _start_registry_and_transceiver(self) -> None:
         txr = self.vm("txr")
-        self.provision(txr, "registry", TXR_ADDR, self.redis_password)
+        provision(txr, "registry", TXR_ADDR, self.redis_password)
         self.publish_key(KEY_ID, self.key)
-        self.provision(txr, "transceiver", TXR_ADDR, f"{VIP}:{VIP_PORT}", self.redis_url(),
+        provision(txr, "transceiver", TXR_ADDR, f"{VIP}:{VIP_PORT}", self.redis_url(),
                        str(CLUSTER), str(TXR_ID))  # fmt: skip
         wait_until(self._txr_healthy, 180, "the transceiver's /healthz", step=1)
 
@@ -365,8 +360,8 @@ class VmLab:
     def _start_relay(self, i: int) -> None:
         """What docs/operations.md asks of an edge host, then relayctl-run.service (its start
         returns once `relayctl run` told systemd it is ready)."""
-        self.provision(self.relay(i), "relay", RELAY_ADDRS[i], f"{VIP}:{VIP_PORT}",
-                       self.redis_url(), "eth0")  # fmt: skip
+        provision(self.relay(i), "relay", RELAY_ADDRS[i], f"{VIP}:{VIP_PORT}",
+                       self.redis_url(), "eth0", timeout=1500)  # fmt: skip
 
     # --- registry --------------------------------------------------------------------------------
 

@@ -86,6 +86,10 @@ RELAY_RUN_ARGS="--redis $redis --metrics $addr:$METRICS_PORT"
 EOF
     chmod 600 /etc/default/relayctl
     cp "$DEST/deploy/systemd/relayctl-run.service" /etc/systemd/system/
+    # `relayctl load` compiles the program with bcc before the controller reports ready: under
+    # emulation that alone outlasts systemd's default 90 s start timeout.
+    mkdir -p /etc/systemd/system/relayctl-run.service.d
+    printf '[Service]\nTimeoutStartSec=20min\n' > /etc/systemd/system/relayctl-run.service.d/lab-timeout.conf
     systemctl daemon-reload
     systemctl enable --now relayctl-run
     ;;

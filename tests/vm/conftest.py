@@ -1,6 +1,7 @@
 """The VM lab's tests: QEMU VMs (TCG) built from the cached image, one lab for the module.
 
 They take minutes and run only under `make test-vm` (EDGE_VM_TESTS=1); `make test` skips them.
+The VMs boot from the installed image (lab/vmbake.py) unless EDGE_VM_FRESH_INSTALL=1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from lab import netns
+from lab.vmbake import ensure_installed
 from lab.vmimage import ensure_image, ensure_wheelhouse
 from lab.vmlab import VmCallDriver, VmLab
 
@@ -33,6 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="module")
 def vmlab() -> Iterator[VmLab]:
     image, wheels = ensure_image(), ensure_wheelhouse()
+    if os.environ.get("EDGE_VM_FRESH_INSTALL") != "1":
+        image = ensure_installed(image, wheels)  # the VMs' make install finds the venv built
     with VmLab(image, wheels) as lab:
         print(f"\n[vm] lab up: {', '.join(f'{k}={v:.0f}' for k, v in lab.timings.items())}")
         yield lab

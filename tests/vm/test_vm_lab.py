@@ -96,10 +96,11 @@ def test_relay_vm_rebooted_comes_back_resyncs_and_carries_new_calls(
     assert vm.boot_id() != boot_before, "the VM did not reboot"
     # systemd started the unit: relayctl load attached the program again (natively), relayctl
     # run synced the fresh maps from Redis; the router put the relay back.
-    wait_until(lambda: vmlab.unit_state(r) == "active", 300, f"relayctl-run on relay{r}", step=2)
+    # (a boot's `relayctl load` compiles the program again: minutes under TCG)
+    wait_until(lambda: vmlab.unit_state(r) == "active", 1200, f"relayctl-run on relay{r}", step=2)
     assert vmlab.xdp_mode(r) == "native"
     vmlab.wait_maps((r,))
-    vmlab.health.wait(r, healthy=True, timeout=60)
+    vmlab.health.wait(r, healthy=True, timeout=120)
     assert vmlab.vip_next_hops() == list(RELAY_ADDRS)
     # The call on the other relay never noticed.
     s = a.wait_rtp(0, 50, timeout=RTP_TIMEOUT)
