@@ -34,7 +34,10 @@ DEFAULT_CACHE = Path(os.environ.get("EDGE_VM_CACHE", "/var/cache/webrtc-edge"))
 BUILD_SCRIPT = "vagrant/build-image.sh"
 PACKAGE_LIST = "vagrant/image-packages.txt"
 IMAGE_ROOTFS = "vagrant/image/rootfs"
-# The image's interpreter (Debian bookworm): wheels are built for it on the host, which must match.
+# The wheels are resolved by the host's Debian Python, the image's own interpreter (bookworm's
+# python3.11): environment markers then pick what the VMs need (redis wants async-timeout before
+# 3.11.3, for one), which a venv on another Python would get wrong.
+WHEEL_PYTHON = os.environ.get("EDGE_VM_WHEEL_PYTHON", "/usr/bin/python3")
 IMAGE_PYTHON = (3, 11)
 IMAGE_BUILD_TIMEOUT = 1800.0
 KEEP_UNUSED_DAYS = 14
@@ -106,12 +109,27 @@ def requirements(repo: Path = REPO) -> list[str]:
     return reqs
 
 
+def wheel_python_version() -> str:
+    """The full version of WHEEL_PYTHON; an error unless it is the image's Python."""
+    try:
+        out = subprocess.run(
+            [WHEEL_PYTHON, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise VmImageError(f"cannot run {WHEEL_PYTHON}: {exc}") from None
+    want = ".".join(map(str, IMAGE_PYTHON))
+    if not out.startswith(f"{want}."):
+        raise VmImageError(f"{WHEEL_PYTHON} is Python {out}; the image's is {want}")
+    return out
+
+
 def wheelhouse_key(repo: Path = REPO) -> str:
     """A hash of everything the wheelhouse is built from."""
     return _digest([
         ("pyproject.toml", (repo / "pyproject.toml").read_bytes()),
         ("requirements", "\n".join(requirements(repo)).encode()),
-        ("python", ".".join(map(str, IMAGE_PYTHON)).encode()),
+        ("python", wheel_python_version().encode()),
     ])  # fmt: skip
 
 
@@ -190,19 +208,22 @@ def ensure_image(cache: Path = DEFAULT_CACHE, repo: Path = REPO) -> Image:
 
 def ensure_wheelhouse(cache: Path = DEFAULT_CACHE, repo: Path = REPO) -> Path:
     """A directory of wheels for every requirement (and their dependencies), for the image's
-    Python: pip downloads wheels and builds any sdist-only one on the host."""
-    if sys.version_info[:2] != IMAGE_PYTHON:
-        want = ".".join(map(str, IMAGE_PYTHON))
-        raise VmImageError(f"the wheelhouse is built with the host's Python, which must be {want}")
+    Python: pip (in a throwaway venv of WHEEL_PYTHON) downloads wheels and builds any
+    sdist-only one on the host."""
     wheels = cache / "wheels"
     key = wheelhouse_key(repo)
 
     def build(tmp: Path) -> None:
         log = wheels / f"{key}.build.log"
+        venv = wheels / f"{key}.venv-{os.getpid()}"
         print(f"vmimage: building the wheelhouse {key} with pip", file=sys.stderr)
-        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp)]
-        argv += requirements(repo)
-        _run_logged(argv, log, 900, "pip wheel")
+        try:
+            _run_logged([WHEEL_PYTHON, "-m", "venv", str(venv)], log, 300, "python3 -m venv")
+            argv = [str(venv / "bin" / "python"), "-m", "pip", "wheel", "--quiet"]
+            argv += ["--wheel-dir", str(tmp), *requirements(repo)]
+            _run_logged(argv, log, 900, "pip wheel")
+        finally:
+            shutil.rmtree(venv, ignore_errors=True)
         log.unlink()  # (not in the wheel directory: pip reads every file there)
 
     final = _build_once(wheels / key, build, "wheelhouse")

@@ -206,8 +206,10 @@ class VmLab:
             in_parallel([lambda v=v: self._install(v) for v in self.vms.values()], "make install")
             self.timings["install_s"] = time.monotonic() - t1
             t2 = time.monotonic()
-            self._start_registry_and_transceiver()
-            in_parallel([lambda i=i: self._start_relay(i) for i in range(2)], "relay start")
+            self._start_registry()
+            # The relays need only Redis: they start while the transceiver does.
+            starts = [lambda i=i: self._start_relay(i) for i in range(2)]
+            in_parallel([self._start_transceiver, *starts], "service start")
             self.timings["services_s"] = time.monotonic() - t2
             self.health = HealthChecker(self)
             self.wait_maps()
@@ -229,6 +231,8 @@ class VmLab:
             if self.health is not None:
                 self.health.stop()
                 self.health = None
+            if os.environ.get("EDGE_VM_KEEP_LOGS"):
+                self._save_journals()
             for vm in self.vms.values():
                 with contextlib.suppress(Exception):
                     vm.close()
@@ -239,6 +243,16 @@ class VmLab:
             if os.environ.get("EDGE_VM_KEEP_LOGS"):
                 self._keep_logs()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _save_journals(self) -> None:
+        """Each running VM's journal of this boot, beside its console log (for _keep_logs)."""
+
+        def save(vm: Vm) -> None:
+            r = vm.ssh("journalctl -b --no-pager -o short-monotonic", check=False, timeout=60)
+            (vm.dir / "journal.log").write_text(r.stdout + r.stderr)
+
+        with contextlib.suppress(Exception):
+            in_parallel([lambda v=v: save(v) for v in self.vms.values() if v.running()], "journal")
 
     def _keep_logs(self) -> None:
         keep = Path(os.environ["EDGE_VM_KEEP_LOGS"]) / self.prefix
@@ -339,13 +353,15 @@ class VmLab:
     def redis_url(self) -> str:
         return f"redis://:{self.redis_password}@{TXR_ADDR}:{REDIS_PORT}/0"
 
-    def _start_registry_and_transceiver(self) -> None:
-        txr = self.vm("txr")
-        provision(txr, "registry", TXR_ADDR, self.redis_password)
+    def _start_registry(self) -> None:
+        provision(self.vm("txr"), "registry", TXR_ADDR, self.redis_password)
         self.publish_key(KEY_ID, self.key)
-        provision(txr, "transceiver", TXR_ADDR, f"{VIP}:{VIP_PORT}", self.redis_url(),
-                       str(CLUSTER), str(TXR_ID))  # fmt: skip
-        wait_until(self._txr_healthy, 180, "the transceiver's /healthz", step=1)
+
+    def _start_transceiver(self) -> None:
+        provision(self.vm("txr"), "transceiver", TXR_ADDR, f"{VIP}:{VIP_PORT}", self.redis_url(),
+                  str(CLUSTER), str(TXR_ID))  # fmt: skip
+        # Its first start imports (and byte-compiles) aiortc and PyAV: minutes under TCG.
+        wait_until(self._txr_healthy, 900, "the transceiver's /healthz", step=2)
 
     def _txr_healthy(self) -> bool:
         def get() -> bool:
@@ -421,7 +437,7 @@ class VmLab:
         want = f"{client[0]}:{client[1]}"
         return [i for i in relays if any(f["client"] == want for f in self.flows(i))]
 
-    def wait_maps(self, relays: tuple[int, ...] = (0, 1), timeout: float = 60) -> None:
+    def wait_maps(self, relays: tuple[int, ...] = (0, 1), timeout: float = 300) -> None:
         """The relays list the transceiver and the current key (synced from Redis)."""
 
         def synced() -> bool:

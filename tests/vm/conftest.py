@@ -54,7 +54,7 @@ def place(vmlab: VmLab) -> Iterator[Callable[..., VmCallDriver]]:
         d = VmCallDriver(vmlab, list(urls))
         drivers.append(d)
         for _ in urls:
-            d.wait_call(timeout=120)
+            d.wait_call(timeout=600)  # the first call imports aiortc: minutes under TCG
         return d
 
     yield start

@@ -72,7 +72,8 @@ def test_call_from_the_client_vm_through_a_relay_vm_echoes_audio(
     assert [f["transceiver"] for f in vmlab.flows(relay)] == [TXR_ID]
     assert s["max_gap_ms"] < STEADY_GAP_MS, s
     final = d.hangup()[0]
-    assert final["rtp"] >= 150 and final["sent"] - final["rtp"] <= 10, final  # echoed, all
+    # Every packet echoed, but those still in flight at hangup (half a second under TCG).
+    assert final["rtp"] >= 150 and final["sent"] - final["rtp"] <= 25, final
     report("call", relay=relay, setup_ms=call["setup_ms"], rtp=final["rtp"],
            sent=final["sent"], max_gap_ms=final["max_gap_ms"])  # fmt: skip
 
