@@ -28,9 +28,11 @@ from lab.wait import wait_until
 READY_MARK = "edge-vm: ready"  # vagrant/image/rootfs/etc/systemd/system/edge-ready.service
 # mitigations=off: page-table isolation flushes the TLB on every system call, which TCG pays
 # for in full; these VMs run only the lab's own code.
+# systemd.default_timeout_start_sec: on a busy host an emulated boot outlasts systemd's 90 s
+# per unit (networkd, logind then fail and restart under our feet).
 KERNEL_ARGS = (
     "root=/dev/vda rw console=ttyS0 net.ifnames=0 loglevel=5 panic=-1 "
-    "systemd.show_status=error mitigations=off"
+    "systemd.show_status=error mitigations=off systemd.default_timeout_start_sec=900"
 )
 _PR_SET_PDEATHSIG = 1
 
@@ -242,14 +244,20 @@ class Vm:
     def ssh(
         self, command: str, *, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run a shell command in the VM (as root); a failure raises with its output."""
-        try:
-            proc = subprocess.run(
-                netns.nsenter_argv(self.ns, self.ssh_argv(command)),
-                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise VmError(f"{self.name}: `{command}` took over {timeout} s") from exc
+        """Run a shell command in the VM (as root); a failure raises with its output. SSH's own
+        failure (exit 255: the connection, not the command) is retried on a new connection."""
+        for attempt in range(3):
+            try:
+                proc = subprocess.run(
+                    netns.nsenter_argv(self.ns, self.ssh_argv(command)),
+                    capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise VmError(f"{self.name}: `{command}` took over {timeout} s") from exc
+            if proc.returncode != 255 or not check or attempt == 2:
+                break
+            time.sleep(2)
+            self._connect()
         if check and proc.returncode != 0:
             out = (proc.stdout + proc.stderr).strip()[-3000:]
             raise VmError(f"{self.name}: `{command}` exited {proc.returncode}:\n{out}")
