@@ -377,7 +377,24 @@ class VmLab:
         """What docs/operations.md asks of an edge host, then relayctl-run.service (its start
         returns once `relayctl run` told systemd it is ready)."""
         provision(self.relay(i), "relay", RELAY_ADDRS[i], f"{VIP}:{VIP_PORT}",
-                       self.redis_url(), "eth0", timeout=1500)  # fmt: skip
+                       self.redis_url(), "eth0")  # fmt: skip
+        self.wait_relay_unit(i)
+
+    def wait_relay_unit(self, i: int, timeout: float = 1500) -> None:
+        """Until relayctl-run is active (`relayctl load` compiled and attached the program,
+        `relayctl run` told systemd it is ready); its first failure raises with the journal."""
+        vm = self.relay(i)
+
+        def active() -> bool:
+            out = vm.ssh("systemctl show -p ActiveState -p NRestarts relayctl-run").stdout
+            state = dict(line.split("=", 1) for line in out.split())
+            if int(state.get("NRestarts", "0")) > 0 or state.get("ActiveState") == "failed":
+                log = vm.ssh("journalctl -u relayctl-run -o cat --no-pager | tail -n 12",
+                             check=False).stdout  # fmt: skip
+                raise VmLabError(f"relayctl-run on relay{i} failed to start:\n{log}")
+            return state.get("ActiveState") == "active"
+
+        wait_until(active, timeout, f"relayctl-run on relay{i}", step=3)
 
     # --- registry --------------------------------------------------------------------------------
 

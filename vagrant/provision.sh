@@ -91,7 +91,9 @@ EOF
     mkdir -p /etc/systemd/system/relayctl-run.service.d
     printf '[Service]\nTimeoutStartSec=20min\n' > /etc/systemd/system/relayctl-run.service.d/lab-timeout.conf
     systemctl daemon-reload
-    systemctl enable --now relayctl-run
+    # --no-block: a unit that fails keeps restarting (Restart=always) and a blocking start would
+    # wait for ever; the caller watches it (lab/vmlab.py: wait_relay_unit).
+    systemctl enable --now --no-block relayctl-run
     ;;
 routes)
     gw="${1:?GATEWAY}"

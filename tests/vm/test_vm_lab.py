@@ -98,7 +98,7 @@ def test_relay_vm_rebooted_comes_back_resyncs_and_carries_new_calls(
     # systemd started the unit: relayctl load attached the program again (natively), relayctl
     # run synced the fresh maps from Redis; the router put the relay back.
     # (a boot's `relayctl load` compiles the program again: minutes under TCG)
-    wait_until(lambda: vmlab.unit_state(r) == "active", 1200, f"relayctl-run on relay{r}", step=2)
+    vmlab.wait_relay_unit(r)
     assert vmlab.xdp_mode(r) == "native"
     vmlab.wait_maps((r,))
     vmlab.health.wait(r, healthy=True, timeout=120)
