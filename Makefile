@@ -59,8 +59,8 @@ test: install ## run the whole test suite (needs root)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff over the Python code
-	$(VENV)/bin/ruff check wire datapath control transceiver lab tests bench
-	$(VENV)/bin/ruff format --check wire datapath control transceiver lab tests bench
+	$(VENV)/bin/ruff check wire datapath control transceiver lab tests bench deploy
+	$(VENV)/bin/ruff format --check wire datapath control transceiver lab tests bench deploy
 
 bench: install ## run the benchmarks and print their tables
 	$(VPY) -m bench
@@ -103,3 +103,25 @@ images-deps: venv
 
 images: images-deps ## build the container images with podman (no registry; docs/kubernetes.md)
 	$(VPY) deploy/images/build.py
+
+# --- The VM lab (docs/vm-lab.md): QEMU VMs booted from a Debian image built here -----------------
+# The image and the wheelhouse are cached in VM_CACHE, keyed on their inputs (lab/vmimage.py).
+VM_CACHE ?= /var/cache/webrtc-edge
+VM_HOST_DEBS := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
+
+.PHONY: vm-image wheelhouse test-vm
+
+vm-image: venv ## build (or reuse from VM_CACHE) the VM lab's Debian image and wheelhouse
+	@missing=""; for p in $(VM_HOST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	EDGE_VM_CACHE=$(VM_CACHE) $(VPY) -m lab.vmimage
+
+wheelhouse: venv ## the Python wheels make install reads inside the VMs (cached in VM_CACHE)
+	EDGE_VM_CACHE=$(VM_CACHE) $(VPY) -m lab.vmimage --wheelhouse-only
+
+test-vm: install vm-image ## boot the VM lab (client, 2 relays, transceiver) and run its tests
+	@test "$$(id -u)" = 0 || { echo "make test-vm needs root: it runs QEMU on taps in a network namespace"; exit 1; }
+	EDGE_VM_TESTS=1 EDGE_VM_CACHE=$(VM_CACHE) $(VENV)/bin/pytest tests/vm $(PYTEST_ARGS)

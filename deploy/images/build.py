@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,9 +51,18 @@ BUILD = HERE / ".build"
 CONTEXT = BUILD / "context"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
+
+
+def _shipped_packages() -> tuple[str, ...]:
+    """The packages the wheel ships, as pyproject.toml says (lab/ is dev-only and stays out)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        found = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return tuple(p.rstrip("*") for p in found)
+
+
 # The project's sources that go into an image (the relay and transceiver images install the
-# project; bpf/ is what relayctl compiles; lab/ is dev-only and stays out).
-SOURCES = ("pyproject.toml", "README.md", "wire", "control", "transceiver", "bpf")
+# project; bpf/ is what relayctl compiles).
+SOURCES = ("pyproject.toml", "README.md", *_shipped_packages(), "bpf")
 # Per image: pinned runtime requirements, extra context files.
 NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
     "relay": {"requirements": ("relay", "build"), "files": ("relay-load",)},
