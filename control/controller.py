@@ -4,7 +4,9 @@ Every pass (each --interval, or at once on a registry event, control/events.py):
   1. keep the slow path switched on (datapath/slowpath.py): sockets on the pinned VIPs and the
      config flag set; a `relayctl load` in between rewrites config with flags 0;
   2. registry -> maps (control/sync.py, RegistrySync);
-  3. maps -> Redis: learned flows with a TTL, a bounded slice per pass (control/flowexport.py).
+  3. maps -> Redis: learned flows with a TTL, a bounded slice per pass (control/flowexport.py);
+  4. this relay's tunnel source in the registry (every RELAY_REFRESH s): transceivers take
+     tunnel datagrams only from registered relays (docs/security.md).
 Redis unreachable: passes skip 2 and 3 with backoff, the maps stay as they are (never emptied),
 the data plane keeps forwarding and routing new calls by ufrag. The program and the maps do not
 depend on this process: killing it loses no packet of a known flow.
@@ -16,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +32,8 @@ from control.sync import RegistrySync
 from datapath import DatapathError
 from datapath.maps import RelayMaps, fd_info, obj_get, read_config
 from datapath.slowpath import SlowPath
-from wire.defaults import REDIS_PREFIX
+from wire import registry
+from wire.defaults import REDIS_PREFIX, RELAY_REFRESH, RELAY_TTL
 from wire.redisconn import Backoff, connect, redact
 
 log = logging.getLogger("relayctl.run")
@@ -78,6 +82,7 @@ class Controller:
         self._not_loaded_logged = False
         self._rewrite_flows = False
         self._last_problems: list[str] = []
+        self._announced_at: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -203,6 +208,7 @@ class Controller:
             ("slow_path", self._maintain_slow_path if self.slow else None),
             ("sync", self._sync if redis_due else None),
             ("flows", self._export_flows if redis_due else None),
+            ("announce", self._announce if redis_due else None),
         ):
             if fn is None:
                 continue
@@ -292,6 +298,24 @@ class Controller:
             self.metrics.flow_writes.inc(result.written)
         if result.cycle_done:
             self.metrics.flows.set(self.exporter.last_count)
+
+    def _announce(self) -> None:
+        """Register this relay's tunnel source so transceivers accept its datagrams. Not removed
+        on stop: the XDP program keeps forwarding without its controller (RELAY_TTL is long)."""
+        assert self.maps is not None
+        if self.redis_ok is False:
+            return
+        now = time.monotonic()
+        if self._announced_at is not None and now - self._announced_at < RELAY_REFRESH:
+            return
+        cfg = read_config(self.maps)
+        if not cfg.tunnel_port:
+            return  # loaded without a tunnel: nothing to announce
+        rec = registry.RelayRecord(
+            f"{socket.gethostname()}/{self.opts.name}", f"{cfg.tunnel_addr}:{cfg.tunnel_port}"
+        )
+        registry.register_relay(self.redis, rec, RELAY_TTL, prefix=self.opts.prefix)
+        self._announced_at = now
 
 
 def _notify_ready() -> None:

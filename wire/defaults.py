@@ -9,5 +9,8 @@ from __future__ import annotations
 RELAY_TUNNEL_PORT = 6080  # UDP port every relay receives transceivers' tunnel datagrams on
 REGISTRY_TTL = 10.0  # seconds a transceiver's registry entry lives without a refresh
 REGISTRY_REFRESH = 3.0  # seconds between a transceiver's registry refreshes
+RELAY_TTL = 600.0  # seconds a relay's registry entry lives: its XDP program forwards while its
+#                    controller restarts, so transceivers must not forget it quickly
+RELAY_REFRESH = 10.0  # seconds between a relay controller's refreshes of its entry
 REDIS_PREFIX = "edge"  # prefix of every registry key in Redis
 IP_TTL = 64  # TTL of the IPv4 packets we build (tunnel headers, replies inside them)

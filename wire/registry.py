@@ -10,6 +10,10 @@ Redis (prefix default "edge"):
   hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
   string  {prefix}:keys:current        the key id transceivers mint with
   channel {prefix}:events              a JSON message on every change (readers poll anyway)
+  hash    {prefix}:relay:{tunnel ip}  name, tunnel "ip:port", updated: a relay's tunnel source, so
+                                       transceivers take tunnel datagrams only from relays; EXPIREs
+                                       (RELAY_TTL, long: the data plane outlives its controller)
+  set     {prefix}:relays              the tunnel ip of every registered relay (pruned like txrs)
   string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
                                        "cluster:id" of a flow learned by a relay, with a TTL:
                                        another relay takes the call over from it (§6)
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from wire.addr import parse_addr_port
-from wire.defaults import REDIS_PREFIX, REGISTRY_TTL
+from wire.defaults import REDIS_PREFIX, REGISTRY_TTL, RELAY_TTL
 from wire.ufrag import KEY_LEN, MAX_KEY_ID
 
 
@@ -271,6 +275,96 @@ def load_registry_file(path: str | Path) -> Registry:
         return registry_from_json(data)
     except RegistryError as exc:
         raise RegistryError(f"{path}: {exc}") from None
+
+
+# --- relays: who may send a transceiver tunnel datagrams (docs/security.md) ----------------------
+
+
+@dataclass(frozen=True)
+class RelayRecord:
+    name: str  # "<host>/<relay name>", for people
+    tunnel: str  # "ip:port" the relay's tunnel datagrams come from
+    updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        try:
+            parse_addr_port(self.tunnel, what="relay tunnel")
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+
+    @property
+    def tunnel_endpoint(self) -> tuple[str, int]:
+        return parse_addr_port(self.tunnel, what="relay tunnel")
+
+
+def relay_key(prefix: str, tunnel_ip: str) -> str:
+    return f"{prefix}:relay:{tunnel_ip}"
+
+
+def relay_index_key(prefix: str) -> str:
+    return f"{prefix}:relays"
+
+
+def register_relay(
+    r: Any, rec: RelayRecord, ttl: float = RELAY_TTL, *, prefix: str = REDIS_PREFIX
+) -> None:
+    """Write (or refresh) a relay's entry with its TTL; announce it only when it is new."""
+    ip, _ = rec.tunnel_endpoint
+    name = relay_key(prefix, ip)
+    pipe = r.pipeline(transaction=True)
+    pipe.exists(name)
+    pipe.hset(
+        name,
+        mapping={
+            "name": rec.name,
+            "tunnel": rec.tunnel,
+            "updated": repr(rec.updated or time.time()),
+        },
+    )
+    pipe.pexpire(name, max(1, int(ttl * 1000)))
+    pipe.sadd(relay_index_key(prefix), ip)
+    existed = pipe.execute()[0]
+    if not existed:
+        _publish(r, prefix, "relay", tunnel=rec.tunnel)
+
+
+def deregister_relay(r: Any, tunnel_ip: str, *, prefix: str = REDIS_PREFIX) -> None:
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(relay_key(prefix, tunnel_ip))
+    pipe.srem(relay_index_key(prefix), tunnel_ip)
+    pipe.execute()
+    _publish(r, prefix, "relay", tunnel=tunnel_ip, gone=True)
+
+
+def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayRecord], list[str]]:
+    """(tunnel ip -> RelayRecord, problems): every relay that may send tunnel datagrams."""
+    members = sorted(_s(m) for m in r.smembers(relay_index_key(prefix)))
+    pipe = r.pipeline(transaction=False)
+    for ip in members:
+        pipe.hgetall(relay_key(prefix, ip))
+    relays: dict[str, RelayRecord] = {}
+    problems: list[str] = []
+    gone = []
+    for ip, fields in zip(members, pipe.execute(), strict=True):
+        if not fields:
+            gone.append(ip)
+            continue
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        try:
+            rec = RelayRecord(f.get("name", ""), f.get("tunnel", ""), float(f.get("updated", 0)))
+        except (RegistryError, ValueError) as exc:
+            problems.append(f"{relay_key(prefix, ip)}: {exc}")
+            continue
+        if rec.tunnel_endpoint[0] != ip:
+            problems.append(f"{relay_key(prefix, ip)}: tunnel {rec.tunnel} is not at {ip}")
+            continue
+        relays[ip] = rec
+    if gone:
+        pipe = r.pipeline(transaction=False)
+        for ip in gone:
+            pipe.eval(_PRUNE, 2, relay_key(prefix, ip), relay_index_key(prefix), ip)
+        pipe.execute()
+    return relays, problems
 
 
 # --- the flow cache (docs/wire-format.md §6) ------------------------------------------------

@@ -16,6 +16,7 @@ from lab.wait import wait_until
 from tests.control.ctl_lab import RELAY_ADDR, Lab
 from tests.control.runlab import RunProc, config_flags, map_state
 from wire import registry
+from wire.defaults import RELAY_TTL, RELAY_TUNNEL_PORT
 from wire.registry import TransceiverRecord
 
 pytestmark = pytest.mark.lab
@@ -176,3 +177,18 @@ def test_unload_and_load_under_a_running_controller(
     assert run_proc.alive() and "Traceback" not in run_proc.text()
     assert run_proc.stop() == 0
     assert config_flags(name) & 1 == 0
+
+
+def test_run_registers_the_relays_tunnel_source(
+    loaded: Lab, redis_url: str, run_proc: RunProc
+) -> None:
+    # Registered before `ready`: transceivers accept tunnel datagrams only from relays listed.
+    r = registry_client(redis_url)
+    try:
+        relays, problems = registry.read_relays(r)
+        assert not problems
+        assert relays[RELAY_ADDR].tunnel == f"{RELAY_ADDR}:{RELAY_TUNNEL_PORT}"
+        assert relays[RELAY_ADDR].name.endswith(f"/{loaded.name}")
+        assert 0 < r.pttl(registry.relay_key("edge", RELAY_ADDR)) <= RELAY_TTL * 1000
+    finally:
+        r.close()

@@ -161,3 +161,31 @@ def test_current_key_must_be_loaded(r: redis.Redis, tmp_path: Path) -> None:
     p = tmp_path / "reg.json"
     p.write_text(json.dumps({"keys": {"1": KEY1.hex()}, "current_key": 3}))
     assert registry.load_registry_file(p).problems == ["current key 3 is not among the keys"]
+
+
+def test_relay_registration_layout_expiry_and_problems(r: redis.Redis) -> None:
+    rec = registry.RelayRecord("host-a/edge", "198.18.1.1:6080")
+    registry.register_relay(r, rec, ttl=0.3)
+    h = {k.decode(): v.decode() for k, v in r.hgetall("edge:relay:198.18.1.1").items()}
+    assert h["name"] == "host-a/edge" and h["tunnel"] == "198.18.1.1:6080"
+    assert r.smembers("edge:relays") == {b"198.18.1.1"}
+    relays, problems = registry.read_relays(r)
+    assert list(relays) == ["198.18.1.1"] and relays["198.18.1.1"].name == "host-a/edge"
+    assert not problems
+    # An entry whose tunnel does not sit at its own key is refused, not trusted.
+    r.sadd("edge:relays", "198.18.1.9")
+    r.hset("edge:relay:198.18.1.9", mapping={"name": "x", "tunnel": "203.0.113.5:6080"})
+    relays, problems = registry.read_relays(r)
+    assert "198.18.1.9" not in relays and "is not at 198.18.1.9" in problems[0]
+    deadline = time.monotonic() + 5
+    while r.exists("edge:relay:198.18.1.1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    relays, _ = registry.read_relays(r)
+    assert "198.18.1.1" not in relays and not r.sismember("edge:relays", "198.18.1.1")
+    registry.deregister_relay(r, "198.18.1.9")
+    assert r.smembers("edge:relays") == set()
+
+
+def test_relay_record_refuses_a_bad_tunnel() -> None:
+    with pytest.raises(RegistryError, match="relay tunnel"):
+        registry.RelayRecord("h/e", "not-an-address")
