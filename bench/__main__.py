@@ -26,6 +26,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 BENCHMARKS = (
     ("bench.bpf_paths", "XDP program paths"),
     ("bench.relay_pps", "Relay throughput and latency"),
+    ("bench.relay_mpps", "Relay forwarding limit"),
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
     ("bench.calls", "Transceiver calls per core"),
     ("bench.registry_read", "Registry read beside the flow cache"),
