@@ -8,12 +8,14 @@ veth, whose peer runs a counting sink (XDP_DROP). Everything is in one throwaway
 (lab.fibsandbox, permanent neighbours) and, since the redirects run in the softirq of the CPU
 that called the test run, on one core.
 
-Paths: flow hit (client -> encap -> transceiver link) and decap (tunnel -> client link). The
-baselines on the same links, same generator, same sink: a bare XDP_REDIRECT reflector (the
-frame out of the other link, untouched) and a bare XDP_TX reflector (back out of the link it
-came in on). "forwarded Mpps" = frames the sink counted / wall time of the test run; the
-generator offers more than any of them forwards ("generator alone": its frames sent straight
-into a sink, one veth hop, nothing in between).
+Paths: flow hit (client -> encap -> transceiver link) and decap (tunnel -> client link).
+Beside the relay, on the same links with the same generator and sink: a bare XDP_REDIRECT
+reflector (the frame out of the other link, untouched), a bare XDP_TX reflector (back out of
+the link it came in on), and the userspace Python relay (lab/pyrelay.py) on the same VIP and
+tunnel, the links running XDP_PASS so that the kernel's stack takes the frames.
+"forwarded" = frames the sink counted while the generator ran / its wall time; "generator
+alone" = its frames sent straight into a sink (one veth hop, nothing in between), which is
+more than any program in between forwards.
 
     .venv/bin/python -m bench.relay_mpps [--packets N]
 """
@@ -22,6 +24,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes as ct
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +35,24 @@ from dataclasses import dataclass
 
 from bcc import BPF
 
-from bench.bpf_paths import BASELINE_SRC, REPLY, RTP, Bench, client
+from bench.bpf_paths import (
+    BASELINE_SRC,
+    CLUSTER,
+    KEY,
+    KEY_ID,
+    REPLY,
+    RTP,
+    TUNNEL,
+    TUNNEL_PORT,
+    TXR_ADDR,
+    TXR_ID,
+    TXR_PORT,
+    VIP,
+    VIP_PORT,
+    Bench,
+    binding,
+    client,
+)
 from bench.table import Table
 from control.program import compile_relay
 from control.reasons import Reason
@@ -162,6 +185,47 @@ class Rig:
 
 
 @contextmanager
+def _pyrelay(sandbox: Sandbox) -> Iterator[subprocess.Popen[str]]:
+    """lab/pyrelay.py in the sandbox on the bench's VIP (a local address there) and tunnel."""
+    subprocess.run(
+        ["ip", "-n", sandbox.name, "addr", "replace", f"{VIP}/32", "dev", "lo"], check=True
+    )
+    registry = {
+        "keys": {str(KEY_ID): KEY.hex()},
+        "current_key": KEY_ID,
+        "transceivers": [{"cluster": CLUSTER, "id": TXR_ID, "tunnel": f"{TXR_ADDR}:{TXR_PORT}"}],
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(registry, f)
+        f.flush()
+        cmd = ["ip", "netns", "exec", sandbox.name, sys.executable, "-m", "lab.pyrelay"]
+        cmd += ["--vip", f"{VIP}:{VIP_PORT}", "--tunnel", f"{TUNNEL}:{TUNNEL_PORT}"]
+        proc = subprocess.Popen([*cmd, "--registry", f.name], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"lab.pyrelay did not start (exit {proc.poll()})")
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _settle(rig: Rig, quiet: float = 0.3, limit: float = 30.0) -> None:
+    """Wait until the sink stops counting: a userspace relay drains its socket after a blast."""
+    deadline = time.monotonic() + limit
+    last, since = rig.sunk(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = rig.sunk()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise RuntimeError("the sink kept counting: the userspace relay never drained")
+
+
+@contextmanager
 def _attached(worker: NetnsWorker, fd: int, *links: str) -> Iterator[None]:
     for link in links:
         worker.call(xdp.attach, link, fd, "native")
@@ -170,6 +234,22 @@ def _attached(worker: NetnsWorker, fd: int, *links: str) -> Iterator[None]:
     finally:
         for link in links:
             worker.call(xdp.detach, link)
+
+
+def _userspace(
+    rig: Rig, sandbox: Sandbox, worker: NetnsWorker, pass_fd: int, path: Path, packets: int
+) -> tuple[float, int]:
+    """The same frames through lab/pyrelay.py: what it forwarded while the generator ran."""
+    with _attached(worker, pass_fd, CLIENT_LINK.name, TXR_LINK.name), _pyrelay(sandbox):
+        rig.blast(binding(), CLIENT_LINK.peer, 1)  # the flow, learned by ufrag
+        _settle(rig)
+        best = (0.0, 0)
+        for _ in range(TRIALS):
+            secs, sunk = rig.blast(path.frame, _peer(path.into), packets)
+            _settle(rig)
+            if sunk / secs > best[0]:
+                best = (sunk / secs, sunk)
+        return best[0] / 1e6, best[1]
 
 
 def measure(packets: int = PACKETS) -> Table:
@@ -199,18 +279,20 @@ def measure(packets: int = PACKETS) -> Table:
                         f"{path.name}: the relay counted {done} forwards, "
                         f"the sink saw {results['relay'][1]}"
                     )
+                results["python"] = _userspace(rig, sandbox, worker, bench.base_fd, path, packets)
                 redirect = results["XDP_REDIRECT"][0]
                 for label, (mpps, sunk) in (
                     ("bare XDP_REDIRECT reflector", results["XDP_REDIRECT"]),
                     ("bare XDP_TX reflector", results["XDP_TX"]),
                     ("XDP relay", results["relay"]),
+                    ("Python userspace relay (lab/pyrelay.py)", results["python"]),
                 ):
                     rows.append(
                         [
                             path.name,
                             label,
-                            f"{offered:.2f}",
-                            f"{mpps:.2f}",
+                            f"{offered:.3f}",
+                            f"{mpps:.3f}",
                             f"{mpps / redirect:.2f}",
                             f"{sunk:,}",
                         ]

@@ -21,11 +21,15 @@ def test_live_frames_need_a_real_frame() -> None:
 
 def test_every_row_sinks_every_frame_and_the_sandbox_is_gone() -> None:
     table = relay_mpps.measure(packets=20_000)
-    assert len(table.rows) == 6
+    assert len(table.rows) == 8
     for path, program, offered, forwarded, _ratio, sunk in table.rows:
-        # Live frames that the program forwards all arrive: a lost frame means a broken rig.
-        assert sunk == "20,000", (path, program, sunk)
         assert float(offered) > 0 and float(forwarded) > 0
+        if program.startswith("Python"):
+            # A socket drops what it cannot take; some must come through, never more than sent.
+            assert 0 < int(sunk.replace(",", "")) <= 20_000, (path, sunk)
+        else:
+            # Live frames that an XDP program forwards all arrive: a lost one is a broken rig.
+            assert sunk == "20,000", (path, program, sunk)
     relay_rows = [r for r in table.rows if r[1] == "XDP relay"]
     assert [r[0] for r in relay_rows] == [p.name for p in relay_mpps._paths()]
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
