@@ -87,6 +87,8 @@ class CallSession:
             self.pc = RTCPeerConnection(config)
         else:
             self.pc = certificate.peer_connection(config)
+        # SCTP rides the call's DTLS (aiortc's, on the fast path too): channels the client opens.
+        self.pc.on("datachannel", self.call.channels.attach)
 
     @property
     def ufrag(self) -> str:
