@@ -8,7 +8,7 @@ it. As a command:
 
     python -m lab.channelclient http://198.18.2.2:8080 [--rounds N]
 
-prints one JSON line: {"state", "sent", "echoed", "bad", "rtp_before", "rtp_after",
+prints one JSON line: {"state", "local", "sent", "echoed", "bad", "rtp_before", "rtp_after",
 "rtt_ms": {size: [ms, ...]}, "error"}; exits 1 unless every message came back identical.
 """
 
@@ -102,6 +102,7 @@ async def run_call(
                 await peer.start(http, url, headers=headers)
                 await echo.wait_open()
                 result["state"] = peer.pc.connectionState
+                result["local"] = list(peer.nominated()[0])
                 result["rtp_before"] = peer.rtp_in
                 rtts: dict[int, list[float]] = {}
                 for _ in range(rounds):
