@@ -260,3 +260,52 @@ async def test_inbound_bounds_and_end_without_a_peer() -> None:
     )
     with pytest.raises(ch.CallEnded):
         await channels.recv()
+
+
+class DocumentedAgent:
+    """The example of docs/transceiver.md's data channel section, as written there."""
+
+    media = "opus"
+
+    async def handle_call(self, call: Call) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.events(call))
+            async for frame in call:
+                call.send(frame)
+
+    async def events(self, call: Call) -> None:
+        async for event in call.channels:
+            match event:
+                case ChannelOpened(label):
+                    call.send_message(label, json.dumps({"type": "session.created"}))
+                case Message(label, str() as text):
+                    ack = {"type": "ack", "of": json.loads(text)["type"]}
+                    call.send_message(label, json.dumps(ack))
+                case Message(label, bytes() as blob):
+                    call.send_message(label, blob)
+                case ChannelClosed(label):
+                    ...
+
+    async def call_ended(self, call: Call, reason: str) -> None: ...
+
+
+async def test_the_documented_example_works(start_txr, http: aiohttp.ClientSession) -> None:
+    txr = await start_txr(app=DocumentedAgent())
+    client = await _connect(http, txr.http_url)
+    try:
+        echo = ChannelEcho(client.channels[0])
+        await echo.wait_open()
+        first = await asyncio.wait_for(echo.received.get(), 10)
+        assert json.loads(first) == {"type": "session.created"}
+        echo.channel.send(json.dumps({"type": "response.create"}))
+        ack = await asyncio.wait_for(echo.received.get(), 10)
+        assert json.loads(ack) == {"type": "ack", "of": "response.create"}
+        assert await echo.round_trip(b"\x00\xffbinary") > 0
+        before = client.rtp_in
+        for _ in range(250):
+            if client.rtp_in >= before + 10:
+                break
+            await asyncio.sleep(0.02)
+        assert client.rtp_in >= before + 10  # the audio loop runs beside the events
+    finally:
+        await client.close()
