@@ -20,6 +20,10 @@ bounded, typed event stream per call, `call.channels`:
   `MAX_MESSAGE_BYTES` (what the answer's `a=max-message-size` advertises). Open and close
   events are never dropped; a call takes at most `MAX_CHANNELS` open channels, and none while
   the queue is full: further ones are closed at once (`refused`).
+- Below this, SCTP itself is held to the 1 MiB receive window it advertises
+  (`aiortc_seam.enforce_sctp_receive_window`): aiortc would buffer whatever a peer sends, e.g.
+  the fragments of a message that never ends; chunks beyond the window are dropped
+  (`window_dropped`), which a sender that respects the window never sees.
 - `send_message()` never blocks. It returns False, counted in `dropped_out`, when the channel is
   not open or more than `OUT_BUFFER_BYTES` already wait in its send buffer (the client reads
   slower than the app writes); it raises `TypeError` for anything but str/bytes and
@@ -102,6 +106,7 @@ class Channels:
         self.dropped_in = 0  # inbound messages the app was too far behind for, or too big
         self.dropped_out = 0  # sends to a channel not open, or with a full send buffer
         self.refused = 0  # channels beyond MAX_CHANNELS, closed at once
+        self.window_dropped = 0  # SCTP DATA chunks beyond the receive window (a rogue sender)
 
     @property
     def open(self) -> tuple[str, ...]:
@@ -187,6 +192,9 @@ class Channels:
 
         rtc.on("message", on_message)
         rtc.on("close", on_close)
+
+    def _window_drop(self) -> None:
+        self.window_dropped += 1
 
     def _received(self, label: str, data: str | bytes) -> None:
         if self.ended:

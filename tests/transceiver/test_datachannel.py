@@ -14,6 +14,7 @@ import pytest
 from lab.channelclient import LABEL, ChannelEcho, json_of_size, standard_messages
 from lab.peer import ClientPeer
 from lab.tunnelrelay import TunnelRelay
+from transceiver import aiortc_seam
 from transceiver import channels as ch
 from transceiver.app import Call, load_app
 from transceiver.channels import ChannelClosed, ChannelOpened, Message, MessageTooBig
@@ -208,6 +209,39 @@ async def test_slow_app_loses_counted_messages_not_memory(
             await asyncio.sleep(0.02)
         assert len(app.events) == 1 + channels.messages_in
         assert all(isinstance(e, Message) and e.data == big for e in app.events[1:])
+    finally:
+        await client.close()
+
+
+async def test_a_peer_ignoring_the_sctp_window_cannot_make_us_buffer(
+    txr: TransceiverService, http: aiohttp.ClientSession
+) -> None:
+    # aiortc's own sender ignores the receive window; past the size check, one 8 MB message
+    # (that cannot fit) is what a rogue client sends. Unguarded, aiortc buffered all of it.
+    client = ClientPeer(audio="opus", decode=False, data_channels=(LABEL,))
+    await client.start(http, txr.http_url)
+    try:
+        echo = ChannelEcho(client.channels[0])
+        await echo.wait_open()
+        (session,) = txr.manager.sessions.values()
+        sctp = session.pc.sctp
+        assert sctp is not None
+        sending = asyncio.ensure_future(
+            aiortc_seam.send_ignoring_limits(client.channels[0], bytes(8 << 20))
+        )
+        lowest = aiortc_seam.sctp_receive_window(sctp)
+        channels = session.call.channels
+        audio = client.rtp_in
+        for _ in range(300):  # until well past a window's worth of drops
+            lowest = min(lowest, aiortc_seam.sctp_receive_window(sctp))
+            if channels.window_dropped >= 500:
+                break
+            await asyncio.sleep(0.01)
+        assert channels.window_dropped >= 500
+        assert lowest >= 0  # never more buffered than the 1 MiB window it advertises
+        assert channels.messages_in == 0  # the 8 MB message never completed
+        assert client.rtp_in > audio and session.end_reason is None  # the call goes on
+        sending.cancel()
     finally:
         await client.close()
 
