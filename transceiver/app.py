@@ -63,7 +63,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import av
 
-from transceiver.channels import CallEnded, Channels
+from transceiver.channels import CallEnded, Channels, MessageTooBig
 
 MediaFormat = Literal["opus", "pcm"]
 OPUS_CLOCK = 48000
@@ -212,7 +212,9 @@ class EchoApp:
 
     async def echo_messages(self, call: Call) -> None:
         async for message in call.channels.messages():
-            call.send_message(message.channel, message.data)
+            # A client may send more than it accepts back (its max-message-size): not echoed.
+            with contextlib.suppress(MessageTooBig):
+                call.send_message(message.channel, message.data)
 
     async def call_ended(self, call: Call, reason: str) -> None:
         return None

@@ -159,6 +159,7 @@ class Channels:
         try:
             rtc.send(data)
         except ValueError as exc:  # aiortc: larger than the client's max-message-size
+            self.dropped_out += 1
             raise MessageTooBig(str(exc)) from None
         self.messages_out += 1
         self.bytes_out += size

@@ -159,8 +159,9 @@ async def test_app_sees_open_message_close_in_order(start_txr, http: aiohttp.Cli
                 break
             await asyncio.sleep(0.02)
         assert app.call.channels.open == (LABEL,)
-        # A send to a label nobody opened is refused and counted, never raised.
-        assert app.sent == [False, True, False, True] and app.call.channels.dropped_out == 2
+        # Sends to a label nobody opened are refused and counted, never raised; the oversized
+        # one raised and was counted too.
+        assert app.sent == [False, True, False, True] and app.call.channels.dropped_out == 3
     finally:
         await client.hang_up(http)
     assert app.call is not None
@@ -177,6 +178,27 @@ async def test_app_sees_open_message_close_in_order(start_txr, http: aiohttp.Cli
         ("ChannelClosed", LABEL),  # the call ended
     ]
     assert isinstance(app.events[0], ChannelOpened)
+
+
+async def test_echo_skips_what_the_client_would_not_accept(
+    txr: TransceiverService, http: aiohttp.ClientSession
+) -> None:
+    # A client that says it takes at most 1000-byte messages but sends more: the echo leaves
+    # that one out (counted) and goes on echoing.
+    client = ClientPeer(audio="opus", decode=False, data_channels=(LABEL,))
+    offer = await client.make_offer()
+    assert "a=max-message-size:262144" in offer
+    client.offer_sdp = offer.replace("a=max-message-size:262144", "a=max-message-size:1000")
+    try:
+        await client.start(http, txr.http_url)
+        echo = ChannelEcho(client.channels[0])
+        await echo.wait_open()
+        echo.channel.send(json_of_size(2000))
+        assert await echo.round_trip(json_of_size(1000)) > 0  # the next one, not the 2000
+        (session,) = txr.manager.sessions.values()
+        assert session.call.channels.messages_in == 2 and session.call.channels.dropped_out == 1
+    finally:
+        await client.close()
 
 
 async def test_slow_app_loses_counted_messages_not_memory(
