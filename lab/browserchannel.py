@@ -6,9 +6,9 @@ Loads the page the transceiver serves (only for its origin: getUserMedia and fet
 then runs lab/assets/channel.js there: a call of its own with an `oai-events` data channel,
 JSON text and binary messages of 0 B .. 64 KB (lab.channelclient.SIZES) sent one at a time,
 each echo compared byte for byte, and `packets` more echoed audio packets counted after the
-messages. Prints one JSON line: {"state", "sent", "echoed", "bad", "rtt_ms", "audio_before",
-"audio_after", "max_message_size", "setup_ms", "error"}; exits 1 unless every message came back
-identical. Chromium's flags are lab.browsercall's.
+messages. Prints one JSON line, {"state", "sent", "echoed", "bad", "rtt_ms", "audio_before",
+"audio_after", "max_message_size", "first_mline", "setup_ms", "error"}, and exits 1 unless
+every message came back identical. Chromium's flags are lab.browsercall's.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ async ({ sizes, label, packets }) => {
   const started = performance.now();
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
   const pc = new RTCPeerConnection();
+  // As in OpenAI's WebRTC example: the microphone, then `oai-events`. (Chromium puts the audio
+  // m-line first either way; the aiortc tests cover the application m-line first.)
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
   const dc = pc.createDataChannel(label);
   dc.binaryType = "arraybuffer";
-  for (const track of stream.getTracks()) pc.addTrack(track, stream);
   const inbound = [];
   const waiting = [];
   dc.onmessage = (ev) => {
@@ -40,6 +42,7 @@ async ({ sizes, label, packets }) => {
   let location = null;
   try {
     await pc.setLocalDescription(await pc.createOffer());
+    result.first_mline = (pc.localDescription.sdp.match(/^m=(\w+)/m) || [])[1] || null;
     // No trickle ICE: the server wants our (host) candidates in the offer.
     await new Promise((resolve) => {
       if (pc.iceGatheringState === "complete") return resolve();

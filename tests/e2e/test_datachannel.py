@@ -77,6 +77,7 @@ def test_chromium_messages_through_the_relay(lab: EdgeLab) -> None:
     after = _relay_totals(lab)
     assert result["sent"] == result["echoed"] == MESSAGES and result["bad"] == []
     assert result["max_message_size"] == "262144"
+    assert result["first_mline"] == "audio"  # OpenAI's order: microphone, then oai-events
     assert result["audio_before"] >= 10
     assert result["audio_after"] >= result["audio_before"] + 50
     assert after["fwd_decap"] - before["fwd_decap"] >= MIN_SCTP_PACKETS + 50

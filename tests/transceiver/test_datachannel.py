@@ -72,6 +72,21 @@ async def test_oai_events_echo_on_the_fast_path(
         await client.close()
 
 
+async def test_audio_mline_first_as_openai_clients_offer(
+    txr: TransceiverService, http: aiohttp.ClientSession
+) -> None:
+    # ClientPeer's channels come first; OpenAI's example adds the microphone, then the channel.
+    client = ClientPeer(audio="pcm", decode=False)
+    client.channels.append(client.pc.createDataChannel(LABEL))
+    try:
+        offer = await client.make_offer()
+        assert offer.index("m=audio") < offer.index("m=application")
+        await client.start(http, txr.http_url)
+        await _echo_everything(client)
+    finally:
+        await client.close()
+
+
 async def test_pcm_echo_app_echoes_messages_too(start_txr, http: aiohttp.ClientSession) -> None:
     txr = await start_txr(app=load_app("pcm-echo"))
     client = await _connect(http, txr.http_url)

@@ -37,5 +37,6 @@ def test_chromium_oai_events_echo(app: str) -> None:
     assert result["sent"] == result["echoed"] == 2 + 2 * len(SIZES) and result["bad"] == []
     assert {"65536", "0", "1"} <= set(result["rtt_ms"])
     assert result["max_message_size"] == "262144"
+    assert result["first_mline"] == "audio"  # OpenAI's order: microphone, then oai-events
     # Audio was flowing before the messages and kept flowing after them.
     assert result["audio_before"] >= 10 and result["audio_after"] >= result["audio_before"] + 50
