@@ -283,6 +283,44 @@ async def test_a_peer_ignoring_the_sctp_window_cannot_make_us_buffer(
         await client.close()
 
 
+class BurstApp:
+    """Sends 40 messages of 64 KB the moment a channel opens, faster than SCTP can carry them."""
+
+    media = "opus"
+
+    def __init__(self) -> None:
+        self.accepted: list[bool] = []
+
+    async def handle_call(self, call: Call) -> None:
+        async for event in call.channels:
+            if isinstance(event, ChannelOpened):
+                for _ in range(40):
+                    self.accepted.append(call.send_message(event.channel, bytes(65536)))
+            elif isinstance(event, Message):  # echoed after the burst, on the same ordered channel
+                call.send_message(event.channel, event.data)
+
+    async def call_ended(self, call: Call, reason: str) -> None: ...
+
+
+async def test_send_buffer_is_bounded(start_txr, http: aiohttp.ClientSession) -> None:
+    app = BurstApp()
+    txr = await start_txr(app=app)
+    client = await _connect(http, txr.http_url)
+    try:
+        echo = ChannelEcho(client.channels[0])
+        await echo.wait_open()
+        fits = ch.OUT_BUFFER_BYTES // 65536
+        got = [await asyncio.wait_for(echo.received.get(), 10) for _ in range(fits)]
+        assert app.accepted == [True] * fits + [False] * (40 - fits)
+        assert all(m == bytes(65536) for m in got)
+        (session,) = txr.manager.sessions.values()
+        assert session.call.channels.dropped_out == 40 - fits
+        # Ordered channel: an echo sent after the burst arrives right after the accepted part.
+        assert await echo.round_trip("the rest was refused") > 0 and echo.received.empty()
+    finally:
+        await client.close()
+
+
 async def test_channels_beyond_the_limit_are_refused(
     txr: TransceiverService, http: aiohttp.ClientSession
 ) -> None:
