@@ -194,7 +194,8 @@ class Channels:
         rtc.on("message", on_message)
         rtc.on("close", on_close)
 
-    def _window_drop(self) -> None:
+    def window_drop(self) -> None:
+        """One SCTP DATA chunk dropped beyond the receive window (aiortc_seam)."""
         self.window_dropped += 1
 
     def _received(self, label: str, data: str | bytes) -> None:
