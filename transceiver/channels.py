@@ -187,8 +187,11 @@ class Channels:
             if rtc not in self._live:
                 return
             self._live.discard(rtc)
-            if self._open.get(label) is rtc:
+            if self._open.get(label) is rtc:  # an earlier one with the label takes over again
                 del self._open[label]
+                for other in self._live:
+                    if other.label == label:
+                        self._open[label] = other
             self._push(ChannelClosed(label))
 
         rtc.on("message", on_message)
