@@ -321,6 +321,30 @@ async def test_send_buffer_is_bounded(start_txr, http: aiohttp.ClientSession) ->
         await client.close()
 
 
+async def test_a_repeated_label_sends_on_the_latest_open_channel(
+    txr: TransceiverService, http: aiohttp.ClientSession
+) -> None:
+    client = await _connect(http, txr.http_url, "dup", "dup")
+    try:
+        first, second = (ChannelEcho(c) for c in client.channels)
+        await asyncio.gather(first.wait_open(), second.wait_open())
+        (session,) = txr.manager.sessions.values()
+        for _ in range(250):
+            if len(session.call.channels._live) == 2:
+                break
+            await asyncio.sleep(0.02)
+        first.channel.send("to the latest")
+        assert await asyncio.wait_for(second.received.get(), 10) == "to the latest"
+        second.channel.close()
+        for _ in range(250):
+            if len(session.call.channels._live) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert await first.round_trip("back to the first") > 0  # the one still open took over
+    finally:
+        await client.close()
+
+
 async def test_channels_beyond_the_limit_are_refused(
     txr: TransceiverService, http: aiohttp.ClientSession
 ) -> None:
