@@ -87,8 +87,13 @@ async def test_audio_mline_first_as_openai_clients_offer(
         await client.close()
 
 
-async def test_pcm_echo_app_echoes_messages_too(start_txr, http: aiohttp.ClientSession) -> None:
-    txr = await start_txr(app=load_app("pcm-echo"))
+@pytest.mark.parametrize(
+    ("app", "media_path"), [("pcm-echo", "fast"), ("echo", "aiortc")], ids=["pcm", "aiortc-path"]
+)
+async def test_echo_without_the_fast_path(
+    start_txr, http: aiohttp.ClientSession, app: str, media_path: str
+) -> None:
+    txr = await start_txr(app=load_app(app), media_path=media_path)
     client = await _connect(http, txr.http_url)
     try:
         await _echo_everything(client)
