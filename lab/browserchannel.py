@@ -13,6 +13,7 @@ every message came back identical. Chromium's flags are lab.browsercall's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -44,11 +45,20 @@ def run(url: str, packets: int = 50) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
+    ap = argparse.ArgumentParser(
+        prog="python -m lab.browserchannel", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("url", help="the transceiver's (or VIP's) HTTP base URL")
+    ap.add_argument(
+        "packets",
+        nargs="?",
+        type=int,
+        default=50,
+        help="echoed audio packets to count after the messages (%(default)s)",
+    )
+    args = ap.parse_args(argv)
     try:
-        result = run(argv[0], int(argv[1]) if len(argv) > 1 else 50)
+        result = run(args.url, args.packets)
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result), flush=True)
