@@ -225,6 +225,13 @@ class Channels:
         """The call ended: every channel closes, waiting recv()s see the end after the queue."""
         if self.ended:
             return
+        if self.messages_in or self.refused or self.window_dropped or self.dropped_out:
+            log.info(
+                "call %s: data channels: %d messages in (%d dropped), %d out (%d dropped), "
+                "%d refused, %d SCTP chunks beyond the window",
+                self.call_id, self.messages_in, self.dropped_in, self.messages_out,
+                self.dropped_out, self.refused, self.window_dropped,
+            )  # fmt: skip
         for rtc in list(self._live):
             self._push(ChannelClosed(rtc.label))
         self._live.clear()
