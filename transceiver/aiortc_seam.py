@@ -22,16 +22,19 @@ from typing import Any, Literal, Protocol
 
 import aioice
 import aiortc.rtcpeerconnection as aiortc_pc
+import aiortc.rtcsctptransport as aiortc_sctp
 import pylibsrtp
 import pylibsrtp._binding as srtp_binding
 from aiortc import (
     RTCConfiguration,
+    RTCDataChannel,
     RTCDtlsTransport,
     RTCIceGatherer,
     RTCIceTransport,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
+    RTCSctpTransport,
 )
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
@@ -127,6 +130,19 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("RTP tap wraps the instance's", RTCRtpReceiver, "_handle_rtp_packet"),
     Touch("RTP tap: DTLS calls it", RTCDtlsTransport, "_handle_rtp_data", ("_handle_rtp_packet",)),
     Touch(
+        "SCTP window: DATA handler called",
+        RTCSctpTransport,
+        "_receive_chunk",
+        ("_receive_data_chunk",),
+    ),
+    Touch(
+        "SCTP window: what DATA takes",
+        RTCSctpTransport,
+        "_receive_data_chunk",
+        ("_advertised_rwnd", "_sack_needed"),
+    ),
+    Touch("SCTP window: advertised", RTCSctpTransport, "_send_sack", ("_advertised_rwnd",)),
+    Touch(
         "shared certificate: swapped global",
         RTCPeerConnection,
         "__init__",
@@ -146,6 +162,8 @@ TOUCHES: tuple[Touch, ...] = (
         ("_nominated", "_query_consent_task"),
     ),
     Touch("client: host addresses gathered", aioice.ice, "get_host_addresses"),
+    Touch("client: SCTP send below the size check", RTCSctpTransport, "_send"),
+    Touch("client: binary PPID", aiortc_sctp, "WEBRTC_BINARY"),
     Touch(
         "client: gathering asks for host addresses",
         aioice.Connection,
@@ -302,6 +320,35 @@ def remote_stream_count(receiver: RTCRtpReceiver) -> int:
     return len(getattr(receiver, _REMOTE_STREAMS))
 
 
+# --- server side: data channels -----------------------------------------------------------------
+
+
+def enforce_sctp_receive_window(sctp: RTCSctpTransport, dropped: Callable[[], None]) -> None:
+    """Drop DATA chunks that do not fit the receive window aiortc advertises (1 MiB).
+
+    aiortc advertises an a_rwnd but buffers whatever arrives (a message's fragments wait for
+    its last one): a peer that ignores the window, or never sends the last fragment, makes it
+    buffer without bound. RFC 9260 §6.2 lets a receiver drop DATA beyond its window; the chunk
+    is not acknowledged (a SACK of what we have still goes out), so a sender that respects the
+    window loses nothing.
+    """
+    handle: Callable[[Any], Awaitable[None]] = sctp._receive_data_chunk
+
+    async def within_window(chunk: Any) -> None:
+        if len(chunk.user_data) > sctp._advertised_rwnd:
+            sctp._sack_needed = True
+            dropped()
+            return
+        await handle(chunk)
+
+    sctp._receive_data_chunk = within_window  # type: ignore[method-assign]
+
+
+def sctp_receive_window(sctp: RTCSctpTransport) -> int:
+    """Bytes the receive window still has (aiortc's a_rwnd; negative: buffered beyond it)."""
+    return sctp._advertised_rwnd
+
+
 # --- server side: one certificate for every call ------------------------------------------------
 
 
@@ -397,6 +444,12 @@ def stop_consent_checks(connection: aioice.Connection) -> None:
     task = connection._query_consent_task
     if task is not None:
         task.cancel()
+
+
+async def send_ignoring_limits(channel: RTCDataChannel, data: bytes) -> None:
+    """Send one binary message past aiortc's max-message-size check (tests of a rogue client:
+    aiortc's sender also ignores the peer's receive window)."""
+    await channel.transport._send(channel.id, aiortc_sctp.WEBRTC_BINARY, data)
 
 
 def gather_only(addr: str) -> None:

@@ -26,8 +26,29 @@ An application is any object with this shape (see `CallApp`):
 at once; otherwise the outbound queue holds about a second of audio, the oldest frame dropped
 when an app sends faster than real time (counted in `call.dropped_out`).
 
-The default application is `EchoApp` (Opus, no codec work); `PcmEchoApp` echoes through the
-decoder and encoder. `load_app("module:attr")` loads another one (`transceiver serve --app`).
+Data channels (transceiver/channels.py): `call.channels` is the call's stream of data channel
+events, `ChannelOpened(label)`, `Message(label, data)` (data is str for text, bytes for binary)
+and `ChannelClosed(label)`; `call.send_message(label, data)` sends on the open channel with that
+label (`oai-events` is the one OpenAI Realtime API clients open). Run it beside the audio loop:
+
+    async def handle_call(self, call: Call) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.events(call))
+            async for frame in call:
+                call.send(frame)
+
+    async def events(self, call: Call) -> None:
+        async for message in call.channels.messages():     # or `async for event in call.channels`
+            event = json.loads(message.data)
+            call.send_message(message.channel, json.dumps({"type": "ack", "of": event["type"]}))
+
+Both streams end when the call ends. Inbound events are bounded (a slow app loses messages,
+counted in `call.channels.dropped_in`); `send_message()` never blocks (False, counted in
+`dropped_out`, when the channel is closed or its send buffer is full).
+
+The default application is `EchoApp` (Opus, no codec work; data channel messages back on their
+channel); `PcmEchoApp` echoes through the decoder and encoder. `load_app("module:attr")` loads
+another one (`transceiver serve --app`).
 """
 
 from __future__ import annotations
@@ -41,6 +62,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import av
+
+from transceiver.channels import CallEnded, Channels, MessageTooBig
 
 MediaFormat = Literal["opus", "pcm"]
 OPUS_CLOCK = 48000
@@ -65,10 +88,6 @@ class OpusFrame:
 Frame = OpusFrame | av.AudioFrame
 
 
-class CallEnded(Exception):
-    """Raised by `Call.recv()` once the call is over."""
-
-
 class Call:
     """One call as the application sees it."""
 
@@ -86,6 +105,7 @@ class Call:
         # Set by the Opus fast path (transceiver/fastpath.py): frames go out at once instead
         # of through the queue aiortc's sender drains.
         self._sink: Callable[[OpusFrame], None] | None = None
+        self.channels = Channels(call_id)  # data channel events; fed by transceiver/session.py
         self.ended = False
 
     async def recv(self) -> Frame:
@@ -137,6 +157,10 @@ class Call:
         self._out.put_nowait(frame)
         self.frames_out += 1
 
+    def send_message(self, channel: str, data: str | bytes) -> bool:
+        """Send a data channel message (see transceiver/channels.py); never blocks."""
+        return self.channels.send(channel, data)
+
     # --- used by the transceiver's media glue (transceiver/media.py) -------------------------
 
     def _deliver(self, frame: Frame) -> None:
@@ -153,6 +177,7 @@ class Call:
         if not self.ended:
             self.ended = True
             self._sink = None
+            self.channels._end()
             while self._waiters:  # every waiting recv() sees the end
                 waiter = self._waiters.popleft()
                 if not waiter.done():
@@ -172,13 +197,24 @@ class CallApp(Protocol):
 
 
 class EchoApp:
-    """Sends every Opus packet straight back: the zero-codec path."""
+    """Sends every Opus packet straight back (the zero-codec path), and every data channel
+    message back on its channel."""
 
     media: MediaFormat = "opus"
 
     async def handle_call(self, call: Call) -> None:
-        async for frame in call:
-            call.send(frame)
+        messages = asyncio.ensure_future(self.echo_messages(call))
+        try:
+            async for frame in call:
+                call.send(frame)
+        finally:
+            messages.cancel()
+
+    async def echo_messages(self, call: Call) -> None:
+        async for message in call.channels.messages():
+            # A client may send more than it accepts back (its max-message-size): not echoed.
+            with contextlib.suppress(MessageTooBig):
+                call.send_message(message.channel, message.data)
 
     async def call_ended(self, call: Call, reason: str) -> None:
         return None

@@ -87,6 +87,8 @@ class CallSession:
             self.pc = RTCPeerConnection(config)
         else:
             self.pc = certificate.peer_connection(config)
+        # SCTP rides the call's DTLS (aiortc's, on the fast path too): channels the client opens.
+        self.pc.on("datachannel", self.call.channels.attach)
 
     @property
     def ufrag(self) -> str:
@@ -119,6 +121,8 @@ class CallSession:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except Exception as exc:  # aiortc rejects e.g. no common codec with assorted errors
             raise OfferError(f"offer rejected: {exc}") from None
+        if pc.sctp is not None:  # the offer has a data channel m-line
+            aiortc_seam.enforce_sctp_receive_window(pc.sctp, self.call.channels.window_drop)
         offered_role = next((m.dtls.role for m in offered.media if m.dtls is not None), "auto")
         # Answer passive (we are the DTLS server) unless the offer insisted on being passive.
         aiortc_seam.set_dtls_role(dtls, "client" if offered_role == "server" else "server")
