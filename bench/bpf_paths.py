@@ -68,7 +68,7 @@ def client(payload: bytes, port: int = CLIENT_PORT) -> bytes:
 
 
 def binding(key: bytes = KEY, port: int = CLIENT_PORT) -> bytes:
-    ufrag = mint(KEY_ID, key, CLUSTER, TXR_ID, b"\x01\x02\x03\x04\x05")
+    ufrag = mint(KEY_ID, key, CLUSTER, TXR_ID, b"\x01\x02\x03\x04")
     return client(build_binding_request(ufrag + ":cl1E"), port)
 
 

@@ -33,7 +33,7 @@ from wire.encap import checksum, ipv4_udp
 from wire.stun import ATTR_USERNAME, build_binding_request, build_message
 from wire.ufrag import mint
 
-UFRAG = mint(KEY_ID, KEY, NEAR.cluster, NEAR.id, b"\x01\x02\x03\x04\x05")
+UFRAG = mint(KEY_ID, KEY, NEAR.cluster, NEAR.id, b"\x01\x02\x03\x04")
 USERNAME = (UFRAG + ":cl1E").encode()
 GOOD = build_binding_request(UFRAG + ":cl1E", attrs_before=[(0x0024, b"\x6e\x7f\x1e\xff")])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from control.reasons import Reason
@@ -22,6 +23,7 @@ from tests.bpf.bpfharness import (
     Case,
     Relay,
     Setup,
+    Txr,
     cases,
     check,
     cleared,
@@ -29,7 +31,7 @@ from tests.bpf.bpfharness import (
     eth,
     eth_header,
 )
-from wire.encap import checksum, ipv4_udp
+from wire.encap import EncapError, checksum, forward_hop, ipv4_udp, parse_ipv4_udp
 
 REPLY = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, b"\x80\x00reply-media", tos=0x2E)
 
@@ -48,8 +50,21 @@ def tunnel_frame(
 
 def decapsulated(frame: bytes, via: bytes | None = VIA_CLIENT_GATEWAY) -> bytes:
     """What the relay emits for a tunnel frame: via's Ethernet header (None: the frame's own, kept
-    when the FIB refuses), then the inner packet exactly as the transceiver sent it."""
-    return (frame[:14] if via is None else via) + frame[14 + 28 :]
+    when the FIB refuses), then the inner packet as the transceiver sent it, one hop (TTL)
+    less."""
+    return (frame[:14] if via is None else via) + forward_hop(frame[14 + 28 :])
+
+
+def reply_flow(frame: bytes, txr: Txr = NEAR, *, live: bool = False) -> Setup:
+    """The flow a tunnel frame's inner packet answers: its destination is the client, its
+    source the VIP; to txr."""
+
+    d = parse_ipv4_udp(frame[14 + 28 :])  # EncapError for a malformed one
+
+    def setup(relay: Relay) -> None:
+        relay.set_flow(txr, live=live, client=d.dst, port=d.dport, vip=d.src, vip_port=d.sport)
+
+    return setup
 
 
 def tunnel_case(
@@ -59,8 +74,18 @@ def tunnel_case(
     action: int,
     reason: Reason,
     *setup: Setup,
+    flow: bool = True,
+    ingress: str = TXR_LINK.name,
 ) -> Case:
-    return Case(description, frame, out, action, reason, setup=setup, ingress=TXR_LINK.name)
+    """A tunnel frame in on txr0; with `flow`, the flow its inner packet answers exists (to NEAR)
+    when the inner packet can be parsed."""
+    steps: tuple[Setup, ...] = setup
+    if flow:
+        try:
+            steps = (reply_flow(frame), *setup)
+        except (EncapError, IndexError, struct.error):
+            pass
+    return Case(description, frame, out, action, reason, setup=steps, ingress=ingress)
 
 
 def _fix_ip_csum(pkt: bytearray) -> bytes:
@@ -174,12 +199,13 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         Reason.DROP_TUNNEL_STRANGER,
     ),
     tunnel_case(
-        "stranger: txr_addrs, not transceivers, admits tunnel peers",
+        "stranger: without a flow of the sender, txr_addrs names the refusal",
         tunnel_frame(REPLY),
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_STRANGER,
         cleared("txr_addrs"),
+        flow=False,
     ),
     tunnel_case(
         "foreign source: not a VIP address",
@@ -187,6 +213,7 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     tunnel_case(
         "foreign source: a VIP address, not a VIP port",
@@ -194,6 +221,7 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     tunnel_case(
         "foreign source: spoofing a client",
@@ -201,6 +229,7 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     *(
         tunnel_case(

@@ -63,7 +63,7 @@ STUN_NEW = Case(
     Reason.FWD_STUN_NEW,
     learns=NEAR,
 )
-STUN_AGAIN = client_frame(binding(NEAR, nonce=b"zzzzz"))  # another session, same transceiver
+STUN_AGAIN = client_frame(binding(NEAR, nonce=b"\x0azzz"))  # another session, same transceiver
 STUN_KNOWN = Case(
     "STUN Binding request to the flow's transceiver leaves the flow alone",
     STUN_AGAIN,

@@ -74,8 +74,8 @@ def _ufrag_epoch() -> list[dict[str, Any]]:
         (0xFF0, 0x010, 10),  # across the wrap: 32 old
         (0, 0xFFF, 10),  # 4095 old reads as one ahead: fresh
         (7, 7 + 2048, 4000),  # a lifetime longer than the cycle accepts nearly everything
-        (5, 7, 0),  # lifetime 0 (only the load option's bound stops it): slack only
-        (5, 8, 0),
+        (5, 7, 1),  # the shortest lifetime: 1 epoch, and the slack
+        (5, 8, 1),
     ]
     return [
         {
