@@ -185,7 +185,8 @@ TCP_TO_VIP = bytes(UDP_TO_VIP[:9]) + b"\x06" + UDP_TO_VIP[10:]
             "padding": UFRAG[:22] + "==" + ":cl1E",
             "two UTF-8 bytes in place of one character": UFRAG[:5] + "\u00e9" + UFRAG[7:] + ":cl1E",
             "version 0": "A" + UFRAG[1:] + ":cl1E",
-            "version 2": "I" + UFRAG[1:] + ":cl1E",
+            "version 1 (retired)": "E" + UFRAG[1:] + ":cl1E",
+            "version 3": "M" + UFRAG[1:] + ":cl1E",
             "empty": ":cl1E",
         }.items()
     ),

@@ -225,7 +225,7 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
     ),
     tunnel_case(
         "foreign source: spoofing a client",
-        tunnel_frame(ipv4_udp(CLIENT, CLIENT_PORT, CLIENT, CLIENT_PORT, b"spoof")),
+        tunnel_frame(ipv4_udp(CLIENT, CLIENT_PORT, "198.19.64.6", CLIENT_PORT, b"spoof")),
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
