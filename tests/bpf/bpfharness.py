@@ -102,9 +102,7 @@ def client_frame(
 RTP = bytes([0x80, 0x6F]) + bytes(range(2, 160))  # first byte 128: not STUN (RFC 7983)
 
 
-def binding(
-    txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04", epoch: int | None = None
-) -> bytes:
+def binding(txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04", epoch: int | None = None) -> bytes:
     """A Binding request whose ufrag routes to txr under the harness key (minted now, unless
     `epoch` says when)."""
     return build_binding_request(mint(KEY_ID, KEY, txr.cluster, txr.id, nonce, epoch) + ":cl1E")

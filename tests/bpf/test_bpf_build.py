@@ -85,8 +85,12 @@ def test_a_build_with_other_limits(relay: Relay) -> None:
         # UFRAG_FLOW_LIMIT=2: the same ufrag from a second address creates its flow, a third
         # is refused (config's limit 0 means the build's default)
         other = client_frame(second[42:], port=40001)
-        check(small, Case("2nd", other, tunnelled(other, NEAR), XDP_REDIRECT, Reason.FWD_STUN_NEW,
-                          learns=NEAR))
+        check(
+            small,
+            Case(
+                "2nd", other, tunnelled(other, NEAR), XDP_REDIRECT, Reason.FWD_STUN_NEW, learns=NEAR
+            ),
+        )
         third_addr = client_frame(second[42:], port=40002)
         check(small, Case("3rd", third_addr, None, XDP_DROP, Reason.DROP_UFRAG_FLOOD))
     finally:
