@@ -38,6 +38,15 @@
 #define EDGE_FLOW_HIT_REASON REASON_FWD_FLOW
 #endif
 
+/* The coarse clock, read once per packet and only by the paths that need it (the drops before
+ * a flow or a FIB lookup do not pay the helper call): *now is 0 until the first read. */
+static __always_inline __u64 clock_now(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_coarse_ns();
+	return *now;
+}
+
 /* The coarse clock as flow_val.seen counts it. */
 static __always_inline __u16 seen_of(__u64 now)
 {
@@ -95,7 +104,7 @@ static __always_inline __u32 may_create(const struct flow_key *fk, const struct 
 /* A STUN Binding request: route by ufrag, and create or move the flow only when it changes, and
  * only as may_create allows. A live flow to a transceiver still in the map never moves. */
 static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
-					const struct relay_config *cfg, __u64 now,
+					const struct relay_config *cfg, __u64 *clock,
 					struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
@@ -105,8 +114,9 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 	struct txr_key tk = {};
 	struct txr_val *txr;
 	struct flow_val *fv;
-	__u16 seen = seen_of(now);
 	__u32 off = 0, len = 0, reason;
+	__u64 now;
+	__u16 seen;
 
 	reason = stun_find_username(pl, data_end, msg_end, &off, &len);
 	if (reason != REASON_CONTINUE)
@@ -119,6 +129,8 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 		return REASON_DROP_UNKNOWN_TXR;
 	*out = *txr;
 
+	now = clock_now(clock);
+	seen = seen_of(now);
 	fv = flows.lookup(fk);
 	if (fv && fv->cluster == tk.cluster && fv->id == tk.id) {
 		if (fv->seen != seen)
@@ -149,7 +161,7 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 
 /* Which transceiver gets a client datagram: by ufrag for a Binding request, else by flow. */
 static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct udp4 *d,
-					      const struct relay_config *cfg, __u64 now,
+					      const struct relay_config *cfg, __u64 *clock,
 					      struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
@@ -173,13 +185,13 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 		if (reason != REASON_CONTINUE)
 			return reason;
 		if (binding_end)
-			return route_stun(ctx, &fk, binding_end, cfg, now, out);
+			return route_stun(ctx, &fk, binding_end, cfg, clock, out);
 	}
 
 	fv = flows.lookup(&fk);
 	if (!fv)
 		return REASON_DROP_NO_FLOW;
-	seen = seen_of(now);
+	seen = seen_of(clock_now(clock));
 	if (fv->seen != seen) /* about once a second per flow: the line stays clean otherwise */
 		fv->seen = seen;
 	tk.cluster = fv->cluster;
@@ -194,7 +206,7 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 /* A datagram from a client to one of our VIPs: into the tunnel to its transceiver, one hop
  * (TTL) less, after its header checksum verified. */
 static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *d,
-					 const struct relay_config *cfg, __u64 now,
+					 const struct relay_config *cfg, __u64 *clock,
 					 struct next_hop *hop)
 {
 	void *data = (void *)(long)ctx->data;
@@ -205,11 +217,11 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 
 	if ((void *)(ip + 1) > data_end)
 		return REASON_DROP_TRUNCATED;
-	if (ipv4_csum_fold(ip) != 0)
+	if (!ipv4_csum_ok(ip))
 		return REASON_DROP_BAD_IP_CSUM;
 	if (ip->ttl <= 1)
 		return REASON_DROP_TTL_EXPIRED;
-	reason = pick_transceiver(ctx, d, cfg, now, &txr);
+	reason = pick_transceiver(ctx, d, cfg, clock, &txr);
 	if (!reason_is_forward(reason))
 		return reason;
 	ipv4_decrement_ttl(ip); /* only now: a packet passed to the kernel keeps its TTL */
@@ -229,9 +241,10 @@ static __always_inline int tunnel_link(const struct relay_config *cfg, __u32 ifi
 {
 	int found = 0;
 
+	/* an empty slot is 0, and no device has ifindex 0 */
 #pragma unroll
 	for (int i = 0; i < MAX_TUNNEL_LINKS; i++)
-		found |= cfg->tunnel_ifindex[i] && cfg->tunnel_ifindex[i] == ifindex;
+		found |= cfg->tunnel_ifindex[i] == ifindex;
 	return found;
 }
 
@@ -312,7 +325,7 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 	struct next_hop hop = {};
 	struct udp4 d = {};
 	__u32 zero = 0, reason;
-	__u64 now;
+	__u64 now = 0; /* clock_now() */
 	int tunnel;
 
 	reason = parse_udp4(data, data_end, &d);
@@ -336,15 +349,14 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
 	if (reason != REASON_CONTINUE)
 		return reason;
-	now = bpf_ktime_get_coarse_ns(); /* one clock read per packet: flows, ufrags, next hops */
-	reason = tunnel ? from_tunnel(ctx, &d, cfg, &hop) : from_client(ctx, &d, cfg, now, &hop);
+	reason = tunnel ? from_tunnel(ctx, &d, cfg, &hop) : from_client(ctx, &d, cfg, &now, &hop);
 	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
 		return REASON_PASS_SLOW_PATH;
 	if (!reason_is_forward(reason))
 		return reason;
-	return fib_forward(ctx, &hop, reason, now, same_port);
+	return fib_forward(ctx, &hop, reason, clock_now(&now), same_port);
 }
 
 int xdp_relay(struct xdp_md *ctx)
