@@ -49,8 +49,11 @@
 /* §1 routing ufrag */
 #define UFRAG_LEN 24
 #define UFRAG_BYTES 18
-#define UFRAG_VERSION 1
+#define UFRAG_VERSION 2
 #define UFRAG_SIGNED_LEN 12
+/* v2: a 12-bit coarse time in the hint, unix seconds / 300 mod 4096 (a 14.2-day cycle) */
+#define UFRAG_EPOCH_NS (300ULL * 1000 * 1000 * 1000)
+#define UFRAG_EPOCH_MASK 0xfffU
 #define UFRAG_TAG_LEN 6
 #define USERNAME_MIN_LEN (UFRAG_LEN + 1) /* "ufrag:" at least */
 #define NUM_KEYS 16			 /* the key id is 4 bits */
@@ -62,6 +65,10 @@
 
 /* §4 relay_config.flags */
 #define CONFIG_F_SLOW_PATH 0x1 /* a controller listens on the VIPs: pass unknown flows up */
+/* §4 relay_config.tunnel_ifindex: the links tunnel datagrams may arrive on */
+#define MAX_TUNNEL_LINKS 4
+/* §4 flow_val.seen: bpf_ktime_get_coarse_ns() >> 30 (units of about 1.07 s), mod 2^16 */
+#define FLOW_SEEN_SHIFT 30
 
 /* ---- limits (override with -D) ----------------------------------------------------------- */
 
@@ -77,7 +84,31 @@
 #endif
 /* Counter slots: more than the reasons of §5 so new reasons fit a map pinned by an older build. */
 #ifndef COUNTER_SLOTS
-#define COUNTER_SLOTS 32
+#define COUNTER_SLOTS 64
+#endif
+
+/* Defaults of the limits relay_config carries (a 0 field there means the default below;
+ * `relayctl load` options override them within bounds, control/loader.py). */
+/* A flow with a client packet within this many seen-units (about seconds) is live: a Binding
+ * request naming another transceiver does not move it while its transceiver is in the map. */
+#ifndef FLOW_IDLE_S
+#define FLOW_IDLE_S 10
+#endif
+/* A ufrag creates (or moves) at most this many flows per window... */
+#ifndef UFRAG_FLOW_LIMIT
+#define UFRAG_FLOW_LIMIT 16
+#endif
+#ifndef UFRAG_WINDOW_S
+#define UFRAG_WINDOW_S 60
+#endif
+/* ...and none once its epoch is older than this many epochs of 5 minutes (144: 12 hours), with
+ * one epoch of clock slack either way. */
+#ifndef UFRAG_MAX_AGE
+#define UFRAG_MAX_AGE 144
+#endif
+/* The per-ufrag counters (an LRU: the least recently seen ufrag's count is forgotten first). */
+#ifndef UFRAG_RATE_SLOTS
+#define UFRAG_RATE_SLOTS 65536
 #endif
 
 /* The STUN attribute walk: at most this many attributes before USERNAME (each one costs the

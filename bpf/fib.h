@@ -67,11 +67,12 @@ static __always_inline __u32 fib_send(struct xdp_md *ctx, __u32 ifindex, const _
 	return fwd_reason;
 }
 
-/* Sends the packet hop describes toward its next hop: fwd_reason (a forward reason) with
- * *same_port as fib_send sets it, or what the FIB refused (drop_fib, drop_too_big, or
- * pass_fib_no_neigh: the kernel forwards it and resolves the neighbour). */
+/* Sends the packet hop describes toward its next hop (now: bpf_ktime_get_coarse_ns()):
+ * fwd_reason (a forward reason) with *same_port as fib_send sets it, or what the FIB refused
+ * (drop_fib, drop_too_big, or pass_fib_no_neigh: the kernel forwards it and resolves the
+ * neighbour). */
 static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_hop *hop,
-					 __u32 fwd_reason, int *same_port)
+					 __u32 fwd_reason, __u64 now, int *same_port)
 {
 	struct bpf_fib_lookup fib = {};
 	struct nh_key nk = {
@@ -83,7 +84,6 @@ static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_h
 		.tos = hop->tos,
 	};
 	__u32 slot = nh_slot_of(&nk), zero = 0, epoch = 0;
-	__u64 now = bpf_ktime_get_coarse_ns();
 	struct nh_slot *c;
 	__u32 *ep;
 	int rc;

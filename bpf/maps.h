@@ -61,6 +61,12 @@ EDGE_MAP("lru_hash", struct flow_key, struct flow_val, flows, MAX_FLOWS);
  * reasons, so a newer build's reasons fit a map pinned by an older one. Pinned. */
 EDGE_MAP("percpu_array", __u32, struct counter, counters, COUNTER_SLOTS);
 
+/* ufrag_rates: key a ufrag's 48-bit tag; value how many flows it created or moved since the
+ * start of its window (struct ufrag_rate). Written and read by the program only (route_stun in
+ * relay.c), for Binding requests that would create or move a flow. LRU: an attacker needs one
+ * valid ufrag per entry to push a count out. Not pinned: a reload starts every count at 0. */
+BPF_TABLE("lru_hash", __u64, struct ufrag_rate, ufrag_rates, UFRAG_RATE_SLOTS);
+
 /* nexthops: key a slot number, nh_slot_of() of an nh_key (a direct-mapped cache); value the
  * key it holds and what bpf_fib_lookup answered for it. Written and read by the program only,
  * each CPU its own copy (fib.h explains the cache and its trade-off). Not pinned: each loaded

@@ -43,6 +43,20 @@
 	X(DROP_NO_CONFIG, 24, DROP)             \
 	X(DROP_REDIRECT, 25, DROP)              \
 	X(PASS_SLOW_PATH, 26, PASS)             \
+	X(DROP_TUNNEL_WRONG_LINK, 27, DROP)     \
+	X(DROP_DECAP_NO_FLOW, 28, DROP)         \
+	X(DROP_DECAP_WRONG_TXR, 29, DROP)       \
+	X(DROP_DECAP_MULTICAST, 30, DROP)       \
+	X(DROP_DECAP_BROADCAST, 31, DROP)       \
+	X(DROP_DECAP_LOOPBACK, 32, DROP)        \
+	X(DROP_DECAP_RESERVED, 33, DROP)        \
+	X(DROP_DECAP_SELF, 34, DROP)            \
+	X(DROP_TTL_EXPIRED, 35, DROP)           \
+	X(DROP_BAD_IP_CSUM, 36, DROP)           \
+	X(DROP_FLOW_LIVE, 37, DROP)             \
+	X(DROP_UFRAG_FLOOD, 38, DROP)           \
+	X(DROP_UFRAG_EXPIRED, 39, DROP)         \
+	X(DROP_BAD_CLIENT_ADDR, 40, DROP)       \
 	EDGE_EXTRA_REASONS(X)
 
 /* A hook for tests: reasons appended to the list without editing it, e.g.

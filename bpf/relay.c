@@ -25,6 +25,7 @@
 #include "siphash.h"
 #include "ufrag.h"
 #include "encap.h"
+#include "hop.h"
 #include "fib.h"
 
 /* fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte
@@ -37,22 +38,90 @@
 #define EDGE_FLOW_HIT_REASON REASON_FWD_FLOW
 #endif
 
-/* A STUN Binding request: route by ufrag, and create or move the flow only when it changes. */
+/* The coarse clock, read once per packet and only by the paths that need it (the drops before
+ * a flow or a FIB lookup do not pay the helper call): *now is 0 until the first read. */
+static __always_inline __u64 clock_now(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_coarse_ns();
+	return *now;
+}
+
+/* The coarse clock as flow_val.seen counts it. */
+static __always_inline __u16 seen_of(__u64 now)
+{
+	return (__u16)(now >> FLOW_SEEN_SHIFT);
+}
+
+/* A client packet within the idle time (mod 2^16 units: a flow idle for a multiple of ~19.5
+ * hours looks live again for the idle time, which only delays its move). */
+static __always_inline int flow_live(const struct flow_val *fv, __u16 seen,
+				     const struct relay_config *cfg)
+{
+	__u16 idle = cfg->flow_idle_s ? cfg->flow_idle_s : FLOW_IDLE_S;
+
+	return (__u16)(seen - fv->seen) < idle;
+}
+
+/* Takes one flow creation from the ufrag's window: REASON_CONTINUE, or drop_ufrag_flood once it
+ * created its limit of flows in the window. Racing CPUs may overshoot by one each. */
+static __always_inline __u32 ufrag_rate_take(__u64 tag, const struct relay_config *cfg,
+					     __u64 now)
+{
+	__u64 window = (__u64)(cfg->ufrag_window_s ? cfg->ufrag_window_s : UFRAG_WINDOW_S) *
+		       1000000000ULL;
+	__u32 limit = cfg->ufrag_flow_limit ? cfg->ufrag_flow_limit : UFRAG_FLOW_LIMIT;
+	struct ufrag_rate *r = ufrag_rates.lookup(&tag);
+	struct ufrag_rate fresh = {.start_ns = now, .count = 1};
+
+	if (r && now - r->start_ns < window) {
+		if (r->count >= limit)
+			return REASON_DROP_UFRAG_FLOOD;
+		__sync_fetch_and_add(&r->count, 1);
+		return REASON_CONTINUE;
+	}
+	ufrag_rates.update(&tag, &fresh);
+	return REASON_CONTINUE;
+}
+
+/* May this Binding request create a flow for fk (or move fk's idle flow)? The source must be a
+ * unicast address that is not ours, the ufrag young enough and within its flow budget. */
+static __always_inline __u32 may_create(const struct flow_key *fk, const struct ufrag_hint *hint,
+					const struct relay_config *cfg, __u64 now)
+{
+	__u32 max_age = cfg->ufrag_max_age ? cfg->ufrag_max_age : UFRAG_MAX_AGE;
+
+	if (addr_class(fk->client_addr) != REASON_CONTINUE || fk->client_addr == cfg->tunnel_addr ||
+	    fk->client_addr == fk->vip_addr)
+		return REASON_DROP_BAD_CLIENT_ADDR;
+	if (!cfg->wall_offset_ns)
+		return REASON_DROP_NO_CONFIG;
+	if (!ufrag_epoch_fresh(hint->epoch, now + cfg->wall_offset_ns, max_age))
+		return REASON_DROP_UFRAG_EXPIRED;
+	return ufrag_rate_take(hint->tag, cfg, now);
+}
+
+/* A STUN Binding request: route by ufrag, and create or move the flow only when it changes, and
+ * only as may_create allows. A live flow to a transceiver still in the map never moves. */
 static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
+					const struct relay_config *cfg, __u64 *clock,
 					struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	void *pl = data + PAYLOAD_OFF;
+	struct ufrag_hint hint = {};
 	struct txr_key tk = {};
 	struct txr_val *txr;
 	struct flow_val *fv;
 	__u32 off = 0, len = 0, reason;
+	__u64 now;
+	__u16 seen;
 
 	reason = stun_find_username(pl, data_end, msg_end, &off, &len);
 	if (reason != REASON_CONTINUE)
 		return reason;
-	reason = ufrag_verify(pl, data_end, off, len, &tk);
+	reason = ufrag_verify(pl, data_end, off, len, &tk, &hint);
 	if (reason != REASON_CONTINUE)
 		return reason;
 	txr = transceivers.lookup(&tk);
@@ -60,23 +129,39 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 		return REASON_DROP_UNKNOWN_TXR;
 	*out = *txr;
 
-	reason = REASON_FWD_STUN_KNOWN;
+	now = clock_now(clock);
+	seen = seen_of(now);
 	fv = flows.lookup(fk);
-	if (!fv || fv->cluster != tk.cluster || fv->id != tk.id) {
+	if (fv && fv->cluster == tk.cluster && fv->id == tk.id) {
+		if (fv->seen != seen)
+			fv->seen = seen;
+		return REASON_FWD_STUN_KNOWN; /* an existing flow continues whatever the epoch */
+	}
+	if (fv && flow_live(fv, seen, cfg)) {
+		struct txr_key old = {.cluster = fv->cluster, .id = fv->id};
+
+		if (transceivers.lookup(&old)) /* a transceiver that left frees its flows at once */
+			return REASON_DROP_FLOW_LIVE;
+	}
+	reason = may_create(fk, &hint, cfg, now);
+	if (reason != REASON_CONTINUE)
+		return reason;
+	{
 		struct flow_val nv = {
 			.cluster = tk.cluster,
+			.seen = seen,
 			.id = tk.id,
 			.created_ns = bpf_ktime_get_ns(),
 		};
 
 		flows.update(fk, &nv);
-		reason = REASON_FWD_STUN_NEW;
 	}
-	return reason;
+	return REASON_FWD_STUN_NEW;
 }
 
 /* Which transceiver gets a client datagram: by ufrag for a Binding request, else by flow. */
 static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct udp4 *d,
+					      const struct relay_config *cfg, __u64 *clock,
 					      struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
@@ -91,6 +176,7 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 	struct txr_key tk = {};
 	struct txr_val *txr;
 	struct flow_val *fv;
+	__u16 seen;
 
 	if (plen) {
 		__u32 binding_end = 0;
@@ -99,12 +185,15 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 		if (reason != REASON_CONTINUE)
 			return reason;
 		if (binding_end)
-			return route_stun(ctx, &fk, binding_end, out);
+			return route_stun(ctx, &fk, binding_end, cfg, clock, out);
 	}
 
 	fv = flows.lookup(&fk);
 	if (!fv)
 		return REASON_DROP_NO_FLOW;
+	seen = seen_of(clock_now(clock));
+	if (fv->seen != seen) /* about once a second per flow: the line stays clean otherwise */
+		fv->seen = seen;
 	tk.cluster = fv->cluster;
 	tk.id = fv->id;
 	txr = transceivers.lookup(&tk);
@@ -114,15 +203,28 @@ static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct u
 	return EDGE_FLOW_HIT_REASON;
 }
 
-/* A datagram from a client to one of our VIPs: into the tunnel to its transceiver. */
+/* A datagram from a client to one of our VIPs: into the tunnel to its transceiver, one hop
+ * (TTL) less, after its header checksum verified. */
 static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *d,
-					 const struct relay_config *cfg, struct next_hop *hop)
+					 const struct relay_config *cfg, __u64 *clock,
+					 struct next_hop *hop)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + ETH_HDR_LEN;
 	struct txr_val txr = {};
-	__u32 reason = pick_transceiver(ctx, d, &txr), step;
+	__u32 reason, step;
 
+	if ((void *)(ip + 1) > data_end)
+		return REASON_DROP_TRUNCATED;
+	if (!ipv4_csum_ok(ip))
+		return REASON_DROP_BAD_IP_CSUM;
+	if (ip->ttl <= 1)
+		return REASON_DROP_TTL_EXPIRED;
+	reason = pick_transceiver(ctx, d, cfg, clock, &txr);
 	if (!reason_is_forward(reason))
 		return reason;
+	ipv4_decrement_ttl(ip); /* only now: a packet passed to the kernel keeps its TTL */
 	hop->saddr = cfg->tunnel_addr;
 	hop->daddr = txr.addr;
 	hop->sport = flow_entropy(d->saddr, d->sport, d->dport);
@@ -133,31 +235,82 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 	return step == REASON_CONTINUE ? reason : step;
 }
 
-/* A tunnel datagram: a registered transceiver's reply, from one of our VIPs, toward a client. */
-static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *d,
-					 struct next_hop *hop)
+/* Whether a tunnel datagram came in on a link with the tunnel role (relayctl load
+ * --tunnel-iface): one spoofing a transceiver from the client side is refused here. */
+static __always_inline int tunnel_link(const struct relay_config *cfg, __u32 ifindex)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	int found = 0;
+
+	/* an empty slot is 0, and no device has ifindex 0 */
+#pragma unroll
+	for (int i = 0; i < MAX_TUNNEL_LINKS; i++)
+		found |= cfg->tunnel_ifindex[i] == ifindex;
+	return found;
+}
+
+/* Why a tunnel datagram that matched no flow of its sender is refused: a sender that is no
+ * transceiver and an inner source that is no VIP name themselves first; else `reason`. Only
+ * refusals pay these two lookups: a flow of the sender implies both. */
+static __always_inline __u32 tunnel_refusal(const struct udp4 *d, const struct flow_key *fk,
+					    __u32 reason)
+{
 	struct vip_key peer = {.addr = d->saddr, .port = d->sport};
-	struct iphdr *ip = data + PAYLOAD_OFF;
-	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
-	struct vip_key src = {};
-	__u32 step;
+	struct vip_key src = {.addr = fk->vip_addr, .port = fk->vip_port};
 
 	if (!txr_addrs.lookup(&peer))
 		return REASON_DROP_TUNNEL_STRANGER;
+	if (!vips.lookup(&src))
+		return REASON_DROP_TUNNEL_FOREIGN_SRC;
+	return reason;
+}
+
+/* A tunnel datagram: a transceiver's reply, on a tunnel link, from one of our VIPs, to a client
+ * with a flow on this relay for that VIP that goes to this very transceiver, one hop less. */
+static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *d,
+					 const struct relay_config *cfg, struct next_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + PAYLOAD_OFF;
+	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
+	struct flow_key fk = {};
+	struct txr_key tk = {};
+	struct txr_val *txr;
+	struct flow_val *fv;
+	__u32 step;
+
+	if (!tunnel_link(cfg, ctx->ingress_ifindex))
+		return REASON_DROP_TUNNEL_WRONG_LINK;
 	step = check_inner_udp4(ip, data_end, d->udp_len - UDP_HDR_LEN);
 	if (step != REASON_CONTINUE)
 		return step;
-	src.addr = hop->saddr = ip->saddr;
-	src.port = hop->sport = udp->source;
-	if (!vips.lookup(&src))
-		return REASON_DROP_TUNNEL_FOREIGN_SRC;
+	step = addr_class(ip->daddr);
+	if (step != REASON_CONTINUE)
+		return step;
+	if (ip->daddr == cfg->tunnel_addr || ip->daddr == ip->saddr)
+		return REASON_DROP_DECAP_SELF;
+	/* the reply's flow: the client is its destination, the VIP its source */
+	fk.client_addr = ip->daddr;
+	fk.vip_addr = ip->saddr;
+	fk.client_port = udp->dest;
+	fk.vip_port = udp->source;
+	fv = flows.lookup(&fk);
+	if (!fv)
+		return tunnel_refusal(d, &fk, REASON_DROP_DECAP_NO_FLOW);
+	tk.cluster = fv->cluster;
+	tk.id = fv->id;
+	txr = transceivers.lookup(&tk);
+	if (!txr || txr->addr != d->saddr || txr->port != d->sport)
+		return tunnel_refusal(d, &fk, REASON_DROP_DECAP_WRONG_TXR);
+	if (ip->ttl <= 1)
+		return REASON_DROP_TTL_EXPIRED;
+	ipv4_decrement_ttl(ip);
+	hop->saddr = ip->saddr;
+	hop->sport = udp->source;
 	hop->daddr = ip->daddr;
 	hop->dport = udp->dest;
 	hop->tos = ip->tos;
-	hop->tot_len = edge_ntohs(ip->tot_len);
+	hop->tot_len = d->udp_len - UDP_HDR_LEN; /* = the inner tot_len, checked, already host order */
 	step = decap_udp4(ctx);
 	return step == REASON_CONTINUE ? REASON_FWD_DECAP : step;
 }
@@ -172,6 +325,7 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 	struct next_hop hop = {};
 	struct udp4 d = {};
 	__u32 zero = 0, reason;
+	__u64 now = 0; /* clock_now() */
 	int tunnel;
 
 	reason = parse_udp4(data, data_end, &d);
@@ -195,14 +349,14 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
 	if (reason != REASON_CONTINUE)
 		return reason;
-	reason = tunnel ? from_tunnel(ctx, &d, &hop) : from_client(ctx, &d, cfg, &hop);
+	reason = tunnel ? from_tunnel(ctx, &d, cfg, &hop) : from_client(ctx, &d, cfg, &now, &hop);
 	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
 		return REASON_PASS_SLOW_PATH;
 	if (!reason_is_forward(reason))
 		return reason;
-	return fib_forward(ctx, &hop, reason, same_port);
+	return fib_forward(ctx, &hop, reason, clock_now(&now), same_port);
 }
 
 int xdp_relay(struct xdp_md *ctx)

@@ -13,6 +13,16 @@ struct relay_config {
 	__be32 tunnel_addr; /* this relay's tunnel address: the source of encapsulated packets */
 	__be16 tunnel_port; /* where transceivers send tunnel datagrams; 0: not configured */
 	__u16 flags;	    /* CONFIG_F_* */
+	/* unix time in ns minus CLOCK_MONOTONIC (bpf_ktime_get_ns) in ns: the program's wall clock,
+	 * for the ufrag epoch (§1). Written by relayctl load, refreshed by relayctl run and map
+	 * sync. 0: not set, so no ufrag creates a flow (drop_no_config). */
+	__u64 wall_offset_ns;
+	/* Ingress ifindexes tunnel datagrams are accepted on; 0 ends the list. None: no link. */
+	__u32 tunnel_ifindex[MAX_TUNNEL_LINKS];
+	__u16 flow_idle_s;	/* 0: FLOW_IDLE_S */
+	__u16 ufrag_max_age;	/* epochs; 0: UFRAG_MAX_AGE */
+	__u16 ufrag_flow_limit; /* 0: UFRAG_FLOW_LIMIT */
+	__u16 ufrag_window_s;	/* 0: UFRAG_WINDOW_S */
 };
 
 /* An address:port: a VIP in `vips`, a transceiver's tunnel endpoint in `txr_addrs`. */
@@ -56,7 +66,7 @@ struct flow_key {
  * its flows and one that leaves the map stops receiving them. */
 struct flow_val {
 	__u16 cluster;
-	__u16 pad;
+	__u16 seen; /* coarse time of the flow's last client packet (FLOW_SEEN_SHIFT), mod 2^16 */
 	__u32 id;
 	__u64 created_ns; /* bpf_ktime_get_ns() when the flow was created or last moved */
 };
@@ -68,6 +78,13 @@ struct counter {
 };
 
 /* ---- private maps (not part of the format) ----------------------------------------------- */
+
+/* How many flows one ufrag (keyed by its 48-bit tag) created in the current window. */
+struct ufrag_rate {
+	__u64 start_ns; /* bpf_ktime_get_coarse_ns() when the window began */
+	__u32 count;
+	__u32 pad;
+};
 
 /* A next-hop cache entry's key: every input of bpf_fib_lookup that the relay varies. */
 struct nh_key {
@@ -98,6 +115,13 @@ struct nh_slot {
 };
 
 /* ---- between the path steps -------------------------------------------------------------- */
+
+/* What ufrag_verify learns from a ufrag besides the transceiver. */
+struct ufrag_hint {
+	__u64 tag; /* the 48-bit tag: the per-ufrag counters' key */
+	__u32 epoch;
+	__u32 pad;
+};
 
 /* The fields of a client or tunnel datagram, copied out of the packet so that they survive
  * bpf_xdp_adjust_head/tail (which invalidate every packet pointer). */

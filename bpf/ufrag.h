@@ -1,5 +1,5 @@
-/* The routing ufrag (spec §1): base64 decode of 24 characters to 18 bytes, version check and
- * SipHash-2-4 tag check against the `keys` map. */
+/* The routing ufrag (spec §1): base64 decode of 24 characters to 18 bytes, version check,
+ * SipHash-2-4 tag check against the `keys` map, and the v2 epoch's age. */
 #ifndef EDGE_UFRAG_H
 #define EDGE_UFRAG_H
 
@@ -42,11 +42,11 @@ static __always_inline __u64 b64_decode8(const __u8 *in, int *bad)
 }
 
 /* Reads the USERNAME value at pl + off (len bytes, inside the packet) and verifies the routing
- * ufrag in it: REASON_CONTINUE with the transceiver it names in *txr, or the drop reason. The 18
- * bytes are kept as three big-endian 48-bit numbers: head = bytes 0..5, body = 6..11,
- * tag = 12..17. */
+ * ufrag in it: REASON_CONTINUE with the transceiver it names in *txr and its epoch and tag in
+ * *hint, or the drop reason. The 18 bytes are kept as three big-endian 48-bit numbers:
+ * head = bytes 0..5, body = 6..11, tag = 12..17. */
 static __always_inline __u32 ufrag_verify(void *pl, void *data_end, __u32 off, __u32 len,
-					struct txr_key *txr)
+					struct txr_key *txr, struct ufrag_hint *hint)
 {
 	__u8 chars[UFRAG_LEN + 1];
 	struct routing_key *key;
@@ -86,7 +86,20 @@ static __always_inline __u32 ufrag_verify(void *pl, void *data_end, __u32 off, _
 	txr->cluster = (head >> 24) & 0xffff;
 	txr->pad = 0;
 	txr->id = (__u32)(((head & 0xffffff) << 8) | (body >> 40));
+	hint->tag = tag;
+	hint->epoch = (body >> 28) & UFRAG_EPOCH_MASK; /* byte 7 and the high nibble of byte 8 */
 	return REASON_CONTINUE;
+}
+
+/* Whether a ufrag minted in `epoch` may still create flows at wall time wall_ns: its age (mod
+ * 4096) at most max_age + 1 (a minter's clock one epoch behind), or exactly -1 (one ahead).
+ * wire/ufrag.py's epoch_fresh is the same rule. */
+static __always_inline int ufrag_epoch_fresh(__u32 epoch, __u64 wall_ns, __u32 max_age)
+{
+	__u32 now = (__u32)(wall_ns / UFRAG_EPOCH_NS) & UFRAG_EPOCH_MASK;
+	__u32 age = (now - epoch) & UFRAG_EPOCH_MASK;
+
+	return age <= max_age + 1 || age == UFRAG_EPOCH_MASK;
 }
 
 #endif

@@ -134,18 +134,62 @@ def main() -> None:
     show_default=True,
     help="XDP mode: driver (native) or generic (skb).",
 )
+@click.option(
+    "--tunnel-iface",
+    "tunnel_ifaces",
+    multiple=True,
+    help="An --iface that transceivers' tunnel datagrams arrive on (repeat, at most 4; "
+    "default: every --iface). Tunnel datagrams on other links are dropped.",
+)
+@click.option(
+    "--flow-idle",
+    type=int,
+    metavar="SECONDS",
+    help="A flow with a client packet this recently is live: no Binding request moves it "
+    "(1..3600; default 10).",
+)
+@click.option(
+    "--ufrag-lifetime",
+    type=int,
+    metavar="SECONDS",
+    help="New flows are refused for ufrags minted longer ago, rounded up to 5-minute epochs "
+    "(300..614400; default 43200).",
+)
+@click.option(
+    "--ufrag-flows",
+    type=int,
+    metavar="N",
+    help="Flows one ufrag may create per --ufrag-window (1..1024; default 16).",
+)
+@click.option(
+    "--ufrag-window",
+    type=int,
+    metavar="SECONDS",
+    help="The window of --ufrag-flows (1..3600; default 60).",
+)
 def load(
-    name: str, ifaces: tuple[str, ...], vips: tuple, tunnel: tuple[str, int], mode: str
+    name: str,
+    ifaces: tuple[str, ...],
+    vips: tuple,
+    tunnel: tuple[str, int],
+    mode: str,
+    tunnel_ifaces: tuple[str, ...],
+    flow_idle: int | None,
+    ufrag_lifetime: int | None,
+    ufrag_flows: int | None,
+    ufrag_window: int | None,
 ) -> None:
     """Compile and attach the relay, pin its maps, write config and VIPs.
 
     Loading again replaces the attached program in place: the pinned maps are reused, so flows,
-    transceivers and keys survive. The VIP set is replaced exactly by the --vip options.
+    transceivers and keys survive. The VIP set is replaced exactly by the --vip options (the
+    flows of a removed VIP are deleted). The limits not given fall back to the defaults.
     """
     from control import loader
 
     _privileged("load", name)
-    r = loader.load(name, list(ifaces), list(vips), tunnel, mode)
+    limits = loader.LoadLimits(flow_idle, ufrag_lifetime, ufrag_flows, ufrag_window)
+    r = loader.load(name, list(ifaces), list(vips), tunnel, mode, list(tunnel_ifaces), limits)
     replaced = f", replaced program {r.replaced}" if r.replaced else ""
     if r.also:
         replaced += f" (also on {', '.join(r.also)})"
@@ -215,11 +259,14 @@ def _sync_once(
     allow_empty: bool,
 ) -> tuple[list, list[str]]:
     from control import sync
+    from datapath.maps import write_wall_clock
 
     reg = _read_registry(file, redis_url, prefix)
     guard = None if allow_empty else sync.EmptyGuard(math.inf, "--allow-empty")
     with _maps(name) as maps:
         outcome = sync.apply(maps, reg, dry_run=dry_run, guard=guard)
+        if not dry_run:  # labs without `relayctl run` keep the ufrag epoch's clock fresh here
+            write_wall_clock(maps)
     return outcome.changes, [f"skipped {p}" for p in reg.problems] + outcome.warnings
 
 
@@ -405,7 +452,7 @@ def _hex_key(value: str) -> bytes:
 @click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
 @click.option("--transceiver", type=click.IntRange(0, 0xFFFFFFFF), required=True)
 def ufrag_mint(name: str, key_id: int, key_hex: str, cluster: int, transceiver: int) -> None:
-    """Print a fresh routing ufrag (random 40-bit nonce); needs no loaded relay."""
+    """Print a fresh routing ufrag (this epoch, random 28-bit nonce); needs no loaded relay."""
     del name  # accepted like on every command; minting reads no maps
     from wire import ufrag
 
@@ -444,6 +491,7 @@ def ufrag_decode(
         "key_id": hint.key_id,
         "cluster": hint.cluster,
         "transceiver": hint.transceiver,
+        "epoch": hint.epoch,
         "nonce": hint.nonce.hex(),
         "tag": hint.tag.hex(),
     }

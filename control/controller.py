@@ -30,7 +30,7 @@ from control.flowexport import FlowExporter
 from control.metrics import Metrics
 from control.sync import RegistrySync
 from datapath import DatapathError
-from datapath.maps import RelayMaps, fd_info, obj_get, read_config
+from datapath.maps import RelayMaps, fd_info, obj_get, read_config, write_wall_clock
 from datapath.slowpath import SlowPath
 from wire import registry
 from wire.defaults import REDIS_PREFIX, RELAY_REFRESH, RELAY_TTL
@@ -205,6 +205,7 @@ class Controller:
         # While Redis is down, only retry it once the backoff has passed.
         redis_due = self.redis_ok is not False or self.redis_backoff.ready()
         for part, fn in (
+            ("epoch", self._write_epoch),
             ("slow_path", self._maintain_slow_path if self.slow else None),
             ("sync", self._sync if redis_due else None),
             ("flows", self._export_flows if redis_due else None),
@@ -224,6 +225,12 @@ class Controller:
                     return
                 log.error("%s: %s: %s", part, type(exc).__name__, exc)
                 self.metrics.errors.labels(part).inc()
+
+    def _write_epoch(self) -> None:
+        """Refresh the program's wall clock (the ufrag epoch's, docs/wire-format.md §4), so a
+        stepped system clock is followed within a pass."""
+        assert self.maps is not None
+        write_wall_clock(self.maps)
 
     def _drop_maps(self) -> None:
         if self.maps is not None:

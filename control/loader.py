@@ -13,18 +13,60 @@ from control.errors import RelayctlError
 from control.program import PROG_FUNC
 from datapath import bpfsys, xdp
 from datapath.maps import (
+    MAX_TUNNEL_LINKS,
     SPECS,
     Config,
+    Limits,
     PinnedMap,
     RelayMaps,
     fd_info,
     obj_get,
     vip_key,
     write_config,
+    write_limits,
+    write_wall_clock,
 )
+from wire.ufrag import EPOCH_MOD, EPOCH_SECONDS
 
 PROG_PIN = "prog"
 MAX_VIPS = 64  # bpf/constants.h
+
+# `relayctl load`'s limits (relay_config, docs/wire-format.md §4): (lowest, highest) accepted.
+FLOW_IDLE_BOUNDS = (1, 3600)  # seconds a flow stays live after its last client packet
+UFRAG_FLOWS_BOUNDS = (1, 1024)  # flows one ufrag may create per window
+UFRAG_WINDOW_BOUNDS = (1, 3600)  # seconds
+# A ufrag's lifetime, in seconds: at least one epoch, at most half the 4096-epoch cycle (so an
+# expired ufrag is refused for at least as long as a fresh one is accepted).
+UFRAG_LIFETIME_BOUNDS = (EPOCH_SECONDS, EPOCH_MOD // 2 * EPOCH_SECONDS)
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """What `relayctl load` writes into relay_config; None: the program's default."""
+
+    flow_idle_s: int | None = None
+    ufrag_lifetime_s: int | None = None
+    ufrag_flows: int | None = None
+    ufrag_window_s: int | None = None
+
+    def checked(self) -> Limits:
+        """The config fields, after the bounds; RelayctlError names the option that is out."""
+        for option, value, (lo, hi) in (
+            ("--flow-idle", self.flow_idle_s, FLOW_IDLE_BOUNDS),
+            ("--ufrag-lifetime", self.ufrag_lifetime_s, UFRAG_LIFETIME_BOUNDS),
+            ("--ufrag-flows", self.ufrag_flows, UFRAG_FLOWS_BOUNDS),
+            ("--ufrag-window", self.ufrag_window_s, UFRAG_WINDOW_BOUNDS),
+        ):
+            if value is not None and not lo <= value <= hi:
+                raise RelayctlError(f"{option} must be {lo}..{hi}, got {value}")
+        lifetime = self.ufrag_lifetime_s
+        return Limits(
+            flow_idle_s=self.flow_idle_s or 0,
+            # whole epochs, rounded up: a lifetime is never shorter than asked
+            ufrag_max_age=-(-lifetime // EPOCH_SECONDS) if lifetime else 0,
+            ufrag_flow_limit=self.ufrag_flows or 0,
+            ufrag_window_s=self.ufrag_window_s or 0,
+        )
 
 
 @dataclass
@@ -37,6 +79,7 @@ class LoadResult:
     vips: list[tuple[str, int]]
     tunnel: tuple[str, int]
     also: list[str] = field(default_factory=list)  # other interfaces moved to the new program
+    tunnel_ifaces: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,23 +114,53 @@ def _pin(fd: int, path: Path) -> None:
         raise RelayctlError(f"cannot pin the program at {path}: {exc.strerror}") from None
 
 
-def configure(maps: RelayMaps, vips: list[tuple[str, int]], tunnel: tuple[str, int]) -> None:
-    """Write config[0] (flags 0) and make `vips` exactly the given set (index = position)."""
+def configure(
+    maps: RelayMaps,
+    vips: list[tuple[str, int]],
+    tunnel: tuple[str, int],
+    tunnel_ifindexes: list[int] | None = None,
+    limits: Limits | None = None,
+) -> int:
+    """Write config[0] (flags 0, the tunnel links, the limits, the wall clock) and make `vips`
+    exactly the given set (index = position). The flows of a VIP that is removed are deleted:
+    the return path trusts that every flow's VIP is ours (docs/wire-format.md §3). Returns how
+    many flows were deleted."""
     write_config(maps, Config(tunnel[0], tunnel[1], 0))
+    write_limits(maps, limits or Limits(), tunnel_ifindexes or [])
+    write_wall_clock(maps)
     wanted = {(k.addr, k.port): (k, i) for i, k in enumerate(vip_key(a, p) for a, p in vips)}
     vmap = maps["vips"]
+    removed = set()
     for key in list(vmap.keys()):
         if (key.addr, key.port) not in wanted:
             vmap.delete(key)
+            removed.add((key.addr, key.port))
     for key, index in wanted.values():
         vmap.update(key, ct.c_uint32(index))
+    return _forget_flows(maps, removed) if removed else 0
+
+
+def _forget_flows(maps: RelayMaps, vips: set[tuple[int, int]]) -> int:
+    """Delete the flows to these (be32 addr, be16 port) VIPs (one walk of the flow map)."""
+    flows = maps["flows"]
+    doomed = [k for k in flows.keys() if (k.vip_addr, k.vip_port) in vips]
+    return sum(1 for k in doomed if flows.delete(k))
 
 
 def load(
-    name: str, ifaces: list[str], vips: list[tuple[str, int]], tunnel: tuple[str, int], mode: str
+    name: str,
+    ifaces: list[str],
+    vips: list[tuple[str, int]],
+    tunnel: tuple[str, int],
+    mode: str,
+    tunnel_ifaces: list[str] | None = None,
+    limits: LoadLimits | None = None,
 ) -> LoadResult:
     """Attach to every interface in `ifaces`: an edge host may take client traffic on one NIC and
-    tunnel traffic on another, and the program must see both directions."""
+    tunnel traffic on another, and the program must see both directions.
+
+    Tunnel datagrams are accepted only on `tunnel_ifaces` (each one of `ifaces`; default all of
+    them: with one NIC there is nothing to tell apart)."""
     from control.program import ProgramError, compile_relay, load_xdp_fn
 
     if not vips:
@@ -100,6 +173,13 @@ def load(
     ifaces = list(dict.fromkeys(ifaces))
     for iface in ifaces:  # fails early on a missing interface
         xdp.ifindex(iface)
+    tunnel_ifaces = list(dict.fromkeys(tunnel_ifaces or ifaces))
+    strays = [i for i in tunnel_ifaces if i not in ifaces]
+    if strays:
+        raise RelayctlError(f"--tunnel-iface {', '.join(strays)}: not one of the --iface options")
+    if len(tunnel_ifaces) > MAX_TUNNEL_LINKS:
+        raise RelayctlError(f"at most {MAX_TUNNEL_LINKS} tunnel interfaces")
+    config_limits = (limits or LoadLimits()).checked()
     ensure_bpffs()
     directory = pin_dir(name)
     fresh = not directory.exists()
@@ -115,7 +195,7 @@ def load(
         # Configure through the pinned maps before attaching, so the new program never runs
         # unconfigured; a reload sees the same maps, so flows and transceivers stay.
         with RelayMaps(directory) as maps:
-            configure(maps, vips, tunnel)
+            configure(maps, vips, tunnel, [xdp.ifindex(i) for i in tunnel_ifaces], config_limits)
         before = xdp.attached(ifaces[0])
         # Other interfaces running the previous build of this relay get the new one too.
         old_id = pinned_prog_id(directory)
@@ -140,6 +220,7 @@ def load(
         vips=vips,
         tunnel=tunnel,
         also=[d for d, _ in others],
+        tunnel_ifaces=tunnel_ifaces,
     )
 
 

@@ -58,10 +58,20 @@ def _expand(path: Path, root: Path, seen: set[Path]) -> str:
     return "\n".join(out) + "\n"
 
 
-def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> Any:
+def compile_relay(
+    pin_dir: str | None = None,
+    cflags: Sequence[str] = (),
+    *,
+    bpf_dir: Path | None = None,
+    source: str | None = None,
+) -> Any:
     """Compile bpf/relay.c. With pin_dir, every map is pinned at pin_dir/<map name> (created when
-    missing, reused when present, so a recompile keeps flows); without it the maps are private."""
-    flags = [f"-I{BPF_DIR}", *cflags]
+    missing, reused when present, so a recompile keeps flows); without it the maps are private.
+
+    bpf_dir and source are for the bench, which also builds another revision's program (from its
+    own directory) and wraps the entry point (its own text)."""
+    root = bpf_dir or BPF_DIR
+    flags = [f"-I{root}", *cflags]
     if pin_dir is not None:
         if not _SAFE_PATH.match(pin_dir):
             raise ProgramError(
@@ -75,11 +85,12 @@ def compile_relay(pin_dir: str | None = None, cflags: Sequence[str] = ()) -> Any
     from bcc import BPF  # only here: everything else relayctl does needs no bcc
 
     try:
-        return BPF(text=relay_source().encode(), cflags=flags)
+        text = source if source is not None else relay_source(root)
+        return BPF(text=text.encode(), cflags=flags)
     except ProgramError:
         raise
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
-        raise ProgramError(f"cannot compile {BPF_DIR / MAIN_SOURCE}: {exc}") from exc
+        raise ProgramError(f"cannot compile {root / MAIN_SOURCE}: {exc}") from exc
 
 
 def load_xdp_fn(bpf: Any) -> Any:  # a bcc BPF -> its function object

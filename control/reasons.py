@@ -45,6 +45,20 @@ class Reason(enum.IntEnum):
     DROP_NO_CONFIG = 24
     DROP_REDIRECT = 25
     PASS_SLOW_PATH = 26
+    DROP_TUNNEL_WRONG_LINK = 27
+    DROP_DECAP_NO_FLOW = 28
+    DROP_DECAP_WRONG_TXR = 29
+    DROP_DECAP_MULTICAST = 30
+    DROP_DECAP_BROADCAST = 31
+    DROP_DECAP_LOOPBACK = 32
+    DROP_DECAP_RESERVED = 33
+    DROP_DECAP_SELF = 34
+    DROP_TTL_EXPIRED = 35
+    DROP_BAD_IP_CSUM = 36
+    DROP_FLOW_LIVE = 37
+    DROP_UFRAG_FLOOD = 38
+    DROP_UFRAG_EXPIRED = 39
+    DROP_BAD_CLIENT_ADDR = 40
 
     @property
     def label(self) -> str:
@@ -86,4 +100,18 @@ VERDICT: dict[Reason, str] = {
     Reason.DROP_NO_CONFIG: "DROP: program attached but not configured",
     Reason.DROP_REDIRECT: "DROP",
     Reason.PASS_SLOW_PATH: "PASS: no flow, to the controller's slow path (config flag set)",
+    Reason.DROP_TUNNEL_WRONG_LINK: "DROP: a tunnel datagram on a link without the tunnel role",
+    Reason.DROP_DECAP_NO_FLOW: "DROP: a reply to a client without a flow for that VIP",
+    Reason.DROP_DECAP_WRONG_TXR: "DROP: a reply from another transceiver than the flow's",
+    Reason.DROP_DECAP_MULTICAST: "DROP: a reply to 224.0.0.0/4",
+    Reason.DROP_DECAP_BROADCAST: "DROP: a reply to 255.255.255.255",
+    Reason.DROP_DECAP_LOOPBACK: "DROP: a reply to 127.0.0.0/8",
+    Reason.DROP_DECAP_RESERVED: "DROP: a reply to 0/8, 240/4 or 169.254/16",
+    Reason.DROP_DECAP_SELF: "DROP: a reply to the tunnel address or its own VIP",
+    Reason.DROP_TTL_EXPIRED: "DROP: TTL 0 or 1, either direction",
+    Reason.DROP_BAD_IP_CSUM: "DROP: a client packet's IPv4 header checksum is wrong",
+    Reason.DROP_FLOW_LIVE: "DROP: a Binding request would move a live flow",
+    Reason.DROP_UFRAG_FLOOD: "DROP: the ufrag created its limit of flows in the window",
+    Reason.DROP_UFRAG_EXPIRED: "DROP: the ufrag's epoch is older than its lifetime",
+    Reason.DROP_BAD_CLIENT_ADDR: "DROP: a Binding request from an address no client has",
 }

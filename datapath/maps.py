@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,21 @@ from datapath import DatapathError, bpfsys
 MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH = 1, 2, 6, 9
 
 
+MAX_TUNNEL_LINKS = 4  # bpf/constants.h
+
+
 class RelayConfig(ct.Structure):
-    _fields_ = (("tunnel_addr", ct.c_uint32), ("tunnel_port", ct.c_uint16), ("flags", ct.c_uint16))
+    _fields_ = (
+        ("tunnel_addr", ct.c_uint32),
+        ("tunnel_port", ct.c_uint16),
+        ("flags", ct.c_uint16),
+        ("wall_offset_ns", ct.c_uint64),
+        ("tunnel_ifindex", ct.c_uint32 * MAX_TUNNEL_LINKS),
+        ("flow_idle_s", ct.c_uint16),
+        ("ufrag_max_age", ct.c_uint16),
+        ("ufrag_flow_limit", ct.c_uint16),
+        ("ufrag_window_s", ct.c_uint16),
+    )
 
 
 class VipKey(ct.Structure):
@@ -59,7 +73,7 @@ class FlowKey(ct.Structure):
 class FlowVal(ct.Structure):
     _fields_ = (
         ("cluster", ct.c_uint16),
-        ("pad", ct.c_uint16),
+        ("seen", ct.c_uint16),  # coarse time of the last client packet; 0 from the slow path
         ("id", ct.c_uint32),
         ("created_ns", ct.c_uint64),
     )
@@ -259,9 +273,68 @@ def read_config(maps: RelayMaps) -> Config:
     return Config(from_be32(cfg.tunnel_addr), from_be16(cfg.tunnel_port), cfg.flags)
 
 
+def _update_config(maps: RelayMaps, **fields: Any) -> None:
+    """Read-modify-write of config[0]: each writer changes only its own fields."""
+    table = maps["config"]
+    value = table.lookup(ct.c_uint32(0)) or RelayConfig()
+    for name, field_value in fields.items():
+        setattr(value, name, field_value)
+    table.update(ct.c_uint32(0), value)
+
+
 def write_config(maps: RelayMaps, config: Config) -> None:
-    value = RelayConfig(be32(config.tunnel_addr), be16(config.tunnel_port), config.flags)
-    maps["config"].update(ct.c_uint32(0), value)
+    """The tunnel endpoint and flags; the limits, links and clock stay as they are."""
+    _update_config(
+        maps,
+        tunnel_addr=be32(config.tunnel_addr),
+        tunnel_port=be16(config.tunnel_port),
+        flags=config.flags,
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """relay_config's limits (bpf/constants.h); 0 means the program's compiled-in default."""
+
+    flow_idle_s: int = 0
+    ufrag_max_age: int = 0  # epochs of wire.ufrag.EPOCH_SECONDS
+    ufrag_flow_limit: int = 0
+    ufrag_window_s: int = 0
+
+
+def read_limits(maps: RelayMaps) -> tuple[Limits, list[int]]:
+    """The limits and the tunnel links' ifindexes."""
+    cfg = maps["config"].lookup(ct.c_uint32(0))
+    limits = Limits(cfg.flow_idle_s, cfg.ufrag_max_age, cfg.ufrag_flow_limit, cfg.ufrag_window_s)
+    return limits, [i for i in cfg.tunnel_ifindex if i]
+
+
+def write_limits(maps: RelayMaps, limits: Limits, tunnel_ifindexes: list[int]) -> None:
+    if len(tunnel_ifindexes) > MAX_TUNNEL_LINKS:
+        raise MapError(f"at most {MAX_TUNNEL_LINKS} tunnel links")
+    links = (ct.c_uint32 * MAX_TUNNEL_LINKS)(*tunnel_ifindexes)
+    _update_config(
+        maps,
+        tunnel_ifindex=links,
+        flow_idle_s=limits.flow_idle_s,
+        ufrag_max_age=limits.ufrag_max_age,
+        ufrag_flow_limit=limits.ufrag_flow_limit,
+        ufrag_window_s=limits.ufrag_window_s,
+    )
+
+
+def wall_offset_ns() -> int:
+    """Unix time minus CLOCK_MONOTONIC (the program's bpf_ktime_get_ns clock), in ns."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def write_wall_clock(maps: RelayMaps) -> int:
+    """Give the program the wall clock (for the ufrag epoch, docs/wire-format.md §1); returns
+    the offset written. relayctl load writes it, relayctl run and map sync refresh it, so a
+    stepped wall clock is followed."""
+    offset = wall_offset_ns()
+    _update_config(maps, wall_offset_ns=offset)
+    return offset
 
 
 def read_vips(maps: RelayMaps) -> list[tuple[str, int]]:

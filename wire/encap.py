@@ -177,6 +177,19 @@ def encapsulate(inner: bytes, relay_addr: str, txr_addr: str, txr_port: int) -> 
     return ip + udp + inner
 
 
+def forward_hop(pkt: bytes) -> bytes:
+    """`pkt` as a router forwards it: TTL one less, header checksum updated (what the relay does
+    to the inner packet in both directions); EncapError("ttl_expired") for TTL 0 or 1."""
+    ttl = pkt[8]
+    if ttl <= 1:
+        raise EncapError("ttl_expired", f"TTL {ttl}: a router drops it")
+    head = bytearray(pkt[:IP_HLEN])
+    head[8] = ttl - 1
+    head[10:12] = b"\x00\x00"
+    head[10:12] = checksum(bytes(head)).to_bytes(2, "big")
+    return bytes(head) + pkt[IP_HLEN:]
+
+
 def decapsulate(outer: bytes) -> bytes:
     """The inner IPv4/UDP packet of a tunnel datagram; raises EncapError when malformed.
 

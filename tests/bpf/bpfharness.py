@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -30,9 +31,9 @@ from lab.fibsandbox import (
     Sandbox,
 )
 from wire.defaults import RELAY_TUNNEL_PORT
-from wire.encap import encapsulate, ipv4_udp, parse_ipv4_udp
+from wire.encap import encapsulate, forward_hop, ipv4_udp, parse_ipv4_udp
 from wire.stun import build_binding_request
-from wire.ufrag import mint
+from wire.ufrag import EPOCH_SECONDS, mint
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
@@ -101,9 +102,29 @@ def client_frame(
 RTP = bytes([0x80, 0x6F]) + bytes(range(2, 160))  # first byte 128: not STUN (RFC 7983)
 
 
-def binding(txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04\x05") -> bytes:
-    """A Binding request whose ufrag routes to txr under the harness key."""
-    return build_binding_request(mint(KEY_ID, KEY, txr.cluster, txr.id, nonce) + ":cl1E")
+def binding(txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04", epoch: int | None = None) -> bytes:
+    """A Binding request whose ufrag routes to txr under the harness key (minted now, unless
+    `epoch` says when)."""
+    return build_binding_request(mint(KEY_ID, KEY, txr.cluster, txr.id, nonce, epoch) + ":cl1E")
+
+
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h (the time module does not name it)
+FLOW_SEEN_SHIFT = 30  # bpf/constants.h: flow_val.seen counts coarse ns >> 30, mod 2^16
+IDLE = 1000  # seen-units ago: older than any idle time the tests use
+
+
+def seen_now() -> int:
+    """flow_val.seen as the program would write it now (bpf_ktime_get_coarse_ns)."""
+    return (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
+
+
+def wall_offset_for(epoch: int) -> int:
+    """A relay_config.wall_offset_ns that puts the program's clock in the middle of `epoch`
+    (of the current 4096-epoch cycle), whatever the real time."""
+    cycle = 4096 * EPOCH_SECONDS * 10**9
+    base = time.time_ns() // cycle * cycle
+    wall = base + epoch * EPOCH_SECONDS * 10**9 + EPOCH_SECONDS * 10**9 // 2
+    return wall - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True)
@@ -138,22 +159,48 @@ class Relay:
         key 1, every sandbox transceiver."""
         for name in ("vips", "transceivers", "txr_addrs", "flows", "counters"):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
+        self.bpf[b"ufrag_rates"].clear()
         self.flush_nexthops()
         self.keys({})
+        self.maps["config"].clear()
         self.configure(TUNNEL_ADDR, TUNNEL_PORT)
+        self.set_clock()
+        self.tunnel_links(TXR_LINK.name)
         for port in VIP_PORTS:
             self.add_vip(VIP, port)
         self.keys({KEY_ID: KEY})
         for txr in ALL_TXRS:
             self.add_txr(txr)
 
-    def configure(self, addr: str | None, port: int, flags: int = 0) -> None:
+    def _config(self, **fields: object) -> None:
+        """Change some fields of config[0], keeping the others."""
         cfg = self.maps["config"]
-        leaf = cfg.Leaf()
-        leaf.tunnel_addr = be32(addr) if addr else 0
-        leaf.tunnel_port = be16(port)
-        leaf.flags = flags
+        leaf = cfg[ct.c_uint32(0)]
+        for name, value in fields.items():
+            setattr(leaf, name, value)
         cfg[ct.c_uint32(0)] = leaf
+
+    def configure(self, addr: str | None, port: int, flags: int = 0) -> None:
+        self._config(tunnel_addr=be32(addr) if addr else 0, tunnel_port=be16(port), flags=flags)
+
+    def set_clock(self, epoch: int | None = None, offset: int | None = None) -> None:
+        """The program's wall clock: the real one, the middle of `epoch`, or a raw offset."""
+        if offset is None:
+            offset = (
+                time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                if epoch is None
+                else wall_offset_for(epoch)
+            )
+        self._config(wall_offset_ns=offset)
+
+    def tunnel_links(self, *names: str) -> None:
+        """The links tunnel datagrams are accepted on (the sandbox's link names)."""
+        ids = [self.sandbox.ifindex[n] for n in names] + [0] * (4 - len(names))
+        self._config(tunnel_ifindex=(ct.c_uint32 * 4)(*ids))
+
+    def limits(self, **fields: int) -> None:
+        """flow_idle_s, ufrag_max_age, ufrag_flow_limit, ufrag_window_s (0: the default)."""
+        self._config(**fields)
 
     def add_vip(self, addr: str, port: int, index: int = 0) -> None:
         vips = self.maps["vips"]
@@ -200,10 +247,14 @@ class Relay:
         key.client_port, key.vip_port = be16(port), be16(vip_port)
         return key
 
-    def set_flow(self, txr: Txr, created_ns: int = 1, **where: object) -> None:
+    def set_flow(
+        self, txr: Txr, created_ns: int = 1, *, live: bool = False, **where: object
+    ) -> None:
+        """A flow to txr; idle (last client packet long ago) unless `live`."""
         flows = self.maps["flows"]
         val = flows.Leaf()
         val.cluster, val.id, val.created_ns = txr.cluster, txr.id, created_ns
+        val.seen = seen_now() if live else (seen_now() - IDLE) & 0xFFFF
         flows[self.flow_key(**where)] = val
 
     def get_flow(self, **where: object) -> ct.Structure | None:
@@ -212,9 +263,10 @@ class Relay:
     def flows(self) -> list[tuple[ct.Structure, ct.Structure]]:
         return list(self.maps["flows"].items())
 
-    def flow_table(self) -> dict[bytes, tuple[int, int, int, int]]:
-        """The flow map by key bytes: (cluster, pad, id, created_ns)."""
-        return {bytes(k): (v.cluster, v.pad, v.id, v.created_ns) for k, v in self.flows()}
+    def flow_table(self) -> dict[bytes, tuple[int, int, int]]:
+        """The flow map by key bytes: (cluster, id, created_ns); `seen` is left out, every
+        client packet of a flow refreshes it (tests of it read it themselves)."""
+        return {bytes(k): (v.cluster, v.id, v.created_ns) for k, v in self.flows()}
 
     def counters(self) -> dict[int, tuple[int, int]]:
         table = self.maps["counters"]
@@ -296,15 +348,29 @@ def tunnelled(frame: bytes, txr: Txr, via: bytes | None = VIA_NEAR) -> bytes:
     """What the relay emits for a client frame it sends to txr: via's Ethernet header (None: the
     frame's own, kept when the FIB refuses), then the tunnel header and the whole IPv4 packet."""
     head = frame[:14] if via is None else via
-    return head + encapsulate(frame[14:], TUNNEL_ADDR, txr.addr, txr.port)
+    return head + encapsulate(forward_hop(frame[14:]), TUNNEL_ADDR, txr.addr, txr.port)
 
 
 Setup = Callable[["Relay"], object]
 
 
-def with_flow(txr: Txr, created_ns: int = 1, **where: object) -> Setup:
-    """The flow map holds a flow to txr (default: the harness client to the first VIP port)."""
-    return lambda relay: relay.set_flow(txr, created_ns, **where)
+def with_flow(txr: Txr, created_ns: int = 1, *, live: bool = False, **where: object) -> Setup:
+    """The flow map holds a flow to txr (default: the harness client to the first VIP port),
+    idle unless `live`."""
+    return lambda relay: relay.set_flow(txr, created_ns, live=live, **where)
+
+
+def with_limits(**fields: int) -> Setup:
+    return lambda relay: relay.limits(**fields)
+
+
+def with_tunnel_links(*names: str) -> Setup:
+    return lambda relay: relay.tunnel_links(*names)
+
+
+def at_epoch(epoch: int) -> Setup:
+    """The program's clock in the middle of `epoch`."""
+    return lambda relay: relay.set_clock(epoch)
 
 
 def with_txr(txr: Txr) -> Setup:
@@ -368,8 +434,10 @@ def check(relay: Relay, case: Case) -> Outcome:
         return out
     d = parse_ipv4_udp(case.packet[14:])
     key = bytes(relay.flow_key(client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport))
-    cluster, pad, txr_id, created_ns = after.pop(key)
-    assert (cluster, pad, txr_id) == (case.learns.cluster, 0, case.learns.id)
-    assert created_ns > before.pop(key, (0, 0, 0, 0))[3]  # created, or moved: a new timestamp
+    cluster, txr_id, created_ns = after.pop(key)
+    assert (cluster, txr_id) == (case.learns.cluster, case.learns.id)
+    assert created_ns > before.pop(key, (0, 0, 0))[2]  # created, or moved: a new timestamp
+    seen = relay.get_flow(client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport).seen
+    assert (seen_now() - seen) & 0xFFFF <= 1, "a new flow is live"
     assert after == before, "a flow other than the packet's changed"
     return out

@@ -20,7 +20,7 @@ from control.program import MAP_NAMES, PROG_FUNC, ProgramError, compile_relay, l
 from control.reasons import Reason
 from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK, NetnsWorker, Sandbox, fib_sandbox
 from tests.bpf.bpfharness import NEAR, RTP, Relay, binding, client_frame, mac
-from wire.encap import encapsulate
+from wire.encap import encapsulate, forward_hop
 
 XDP_ATTACHED_DRV = 1  # IFLA_XDP_ATTACHED mode as `ip -j -d link` reports it
 TUNNEL_ADDR = TXR_LINK.addr
@@ -90,7 +90,7 @@ def test_native_mode_on_veth_handles_real_frames(
         stun = client_frame(binding(NEAR))
         tx.send(stun)
         expected = mac(NEAR_TXR[1]) + mac(TXR_LINK.mac) + b"\x08\x00"
-        expected += encapsulate(stun[14:], TUNNEL_ADDR, NEAR.addr, NEAR.port)
+        expected += encapsulate(forward_hop(stun[14:]), TUNNEL_ADDR, NEAR.addr, NEAR.port)
         deadline = time.monotonic() + 5
         got = b""
         while got != expected and time.monotonic() < deadline:

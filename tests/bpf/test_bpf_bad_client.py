@@ -33,7 +33,7 @@ from wire.encap import checksum, ipv4_udp
 from wire.stun import ATTR_USERNAME, build_binding_request, build_message
 from wire.ufrag import mint
 
-UFRAG = mint(KEY_ID, KEY, NEAR.cluster, NEAR.id, b"\x01\x02\x03\x04\x05")
+UFRAG = mint(KEY_ID, KEY, NEAR.cluster, NEAR.id, b"\x01\x02\x03\x04")
 USERNAME = (UFRAG + ":cl1E").encode()
 GOOD = build_binding_request(UFRAG + ":cl1E", attrs_before=[(0x0024, b"\x6e\x7f\x1e\xff")])
 
@@ -185,7 +185,8 @@ TCP_TO_VIP = bytes(UDP_TO_VIP[:9]) + b"\x06" + UDP_TO_VIP[10:]
             "padding": UFRAG[:22] + "==" + ":cl1E",
             "two UTF-8 bytes in place of one character": UFRAG[:5] + "\u00e9" + UFRAG[7:] + ":cl1E",
             "version 0": "A" + UFRAG[1:] + ":cl1E",
-            "version 2": "I" + UFRAG[1:] + ":cl1E",
+            "version 1 (retired)": "E" + UFRAG[1:] + ":cl1E",
+            "version 3": "M" + UFRAG[1:] + ":cl1E",
             "empty": ":cl1E",
         }.items()
     ),

@@ -19,6 +19,11 @@ ROWS = (
     "STUN known: ufrag + encap",
     "STUN new flow",
     "decap: tunnel -> client",
+    "drop: decap, no flow (reverse miss)",
+    "drop: decap, another txr's flow",
+    "drop: TTL 1 client packet",
+    "drop: live flow not moved",
+    "drop: ufrag over its budget",
 )
 
 
@@ -33,3 +38,6 @@ def test_bench_runs_and_checks_its_rows() -> None:
         ns = float(rows[0].split()[-3].replace(",", ""))
         assert ns > 0
     assert sum("trivial XDP_PASS program" in line for line in lines) == 2
+    # main's build measured in the same run, next to this one (a figure, not "-")
+    flow = next(line for line in lines if line.strip().startswith("flow hit <-> decap"))
+    assert flow.split()[-4] != "-"

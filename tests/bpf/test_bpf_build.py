@@ -27,11 +27,16 @@ LIMITS = {
     "MAX_VIPS": 8,
     "MAX_TRANSCEIVERS": 128,
     "MAX_FLOWS": 256,
-    "COUNTER_SLOTS": 40,
+    "COUNTER_SLOTS": 48,
     "STUN_MAX_ATTRS": 2,
     "STUN_MAX_OFFSET": 2048,
     "NH_CACHE_NS": 1000,
     "NH_CACHE_BITS": 8,
+    "FLOW_IDLE_S": 5,
+    "UFRAG_FLOW_LIMIT": 2,
+    "UFRAG_WINDOW_S": 30,
+    "UFRAG_MAX_AGE": 12,
+    "UFRAG_RATE_SLOTS": 64,
 }
 SIZES = {  # map -> the limit that sizes it
     "vips": "MAX_VIPS",
@@ -39,6 +44,7 @@ SIZES = {  # map -> the limit that sizes it
     "txr_addrs": "MAX_TRANSCEIVERS",
     "flows": "MAX_FLOWS",
     "counters": "COUNTER_SLOTS",
+    "ufrag_rates": "UFRAG_RATE_SLOTS",
 }
 
 
@@ -76,5 +82,16 @@ def test_a_build_with_other_limits(relay: Relay) -> None:
                 learns=NEAR,
             ),
         )
+        # UFRAG_FLOW_LIMIT=2: the same ufrag from a second address creates its flow, a third
+        # is refused (config's limit 0 means the build's default)
+        other = client_frame(second[42:], port=40001)
+        check(
+            small,
+            Case(
+                "2nd", other, tunnelled(other, NEAR), XDP_REDIRECT, Reason.FWD_STUN_NEW, learns=NEAR
+            ),
+        )
+        third_addr = client_frame(second[42:], port=40002)
+        check(small, Case("3rd", third_addr, None, XDP_DROP, Reason.DROP_UFRAG_FLOOD))
     finally:
         bpf.cleanup()

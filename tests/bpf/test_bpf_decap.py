@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from control.reasons import Reason
-from lab.fibsandbox import NEAR_TXR, TXR_LINK, UNRESOLVED
+from lab.fibsandbox import CLIENT_LINK, NEAR_TXR, TXR_LINK, UNRESOLVED
 from tests.bpf.bpfharness import (
     CLIENT,
     CLIENT_PORT,
     NEAR,
+    ON_CLIENT_LINK,
     TUNNEL_ADDR,
     TUNNEL_PORT,
     VIA_CLIENT_GATEWAY,
@@ -22,14 +24,18 @@ from tests.bpf.bpfharness import (
     Case,
     Relay,
     Setup,
+    Txr,
     cases,
     check,
     cleared,
     configured,
     eth,
     eth_header,
+    with_flow,
+    with_tunnel_links,
+    without_txr,
 )
-from wire.encap import checksum, ipv4_udp
+from wire.encap import EncapError, checksum, forward_hop, ipv4_udp, parse_ipv4_udp
 
 REPLY = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, b"\x80\x00reply-media", tos=0x2E)
 
@@ -48,8 +54,21 @@ def tunnel_frame(
 
 def decapsulated(frame: bytes, via: bytes | None = VIA_CLIENT_GATEWAY) -> bytes:
     """What the relay emits for a tunnel frame: via's Ethernet header (None: the frame's own, kept
-    when the FIB refuses), then the inner packet exactly as the transceiver sent it."""
-    return (frame[:14] if via is None else via) + frame[14 + 28 :]
+    when the FIB refuses), then the inner packet as the transceiver sent it, one hop (TTL)
+    less."""
+    return (frame[:14] if via is None else via) + forward_hop(frame[14 + 28 :])
+
+
+def reply_flow(frame: bytes, txr: Txr = NEAR, *, live: bool = False) -> Setup:
+    """The flow a tunnel frame's inner packet answers: its destination is the client, its
+    source the VIP; to txr."""
+
+    d = parse_ipv4_udp(frame[14 + 28 :])  # EncapError for a malformed one
+
+    def setup(relay: Relay) -> None:
+        relay.set_flow(txr, live=live, client=d.dst, port=d.dport, vip=d.src, vip_port=d.sport)
+
+    return setup
 
 
 def tunnel_case(
@@ -59,8 +78,18 @@ def tunnel_case(
     action: int,
     reason: Reason,
     *setup: Setup,
+    flow: bool = True,
+    ingress: str = TXR_LINK.name,
 ) -> Case:
-    return Case(description, frame, out, action, reason, setup=setup, ingress=TXR_LINK.name)
+    """A tunnel frame in on txr0; with `flow`, the flow its inner packet answers exists (to NEAR)
+    when the inner packet can be parsed."""
+    steps: tuple[Setup, ...] = setup
+    if flow:
+        try:
+            steps = (reply_flow(frame), *setup)
+        except (EncapError, IndexError, struct.error):
+            pass
+    return Case(description, frame, out, action, reason, setup=steps, ingress=ingress)
 
 
 def _fix_ip_csum(pkt: bytearray) -> bytes:
@@ -174,12 +203,13 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         Reason.DROP_TUNNEL_STRANGER,
     ),
     tunnel_case(
-        "stranger: txr_addrs, not transceivers, admits tunnel peers",
+        "stranger: without a flow of the sender, txr_addrs names the refusal",
         tunnel_frame(REPLY),
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_STRANGER,
         cleared("txr_addrs"),
+        flow=False,
     ),
     tunnel_case(
         "foreign source: not a VIP address",
@@ -187,6 +217,7 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     tunnel_case(
         "foreign source: a VIP address, not a VIP port",
@@ -194,13 +225,15 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     tunnel_case(
         "foreign source: spoofing a client",
-        tunnel_frame(ipv4_udp(CLIENT, CLIENT_PORT, CLIENT, CLIENT_PORT, b"spoof")),
+        tunnel_frame(ipv4_udp(CLIENT, CLIENT_PORT, "198.19.64.6", CLIENT_PORT, b"spoof")),
         None,
         XDP_DROP,
         Reason.DROP_TUNNEL_FOREIGN_SRC,
+        flow=False,  # no flow is ever made for a source that is no VIP
     ),
     *(
         tunnel_case(
@@ -245,3 +278,145 @@ TO_UNRESOLVED = tunnel_frame(ipv4_udp(VIP, VIP_PORTS[0], UNRESOLVED, CLIENT_PORT
 )
 def test_tunnel_packet(relay: Relay, case: Case) -> None:
     check(relay, case)
+
+
+# -- issue 8: the relay forwards replies only to clients it forwards for ---------------------
+
+
+def reply_to(dst: str, dport: int = CLIENT_PORT, *, ttl: int = 64, src: str = VIP) -> bytes:
+    """NEAR's tunnel frame carrying a reply from src:3478 to dst:dport."""
+    return tunnel_frame(ipv4_udp(src, VIP_PORTS[0], dst, dport, b"\x80\x00reply", ttl=ttl))
+
+
+def _to_class(description: str, dst: str, reason: Reason) -> Case:
+    # the flow exists (tunnel_case adds it): the destination's class alone refuses it
+    return tunnel_case(f"refused destination: {description}", reply_to(dst), None, XDP_DROP, reason)
+
+
+LOCAL = reply_to(CLIENT_LINK.addr)  # the relay's address on cli0: not the tunnel address
+TTL2 = reply_to(CLIENT, ttl=2)
+BOTH_ROLES = tunnel_frame(REPLY)
+
+
+@cases(
+    tunnel_case(
+        "spoofed transceiver from the client link: the link has no tunnel role",
+        tunnel_frame(REPLY),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_WRONG_LINK,
+        ingress=CLIENT_LINK.name,
+    ),
+    tunnel_case(
+        "one link with both roles (single NIC): accepted there, back out of it",
+        BOTH_ROLES,
+        decapsulated(BOTH_ROLES),
+        XDP_TX,
+        Reason.FWD_DECAP,
+        with_tunnel_links(CLIENT_LINK.name, TXR_LINK.name),
+        ingress=CLIENT_LINK.name,
+    ),
+    tunnel_case(
+        "no tunnel link configured: refused everywhere",
+        tunnel_frame(REPLY),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_WRONG_LINK,
+        with_tunnel_links(),
+    ),
+    tunnel_case(
+        "a reply to an address without a flow",
+        reply_to("198.19.64.99"),
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_NO_FLOW,
+        flow=False,
+    ),
+    tunnel_case(
+        "a reply to another port of a client that has a flow",
+        reply_to(CLIENT, CLIENT_PORT + 1),
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_NO_FLOW,
+        with_flow(NEAR),
+        flow=False,
+    ),
+    tunnel_case(
+        "a reply from the other VIP port than the flow's",
+        SECOND_PORT,
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_NO_FLOW,
+        with_flow(NEAR),  # CLIENT:CLIENT_PORT <-> VIP:3478 only
+        flow=False,
+    ),
+    tunnel_case(
+        "a reply to another transceiver's flow",
+        tunnel_frame(REPLY),
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_WRONG_TXR,
+        with_flow(ON_CLIENT_LINK),
+        flow=False,
+    ),
+    tunnel_case(
+        "a reply for a flow whose transceiver left the map",
+        tunnel_frame(REPLY),
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_WRONG_TXR,
+        without_txr(NEAR),  # txr_addrs still lists its address: no stranger
+    ),
+    tunnel_case(
+        "a stranger naming a live flow is still a stranger",
+        tunnel_frame(REPLY, src="198.19.1.99"),
+        None,
+        XDP_DROP,
+        Reason.DROP_TUNNEL_STRANGER,
+    ),
+    _to_class("multicast 224.0.0.1", "224.0.0.1", Reason.DROP_DECAP_MULTICAST),
+    _to_class("multicast 239.255.255.250", "239.255.255.250", Reason.DROP_DECAP_MULTICAST),
+    _to_class("broadcast", "255.255.255.255", Reason.DROP_DECAP_BROADCAST),
+    _to_class("loopback", "127.0.0.1", Reason.DROP_DECAP_LOOPBACK),
+    _to_class("loopback 127.255.0.9", "127.255.0.9", Reason.DROP_DECAP_LOOPBACK),
+    _to_class("0.0.0.0", "0.0.0.0", Reason.DROP_DECAP_RESERVED),
+    _to_class("0/8", "0.1.2.3", Reason.DROP_DECAP_RESERVED),
+    _to_class("class E", "240.0.0.1", Reason.DROP_DECAP_RESERVED),
+    _to_class("class E 255.255.255.254", "255.255.255.254", Reason.DROP_DECAP_RESERVED),
+    _to_class("link-local", "169.254.1.1", Reason.DROP_DECAP_RESERVED),
+    _to_class("the tunnel address", TUNNEL_ADDR, Reason.DROP_DECAP_SELF),
+    tunnel_case(
+        "the VIP itself",
+        reply_to(VIP),
+        None,
+        XDP_DROP,
+        Reason.DROP_DECAP_SELF,
+    ),
+    tunnel_case(
+        "another local address of the relay: the FIB refuses it",
+        LOCAL,
+        decapsulated(LOCAL, via=None),
+        XDP_DROP,
+        Reason.DROP_FIB,
+    ),
+    tunnel_case("TTL 1", reply_to(CLIENT, ttl=1), None, XDP_DROP, Reason.DROP_TTL_EXPIRED),
+    tunnel_case("TTL 0", reply_to(CLIENT, ttl=0), None, XDP_DROP, Reason.DROP_TTL_EXPIRED),
+    tunnel_case("TTL 2: out with TTL 1", TTL2, decapsulated(TTL2), XDP_REDIRECT, Reason.FWD_DECAP),
+)
+def test_return_path_is_checked(relay: Relay, case: Case) -> None:
+    check(relay, case)
+
+
+def test_reply_to_the_transceivers_tunnel_port_needs_a_flow(relay: Relay) -> None:
+    """The reflector of issue 8 item 3: a VIP datagram aimed at a transceiver's tunnel port."""
+    out = relay.run(reply_to(NEAR.addr, NEAR.port), ingress=TXR_LINK.name)
+    assert (out.action, out.reason) == (XDP_DROP, Reason.DROP_DECAP_NO_FLOW)
+
+
+def test_decap_leaves_the_flow_map_alone(relay: Relay) -> None:
+    """Replies do not refresh a flow's liveness: only the client's own packets do."""
+    relay.set_flow(NEAR)
+    seen = relay.get_flow().seen
+    out = relay.run(tunnel_frame(REPLY), ingress=TXR_LINK.name)
+    assert out.reason == Reason.FWD_DECAP
+    assert relay.get_flow().seen == seen

@@ -63,7 +63,7 @@ STUN_NEW = Case(
     Reason.FWD_STUN_NEW,
     learns=NEAR,
 )
-STUN_AGAIN = client_frame(binding(NEAR, nonce=b"zzzzz"))  # another session, same transceiver
+STUN_AGAIN = client_frame(binding(NEAR, nonce=b"\x0azzz"))  # another session, same transceiver
 STUN_KNOWN = Case(
     "STUN Binding request to the flow's transceiver leaves the flow alone",
     STUN_AGAIN,
@@ -310,7 +310,9 @@ def test_encapsulation_field_by_field(relay: Relay) -> None:
     sport, dport, ulen, ucsum = struct.unpack(">HHHH", outer_udp)
     assert sport == flow_entropy(CLIENT, CLIENT_PORT, VIP_PORTS[0]) and sport & 0x8000
     assert (dport, ulen, ucsum) == (NEAR.port, 8 + len(INNER), 0)
-    assert rest == INNER  # untouched, TTL and checksum included
+    assert rest[8] == INNER[8] - 1  # one hop: TTL one less...
+    assert checksum(rest[:20]) == 0  # ...and the header checksum updated with it
+    assert rest[:8] + rest[9:10] + rest[12:] == INNER[:8] + INNER[9:10] + INNER[12:]  # all else
 
 
 def test_stun_new_then_known(relay: Relay) -> None:

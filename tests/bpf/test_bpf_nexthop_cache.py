@@ -125,8 +125,7 @@ def test_hit_gives_the_same_bytes_as_a_lookup(relay: Relay) -> None:
         relay.flush_nexthops()
         slot = flow_slot(relay, txr) if txr is not None else decap_slot(relay)
         assert relay.valid_nexthops(slot) == []
-        if txr is not None:
-            relay.set_flow(txr)
+        relay.set_flow(txr or NEAR)  # the client's flow; the reply needs it as well
         miss = relay.run(frame, ingress=ingress)
         spread(relay, slot)  # the lookup's answer was cached (asserted there)
         hit = relay.run(frame, ingress=ingress)

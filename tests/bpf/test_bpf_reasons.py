@@ -79,7 +79,7 @@ def test_python_matches_the_c_list() -> None:
 
 def test_python_matches_spec_table() -> None:
     spec = _spec_table()
-    assert len(spec) == 27
+    assert len(spec) == 41
     assert {r.label: int(r) for r in Reason} == spec
 
 
@@ -134,7 +134,8 @@ def test_compiled_kinds_and_actions_match_python() -> None:
 
 
 def test_extra_reasons_take_their_kind_from_the_list() -> None:
-    extra = [("FWD_TEST", 27, "FWD"), ("PASS_TEST", 28, "PASS"), ("DROP_TEST", 29, "DROP")]
+    n = len(Reason)
+    extra = [("FWD_TEST", n, "FWD"), ("PASS_TEST", n + 1, "PASS"), ("DROP_TEST", n + 2, "DROP")]
     kinds = {int(r): r.kind for r in Reason} | {n: Kind(k.lower()) for _, n, k in extra}
     with _probe([extra_reasons(*extra)]) as fd:
         for reason in PROBED:
@@ -145,9 +146,9 @@ def test_extra_reasons_take_their_kind_from_the_list() -> None:
 @pytest.mark.parametrize(
     ("cflags", "message"),
     [
-        ([extra_reasons(("GAP_TEST", 28, "FWD"))], "each number once"),
+        ([extra_reasons(("GAP_TEST", len(Reason) + 1, "FWD"))], "each number once"),
         ([extra_reasons(("TWICE_TEST", 26, "FWD"))], "each number once"),
-        (["-DCOUNTER_SLOTS=26"], "every reason needs a counter slot"),
+        ([f"-DCOUNTER_SLOTS={len(Reason) - 1}"], "every reason needs a counter slot"),
     ],
     ids=["a gap in the numbers", "a number used twice", "fewer counter slots than reasons"],
 )
@@ -172,8 +173,9 @@ def test_a_bad_list_does_not_compile(
     ],
 )
 def test_a_new_reason_is_handled_by_its_kind(relay: Relay, kind: str, action: int) -> None:
-    """A flow hit counted as reason 27 (EDGE_FLOW_HIT_REASON in relay.c): tunnelled exactly like
-    fwd_flow when its kind is FWD, left untouched when PASS or DROP, counted in slot 27."""
+    """A flow hit counted as a reason past the last one (EDGE_FLOW_HIT_REASON in relay.c):
+    tunnelled exactly like fwd_flow when its kind is FWD, left untouched when PASS or DROP,
+    counted in its own slot."""
     cflags = [
         extra_reasons(("NEW_TEST", len(Reason), kind)),
         "-DEDGE_FLOW_HIT_REASON=REASON_NEW_TEST",
@@ -187,7 +189,7 @@ def test_a_new_reason_is_handled_by_its_kind(relay: Relay, kind: str, action: in
         out = extra.run(frame)
         cpus = extra.maps["counters"].getvalue(ct.c_uint32(len(Reason)))
         assert (sum(c.packets for c in cpus), sum(c.bytes for c in cpus)) == (1, len(frame))
-        assert out.counts == {}  # nothing under the 27 reasons of the format
+        assert out.counts == {}  # nothing under the reasons of the format
         assert out.action == action
         assert out.data == (tunnelled(frame, NEAR) if kind == "FWD" else frame)
     finally:

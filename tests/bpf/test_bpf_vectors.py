@@ -18,6 +18,8 @@ from tests.bpf.bpfharness import (
     Relay,
     Setup,
     Txr,
+    at_epoch,
+    binding,
     cases,
     check,
     client_frame,
@@ -26,6 +28,7 @@ from tests.bpf.bpfharness import (
     tunnelled,
     with_flow,
     with_keys,
+    with_limits,
     with_txr,
     with_vip,
 )
@@ -69,9 +72,34 @@ def _routed(description: str, payload: bytes, vec: dict) -> Case:
         tunnelled(frame, txr),
         XDP_REDIRECT,
         Reason.FWD_STUN_NEW,
-        setup=(with_keys({vec["key_id"]: bytes.fromhex(vec["key"])}), with_txr(txr)),
+        setup=(
+            with_keys({vec["key_id"]: bytes.fromhex(vec["key"])}),
+            with_txr(txr),
+            at_epoch(vec["epoch"]),
+        ),
         learns=txr,
     )
+
+
+def _ufrag_epoch_cases() -> list[Case]:
+    """The lifetime rule: a ufrag of each vector's epoch, the program's clock at its `now`."""
+    out = []
+    for i, v in enumerate(VECTORS["ufrag_epoch"]):
+        frame = client_frame(binding(NEAR, epoch=v["epoch"]))
+        fresh = v["fresh"]
+        out.append(
+            Case(
+                f"ufrag epoch {i}: minted {v['epoch']}, now {v['now']}, lifetime "
+                f"{v['max_age']}: {'fresh' if fresh else 'expired'}",
+                frame,
+                tunnelled(frame, NEAR) if fresh else None,
+                XDP_REDIRECT if fresh else XDP_DROP,
+                Reason.FWD_STUN_NEW if fresh else Reason.DROP_UFRAG_EXPIRED,
+                setup=(at_epoch(v["now"]), with_limits(ufrag_max_age=v["max_age"])),
+                learns=NEAR if fresh else None,
+            )
+        )
+    return out
 
 
 def _ufrag_cases() -> list[Case]:
@@ -153,8 +181,9 @@ def _encap_cases() -> list[Case]:
 
 
 def test_every_vector_kind_is_covered() -> None:
-    assert {"siphash", "ufrag", "ufrag_invalid", "encap", "stun"} <= set(VECTORS)
-    assert all(VECTORS[k] for k in ("ufrag", "ufrag_invalid", "encap", "stun"))
+    kinds = ("ufrag", "ufrag_invalid", "ufrag_epoch", "encap", "stun")
+    assert {"siphash", *kinds} <= set(VECTORS)
+    assert all(VECTORS[k] for k in kinds)
 
 
 def test_encap_vectors_agree_with_themselves() -> None:
@@ -166,6 +195,12 @@ def test_encap_vectors_agree_with_themselves() -> None:
         assert int.from_bytes(outer[20:22], "big") == v["entropy"]  # the outer UDP source port
 
 
-@cases(*_ufrag_cases(), *_ufrag_invalid_cases(), *_stun_cases(), *_encap_cases())
+@cases(
+    *_ufrag_cases(),
+    *_ufrag_invalid_cases(),
+    *_stun_cases(),
+    *_encap_cases(),
+    *_ufrag_epoch_cases(),
+)
 def test_vector(relay: Relay, case: Case) -> None:
     check(relay, case)

@@ -40,7 +40,8 @@ def test_ufrag_mint_decode_round_trip() -> None:
     assert len(text) == 24
     info = json.loads(_run("ufrag", "decode", text, *args, "--json").stdout)
     assert info["tag_ok"] is True and (info["key_id"], info["cluster"]) == (3, 513)
-    assert info["transceiver"] == 4000000000 and len(info["nonce"]) == 10
+    assert info["transceiver"] == 4000000000 and len(info["nonce"]) == 8
+    assert 0 <= info["epoch"] < 4096 and info["version"] == 2
     # The whole STUN USERNAME is accepted too; another key fails with status 1.
     res = _run("ufrag", "decode", f"{text}:abcd", "--key-id", "3", "--key", "ff" * 16)
     assert res.returncode == 1 and "tag_ok: False" in res.stdout and "bad_tag" in res.stdout

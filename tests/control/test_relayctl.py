@@ -74,7 +74,11 @@ def test_reload_in_generic_mode_keeps_flows_and_replaces_vips(loaded: Lab) -> No
     assert (got[0]["cluster"], got[0]["transceiver"], got[0]["tunnel"]) == (3, 77, None)
     assert lab.json("map", "show")["vips"] == [f"{RELAY_ADDR}:3478", f"{RELAY_ADDR}:443"]
 
-    # Back to native with one VIP: the VIP set is replaced exactly, the flow stays.
+    # Back to native with one VIP: the VIP set is replaced exactly; the flows of the VIP that
+    # left go with it (the return path trusts a flow's VIP), the others stay.
+    kept = FlowKey(be32("198.18.0.3"), be32(RELAY_ADDR), be16(40001), be16(443))
+    with PinnedMap(BPFFS / lab.name / "flows", SPECS["flows"]) as flows:
+        flows.update(kept, FlowVal(3, 0, 78, 0))
     lab.relayctl(
         "load",
         "--name",
@@ -89,7 +93,7 @@ def test_reload_in_generic_mode_keeps_flows_and_replaces_vips(loaded: Lab) -> No
     assert lab.xdp()["mode"] == 1
     shown = lab.json("map", "show")
     assert shown["vips"] == [f"{RELAY_ADDR}:443"] and shown["config"]["tunnel"].endswith(":6081")
-    assert [f["transceiver"] for f in lab.json("flows")] == [77]
+    assert [f["transceiver"] for f in lab.json("flows")] == [78]
     with PinnedMap(BPFFS / lab.name / "vips", SPECS["vips"]) as vmap:
         assert [(k.addr, k.port, v.value) for k, v in vmap.items()] == [
             (be32(RELAY_ADDR), be16(443), 0)

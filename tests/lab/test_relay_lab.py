@@ -17,7 +17,7 @@ from lab.standin import StandIn
 from lab.topology import RelayLab
 from tests.lab.labhelp import assert_clean, recv_exact
 from wire import stun, ufrag
-from wire.encap import flow_entropy, ipv4_udp, parse_ipv4_udp
+from wire.encap import flow_entropy, forward_hop, ipv4_udp, parse_ipv4_udp
 
 pytestmark = pytest.mark.lab
 
@@ -65,7 +65,7 @@ def test_binding_request_is_tunneled_byte_for_byte_and_answered_from_the_vip(
         raw.sendto(sent, (lab.vip, 0))
         assert s0.wait_for(target)
         seen = s0.seen[n]
-        assert seen.inner == sent
+        assert seen.inner == forward_hop(sent)  # byte for byte, one hop (TTL) later
         assert seen.relay == (lab.tunnel_addr, flow_entropy(lab.client_addrs[0], cport, 3478))
         assert recv_exact(udp) == (b"T0|" + req, (lab.vip, lab.vip_port))
     assert _delta(before, lab.stats()) == {"fwd_stun_new": 1, "fwd_decap": 1}
@@ -187,17 +187,24 @@ def test_two_clients_reach_two_transceivers(relay_lab: RelayLab, standins: list[
             c.close()
 
 
-def test_binding_request_for_another_transceiver_moves_the_flow(
+def test_binding_request_for_another_transceiver_does_not_move_a_live_flow(
     relay_lab: RelayLab, standins: list[StandIn]
 ) -> None:
+    """Issue 8: one (spoofable) Binding request must not take a live call elsewhere; an idle
+    flow, or one whose transceiver left, may move (tests/bpf/test_bpf_security.py)."""
     lab = relay_lab
     before = lab.stats()
     with lab.client_socket() as c:
         _roundtrip(lab, c, _binding(lab, 0), 0)
         _roundtrip(lab, c, b"\x80one", 0)
-        _roundtrip(lab, c, _binding(lab, 1), 1)  # ICE restart toward the other transceiver
-        _roundtrip(lab, c, b"\x80two", 1)
-    assert _delta(before, lab.stats()) == {"fwd_stun_new": 2, "fwd_flow": 2, "fwd_decap": 4}
+        c.sendto(_binding(lab, 1), (lab.vip, lab.vip_port))  # toward the other transceiver
+        _roundtrip(lab, c, b"\x80two", 0)  # the call stays where it is
+    assert _delta(before, lab.stats()) == {
+        "fwd_stun_new": 1,
+        "fwd_flow": 2,
+        "fwd_decap": 3,
+        "drop_flow_live": 1,
+    }
 
 
 def test_a_deregistered_transceiver_loses_its_flows_at_once(
@@ -269,7 +276,8 @@ def test_without_accept_local_the_kernel_drops_unresolved_packets_as_martians() 
             before = lab.stats()
             for _ in range(2):
                 c.sendto(_binding(lab, 0), (lab.vip, lab.vip_port))
-            _roundtrip(lab, c, _binding(lab, 1), 1)  # in-order marker through the other link
+            with lab.client_socket() as probe:  # in-order marker through the other link
+                _roundtrip(lab, probe, _binding(lab, 1), 1)  # (c's flow is live: it stays)
             assert _delta(before, lab.stats()) == {
                 "pass_fib_no_neigh": 2,
                 "fwd_stun_new": 1,

@@ -27,6 +27,8 @@ ATTR_SOFTWARE = 0x8022
 ATTR_MESSAGE_INTEGRITY = 0x0008
 ATTR_FINGERPRINT = 0x8028
 TID = bytes.fromhex("0102030405060708090a0b0c")
+EPOCH = 0x9A5  # the epoch every fixed mint carries (a relay under test is set to it)
+NONCE = bytes.fromhex("01020304")
 
 
 def _siphash() -> list[dict[str, Any]]:
@@ -36,11 +38,11 @@ def _siphash() -> list[dict[str, Any]]:
 
 
 _MINTS = [
-    (1, KEY_A, 1, 7, bytes.fromhex("0102030405")),
-    (0, KEY_A, 0, 0, bytes(5)),
-    (15, KEY_B, 0xFFFF, 0xFFFFFFFF, b"\xff" * 5),
-    (2, KEY_B, 300, 123456, bytes.fromhex("fbefbeffef")),  # '+' and '/' in the text
-    (1, REF_KEY, 42, 65536, bytes.fromhex("a5a5a5a5a5")),
+    (1, KEY_A, 1, 7, NONCE, EPOCH),
+    (0, KEY_A, 0, 0, bytes(4), 0),
+    (15, KEY_B, 0xFFFF, 0xFFFFFFFF, b"\x0f" + b"\xff" * 3, 0xFFF),
+    (2, KEY_B, 300, 123456, bytes.fromhex("0befbeff"), 0xFBE),  # '+' and '/' in the text
+    (1, REF_KEY, 42, 65536, bytes.fromhex("05a5a5a5"), 0x5A5),
 ]
 
 
@@ -51,16 +53,45 @@ def _ufrag() -> list[dict[str, Any]]:
             "key": key.hex(),
             "cluster": cluster,
             "transceiver": txr,
+            "epoch": epoch,
             "nonce": nonce.hex(),
-            "ufrag": ufrag.mint(kid, key, cluster, txr, nonce),
+            "ufrag": ufrag.mint(kid, key, cluster, txr, nonce, epoch),
         }
-        for kid, key, cluster, txr, nonce in _MINTS
+        for kid, key, cluster, txr, nonce, epoch in _MINTS
+    ]
+
+
+def _ufrag_epoch() -> list[dict[str, Any]]:
+    """The lifetime rule (bpf/ufrag.h ufrag_epoch_fresh, wire.ufrag.epoch_fresh), wrap included."""
+    cases = [
+        (EPOCH, EPOCH, 144),  # minted this epoch
+        (EPOCH, EPOCH + 144, 144),  # as old as the lifetime
+        (EPOCH, EPOCH + 145, 144),  # one epoch of slack: the minter's clock behind
+        (EPOCH, EPOCH + 146, 144),  # too old
+        (EPOCH, EPOCH - 1, 144),  # one epoch ahead: the minter's clock ahead
+        (EPOCH, EPOCH - 2, 144),  # two ahead: refused
+        (0xFFF, 0x004, 10),  # across the wrap: 5 old
+        (0xFF0, 0x010, 10),  # across the wrap: 32 old
+        (0, 0xFFF, 10),  # 4095 old reads as one ahead: fresh
+        (7, 7 + 2048, 4000),  # a lifetime longer than the cycle accepts nearly everything
+        (5, 7, 1),  # the shortest lifetime: 1 epoch, and the slack
+        (5, 8, 1),
+    ]
+    return [
+        {
+            "epoch": e % ufrag.EPOCH_MOD,
+            "now": n % ufrag.EPOCH_MOD,
+            "max_age": m,
+            "fresh": ufrag.epoch_fresh(e % ufrag.EPOCH_MOD, n % ufrag.EPOCH_MOD, m),
+        }
+        for e, n, m in cases
     ]
 
 
 def _with_version(version: int, key: bytes) -> str:
     """A correctly tagged ufrag whose version nibble is `version` (so only the version is wrong)."""
-    signed = bytes([(version << 4) | 1]) + bytes.fromhex("0001000000070102030405")
+    good = base64.b64decode(ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH))
+    signed = bytes([(version << 4) | 1]) + good[1:12]
     return base64.b64encode(signed + ufrag.compute_tag(key, signed)).decode()
 
 
@@ -71,7 +102,7 @@ def _flip(text: str, index: int) -> str:
 
 
 def _ufrag_invalid() -> list[dict[str, Any]]:
-    good = ufrag.mint(1, KEY_A, 1, 7, bytes.fromhex("0102030405"))
+    good = ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH)
     a = {"1": KEY_A.hex()}
     cases = [
         (good[:23], a, "bad_ufrag"),  # one short
@@ -82,7 +113,8 @@ def _ufrag_invalid() -> list[dict[str, Any]]:
         (good[:23] + ".", a, "bad_ufrag"),
         (good[:5] + " " + good[6:], a, "bad_ufrag"),
         (_with_version(0, KEY_A), a, "bad_ufrag"),
-        (_with_version(2, KEY_A), a, "bad_ufrag"),
+        (_with_version(1, KEY_A), a, "bad_ufrag"),  # version 1 is retired
+        (_with_version(3, KEY_A), a, "bad_ufrag"),
         (_with_version(15, KEY_A), {}, "bad_ufrag"),  # version is checked before the key
         (good, {}, "unknown_key"),
         (good, {"0": KEY_A.hex(), "2": KEY_A.hex()}, "unknown_key"),
@@ -91,13 +123,14 @@ def _ufrag_invalid() -> list[dict[str, Any]]:
         (_flip(good, 16), a, "bad_tag"),  # first tag bits forged
         (_flip(good, 3), a, "bad_tag"),  # cluster changed, tag kept
         (_flip(good, 12), a, "bad_tag"),  # nonce changed, tag kept
+        (_flip(good, 10), a, "bad_tag"),  # epoch changed, tag kept
     ]
     return [{"ufrag": u, "keys": k, "reason": r} for u, k, r in cases]
 
 
 def _encap() -> list[dict[str, Any]]:
     stun_payload = stun.build_binding_request(
-        ufrag.mint(1, KEY_A, 1, 7, bytes.fromhex("0102030405")) + ":" + CLIENT_UFRAG,
+        ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH) + ":" + CLIENT_UFRAG,
         transaction_id=TID,
     )
     cases = [
@@ -139,6 +172,7 @@ def _encap() -> list[dict[str, Any]]:
     out = []
     for client, cport, vip, vport, payload, tos, relay, txr, tport in cases:
         inner = encap.ipv4_udp(client, cport, vip, vport, payload, ttl=61, tos=tos, ident=0x1234)
+        forwarded = encap.forward_hop(inner)
         out.append(
             {
                 "inner": inner.hex(),
@@ -149,14 +183,15 @@ def _encap() -> list[dict[str, Any]]:
                 "client_port": cport,
                 "vip_port": vport,
                 "entropy": encap.flow_entropy(client, cport, vport),
-                "outer": encap.encapsulate(inner, relay, txr, tport).hex(),
+                "forwarded": forwarded.hex(),
+                "outer": encap.encapsulate(forwarded, relay, txr, tport).hex(),
             }
         )
     return out
 
 
 def _stun() -> list[dict[str, Any]]:
-    u = ufrag.mint(1, KEY_A, 1, 7, bytes.fromhex("0102030405"))
+    u = ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH)
     user = f"{u}:{CLIENT_UFRAG}"
     ice = [
         (ATTR_PRIORITY, bytes.fromhex("6e7f1eff")),
@@ -213,11 +248,12 @@ def _stun() -> list[dict[str, Any]]:
 
 
 def generate() -> dict[str, Any]:
-    """Every vector, deterministic: fixed keys, nonces and transaction ids."""
+    """Every vector, deterministic: fixed keys, nonces, epochs and transaction ids."""
     return {
         "siphash": _siphash(),
         "ufrag": _ufrag(),
         "ufrag_invalid": _ufrag_invalid(),
+        "ufrag_epoch": _ufrag_epoch(),
         "encap": _encap(),
         "stun": _stun(),
     }

@@ -32,6 +32,7 @@ def test_every_section_is_populated() -> None:
     stun_reasons = {v.get("reason") for v in DATA["stun"]} - {None}
     assert stun_reasons == set(stun.REASONS)
     assert len(DATA["siphash"]) >= 17 and len(DATA["encap"]) >= 3 and len(DATA["ufrag"]) >= 4
+    assert {v["fresh"] for v in DATA["ufrag_epoch"]} == {True, False}
 
 
 @pytest.mark.parametrize("v", DATA["siphash"])
@@ -43,11 +44,23 @@ def test_siphash(v: dict) -> None:
 def test_ufrag(v: dict) -> None:
     key = bytes.fromhex(v["key"])
     assert (
-        ufrag.mint(v["key_id"], key, v["cluster"], v["transceiver"], bytes.fromhex(v["nonce"]))
+        ufrag.mint(
+            v["key_id"], key, v["cluster"], v["transceiver"], bytes.fromhex(v["nonce"]), v["epoch"]
+        )
         == v["ufrag"]
     )
     hint = ufrag.verify(v["ufrag"], {v["key_id"]: key})
-    assert (hint.cluster, hint.transceiver) == (v["cluster"], v["transceiver"])
+    assert (hint.cluster, hint.transceiver, hint.epoch) == (
+        v["cluster"],
+        v["transceiver"],
+        v["epoch"],
+    )
+    assert hint.nonce.hex() == v["nonce"] and hint.version == 2
+
+
+@pytest.mark.parametrize("v", DATA["ufrag_epoch"])
+def test_ufrag_epoch(v: dict) -> None:
+    assert ufrag.epoch_fresh(v["epoch"], v["now"], v["max_age"]) is v["fresh"]
 
 
 @pytest.mark.parametrize("v", DATA["ufrag_invalid"])
@@ -64,8 +77,11 @@ def test_encap(v: dict) -> None:
     d = encap.parse_ipv4_udp(inner, verify_checksums=True)
     assert (d.src, d.sport, d.dport) == (v["client_addr"], v["client_port"], v["vip_port"])
     assert encap.flow_entropy(d.src, d.sport, d.dport) == v["entropy"]
-    assert encap.encapsulate(inner, v["relay_addr"], v["txr_addr"], v["txr_port"]) == outer
-    assert encap.decapsulate(outer) == inner
+    forwarded = bytes.fromhex(v["forwarded"])
+    assert encap.forward_hop(inner) == forwarded  # one hop: TTL - 1, checksum updated
+    assert encap.parse_ipv4_udp(forwarded, verify_checksums=True).ttl == d.ttl - 1
+    assert encap.encapsulate(forwarded, v["relay_addr"], v["txr_addr"], v["txr_port"]) == outer
+    assert encap.decapsulate(outer) == forwarded
 
 
 @pytest.mark.parametrize("v", DATA["stun"])
