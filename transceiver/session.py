@@ -81,6 +81,8 @@ class CallSession:
             consent_timeout=consent_timeout,
             setup_timeout=setup_timeout,
             on_close=self._ice_closed,
+            probes=mux.probes,
+            drop=mux.drop,
         )
         config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         if certificate is None:
