@@ -65,6 +65,11 @@ class TunnelRelay:
         relay.via = relay_addrs[0]
         return relay
 
+    @property
+    def relays(self) -> list[str]:
+        """Its relay addresses: what the transceiver must be told to take tunnel datagrams from."""
+        return list(self.tunnels)
+
     def _from_client(self, data: bytes, addr: Addr) -> None:
         inner = encap.ipv4_udp(addr[0], addr[1], self.vip[0], self.vip[1], data)
         self.counts[f"up:{self.via}"] += 1
