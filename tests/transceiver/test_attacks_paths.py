@@ -112,33 +112,47 @@ async def test_tunnel_datagrams_from_an_unknown_host_are_dropped(edge, http, soc
         await client.close()
 
 
+@pytest.mark.parametrize("media_path", ["fast", "aiortc"])
 async def test_forged_media_from_a_known_relay_address_does_not_move_the_path(
-    start_txr, http, sockets
+    start_txr, http, sockets, media_path: str
 ) -> None:
     """Item 1 with a source the transceiver does trust: media that does not authenticate under
-    the call's keys never moves the reply path."""
+    the call's keys never moves the reply path; media that does (the flow really moved to the
+    other relay) moves it, on the fast path and on aiortc's alike."""
     relay = await TunnelRelay.start(RELAYS)
     try:
-        txr = await start_txr(vips=[relay.vip], relay_tunnel_port=relay.tunnel_port, relays=RELAYS)
+        txr = await start_txr(
+            vips=[relay.vip],
+            relay_tunnel_port=relay.tunnel_port,
+            relays=RELAYS,
+            media_path=media_path,
+        )
         relay.txr = txr.udp_addr
         client = await talking(http, txr)
         try:
             client_addr = client.nominated()[0]
             # Same address as relay 2 (its real tunnel socket counts what reaches it).
             forger = await sockets("127.0.0.2")
-            forged = [encap.ipv4_udp(*client_addr, *relay.vip, p) for p in (FAKE_RTP, FAKE_DTLS)]
+            rtcp = b"\x80\xc8" + bytes(40)  # SRTCP-looking: aiortc's to unprotect
+            forged = [
+                encap.ipv4_udp(*client_addr, *relay.vip, p) for p in (FAKE_RTP, FAKE_DTLS, rtcp)
+            ]
             before = client.rtp_in
             (session,) = txr.manager.sessions.values()
-            errors = session.fastpath.rx_errors
+            (route,) = session.ice.routes
             for _ in range(50):
                 for packet in forged:
                     forger.transport.sendto(packet, txr.udp_addr)
                 await asyncio.sleep(0.02)
-            await until(lambda: session.fastpath.rx_errors >= errors + 50, 5, "refused RTP")
+            if session.fastpath is not None:
+                await until(lambda: session.fastpath.rx_errors >= 50, 5, "refused RTP")
             await until(lambda: client.rtp_in > before + 50, 5, "the echo after the attack")
             assert relay.counts["down:127.0.0.2"] == 0 and forger.got == []
-            (route,) = session.ice.routes
             assert route.relay == "127.0.0.1"
+            # The client's flow really moves to relay 2: its authenticated media moves the path.
+            relay.via = "127.0.0.2"
+            await until(lambda: relay.counts["down:127.0.0.2"] > 20, 10, "replies via relay 2")
+            assert route.relay == "127.0.0.2" and relay.errors == []
         finally:
             await client.close()
     finally:
