@@ -44,6 +44,7 @@ class TunnelRelay:
     # A NAT in front of the relay that rebound: client address -> the address it now appears
     # as (tests of a client changing network: `rebind()`).
     nat: dict[Addr, Addr] = field(default_factory=dict)
+    paused: bool = False  # client -> transceiver datagrams are dropped (a silent uplink)
 
     @classmethod
     async def start(cls, relay_addrs: list[str], vip_host: str = "127.0.0.1"):
@@ -79,6 +80,9 @@ class TunnelRelay:
 
     def _from_client(self, data: bytes, addr: Addr) -> None:
         """What the relay does with a datagram to the VIP from `addr` (also a spoofed one)."""
+        if self.paused:
+            self.counts["held"] += 1
+            return
         addr = self.nat.get(addr, addr)
         inner = encap.ipv4_udp(addr[0], addr[1], self.vip[0], self.vip[1], data)
         self.counts[f"up:{self.via}"] += 1

@@ -137,15 +137,20 @@ async def test_forged_media_from_a_known_relay_address_does_not_move_the_path(
             forged = [
                 encap.ipv4_udp(*client_addr, *relay.vip, p) for p in (FAKE_RTP, FAKE_DTLS, rtcp)
             ]
-            before = client.rtp_in
             (session,) = txr.manager.sessions.values()
             (route,) = session.ice.routes
-            for _ in range(50):
+            # While the client is silent (no real datagram resets anything), forge for 1.2 s:
+            # aiortc's RTCP reports keep going out meanwhile, to wherever the path points.
+            relay.paused = True
+            for _ in range(60):
                 for packet in forged:
                     forger.transport.sendto(packet, txr.udp_addr)
                 await asyncio.sleep(0.02)
             if session.fastpath is not None:
-                await until(lambda: session.fastpath.rx_errors >= 50, 5, "refused RTP")
+                await until(lambda: session.fastpath.rx_errors >= 60, 5, "refused RTP")
+            assert route.relay == "127.0.0.1"
+            relay.paused = False
+            before = client.rtp_in
             await until(lambda: client.rtp_in > before + 50, 5, "the echo after the attack")
             assert relay.counts["down:127.0.0.2"] == 0 and forger.got == []
             assert route.relay == "127.0.0.1"
