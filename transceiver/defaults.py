@@ -7,7 +7,13 @@ shows everything a transceiver starts with.
 
 from __future__ import annotations
 
-from wire.defaults import REDIS_PREFIX, REGISTRY_REFRESH, REGISTRY_TTL, RELAY_TUNNEL_PORT
+from wire.defaults import (
+    REDIS_PREFIX,
+    REGISTRY_REFRESH,
+    REGISTRY_TTL,
+    RELAY_REFRESH,
+    RELAY_TUNNEL_PORT,
+)
 
 __all__ = [
     "APP",
@@ -26,6 +32,8 @@ __all__ = [
     "REDIS_TIMEOUT",
     "REGISTRY_REFRESH",
     "REGISTRY_TTL",
+    "RELAY_GRACE",
+    "RELAY_REFRESH",
     "RELAY_TUNNEL_PORT",
     "RETRY_AFTER",
     "SEND_CREDIT_FACTOR",
@@ -74,3 +82,6 @@ SEND_FLOOR_WINDOW = 10.0  # seconds: two consent intervals (RFC 7675 asks for on
 PATH_SILENCE = 1.0  # seconds without an authenticated packet after which a verified path takes over
 PROBE_PATHS = 8  # unverified paths a call keeps a return-routability check pending for
 PROBE_TXIDS = 4  # transaction ids kept per pending path (one per check it answered)
+# A relay missing from the registry stays known this long (three of its controller's refreshes:
+# a Redis that restarted empty is refilled meanwhile), see transceiver/relays.py.
+RELAY_GRACE = 3 * RELAY_REFRESH

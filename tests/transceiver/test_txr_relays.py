@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.redis_server import RedisServer
+from transceiver import defaults
 from wire import encap
 from wire import registry as wreg
 
@@ -27,8 +28,9 @@ async def until(cond, timeout: float = 5.0, what: str = "condition") -> None:
 
 
 async def test_known_relays_follow_the_registry_and_survive_its_outage(
-    start_txr, tmp_path: Path
+    start_txr, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(defaults, "RELAY_GRACE", 1.0)
     server = RedisServer(tmp_path).start()
     try:
         r = server.client()
@@ -39,8 +41,15 @@ async def test_known_relays_follow_the_registry_and_survive_its_outage(
         assert txr.mux.tunnel.relays == {"127.0.0.5", "127.0.0.9"}  # read before serving
         wreg.register_relay(r, wreg.RelayRecord("lab/r2", "127.0.0.6:6080"), 60)
         await until(lambda: "127.0.0.6" in txr.mux.tunnel.relays, what="the new relay")
-        r.delete(wreg.relay_key("edge", "127.0.0.5"))  # expired (or removed)
+        # Redis restarted empty: the relays are kept while their controllers re-register.
+        r.flushall()
+        beats = txr.registry.beats
+        await until(lambda: txr.registry.beats >= beats + 3, what="three beats")
+        assert txr.mux.tunnel.relays == {"127.0.0.5", "127.0.0.6", "127.0.0.9"}
+        wreg.register_relay(r, wreg.RelayRecord("lab/r2", "127.0.0.6:6080"), 60)
+        # 127.0.0.5 does not come back (it is gone): it leaves the set after the grace.
         await until(lambda: "127.0.0.5" not in txr.mux.tunnel.relays, what="the gone relay")
+        assert txr.mux.tunnel.relays == {"127.0.0.6", "127.0.0.9"}
         r.close()
         server.stop()  # Redis unreachable: the last known set stays
         beats = txr.registry.beats
