@@ -114,3 +114,17 @@ def test_path_of_checks_the_vip_and_routes_wrap_replies() -> None:
     direct, dropped, _ = make_layer(vips=())
     assert direct.path_of(encap.path_key(CLIENT, VIP)) is None
     assert dropped == [drops.TUNNEL_FOREIGN_VIP]
+
+
+def test_paths_knows_the_call_only_by_protocol() -> None:
+    """paths.py (and the tunnel layer on it) never import ice.py, which builds on them."""
+    import ast
+    from pathlib import Path as FsPath
+
+    import transceiver.paths
+    import transceiver.tunnel
+
+    for module in (transceiver.paths, transceiver.tunnel):
+        tree = ast.parse(FsPath(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "transceiver.ice" not in imported, module.__name__
