@@ -108,6 +108,7 @@ async def test_tunnel_datagrams_from_an_unknown_host_are_dropped(edge, http, soc
         assert txr.mux.drops["tunnel_unknown_relay"] == 100
         assert b'reason="tunnel_unknown_relay"} 100.0' in txr.metrics.render()
         assert relay.counts["down:127.0.0.1"] > down + 40  # replies still go the real way
+        assert txr.mux.drops["send_no_credit"] == 0  # a talking call never meets its limit
     finally:
         await client.close()
 
