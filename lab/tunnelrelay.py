@@ -41,6 +41,10 @@ class TunnelRelay:
     via: str = ""
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    # A NAT in front of the relay that rebound: client address -> the address it now appears
+    # as (tests of a client changing network: `rebind()`).
+    nat: dict[Addr, Addr] = field(default_factory=dict)
+    paused: bool = False  # client -> transceiver datagrams are dropped (a silent uplink)
 
     @classmethod
     async def start(cls, relay_addrs: list[str], vip_host: str = "127.0.0.1"):
@@ -65,7 +69,21 @@ class TunnelRelay:
         relay.via = relay_addrs[0]
         return relay
 
+    @property
+    def relays(self) -> list[str]:
+        """Its relay addresses: what the transceiver must be told to take tunnel datagrams from."""
+        return list(self.tunnels)
+
+    def rebind(self, client: Addr, port: int) -> None:
+        """From now on `client` appears as client-ip:`port` (as after a NAT rebinding)."""
+        self.nat[client] = (client[0], port)
+
     def _from_client(self, data: bytes, addr: Addr) -> None:
+        """What the relay does with a datagram to the VIP from `addr` (also a spoofed one)."""
+        if self.paused:
+            self.counts["held"] += 1
+            return
+        addr = self.nat.get(addr, addr)
         inner = encap.ipv4_udp(addr[0], addr[1], self.vip[0], self.vip[1], data)
         self.counts[f"up:{self.via}"] += 1
         self.tunnels[self.via].transport.sendto(inner, self.txr)
@@ -83,7 +101,11 @@ class TunnelRelay:
         except ValueError as exc:
             self.errors.append(str(exc))
             return
-        self.vip_proto.transport.sendto(d.payload, (d.dst, d.dport))
+        dest = (d.dst, d.dport)
+        for real, seen in self.nat.items():
+            if seen == dest:
+                dest = real
+        self.vip_proto.transport.sendto(d.payload, dest)
 
     def close(self) -> None:
         if self.vip_proto is not None and self.vip_proto.transport is not None:

@@ -105,6 +105,12 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("SRTP sessions", RTCDtlsTransport, "_setup_srtp", ("_rx_srtp", "_tx_srtp")),
     Touch("SRTP keyed before connected", RTCDtlsTransport, "start", ("_setup_srtp",)),
     Touch(
+        "SRTP receive session watched",
+        RTCDtlsTransport,
+        "_recv_next",
+        ("_rx_srtp", "unprotect", "unprotect_rtcp"),
+    ),
+    Touch(
         "RTP header extensions map",
         RTCDtlsTransport,
         "__init__",
@@ -251,7 +257,35 @@ def set_dtls_role(dtls: RTCDtlsTransport, role: Literal["client", "server"]) -> 
 
 def srtp_sessions(dtls: RTCDtlsTransport) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
     """(receive, transmit) sessions, keyed by aiortc in `_setup_srtp()`; None before that."""
-    return dtls._rx_srtp, dtls._tx_srtp
+    rx = dtls._rx_srtp
+    return (rx.session if isinstance(rx, WatchedSrtp) else rx), dtls._tx_srtp
+
+
+class WatchedSrtp:
+    """aiortc's receive session, telling `authenticated(nbytes)` of every SRTP/SRTCP packet
+    that unprotects: aiortc's path's proof that a datagram is the call's (paths.Route)."""
+
+    __slots__ = ("authenticated", "session")
+
+    def __init__(self, session: pylibsrtp.Session, authenticated: Callable[[int], None]) -> None:
+        self.session = session
+        self.authenticated = authenticated
+
+    def unprotect(self, data: bytes) -> bytes:
+        plain = self.session.unprotect(data)  # raises pylibsrtp.Error: nothing is told
+        self.authenticated(len(data))
+        return plain
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        plain = self.session.unprotect_rtcp(data)
+        self.authenticated(len(data))
+        return plain
+
+
+def watch_srtp(dtls: RTCDtlsTransport, authenticated: Callable[[int], None]) -> None:
+    """Wrap the receive session aiortc keyed in `_setup_srtp()` (call once it is connected)."""
+    if dtls._rx_srtp is not None and not isinstance(dtls._rx_srtp, WatchedSrtp):
+        dtls._rx_srtp = WatchedSrtp(dtls._rx_srtp, authenticated)
 
 
 def header_extensions_map(dtls: RTCDtlsTransport) -> HeaderExtensionsMap:

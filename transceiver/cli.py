@@ -13,6 +13,7 @@ from transceiver import defaults
 from transceiver.aiortc_seam import SeamError
 from transceiver.config import Settings
 from transceiver.keys import parse_key
+from transceiver.relays import parse_relays
 from transceiver.service import ConfigError, TransceiverService
 from wire.addr import parse_addr_port
 
@@ -55,6 +56,13 @@ def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
     try:
         return None if value is None else parse_key(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _relays(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    try:
+        return [ip for v in value for ip in parse_relays(v)]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -204,6 +212,19 @@ def main() -> None:
     show_default=True,
     help="Opus apps: RTP handled in the socket mux (fast) or by aiortc's sender/receiver.",
 )
+# --- txr8: which relays may send tunnel datagrams (transceiver/relays.py) ---
+@click.option(
+    "--relay",
+    "relays",
+    metavar="IP[,IP]",
+    multiple=True,
+    callback=_relays,
+    envvar="TXR_RELAYS",
+    help="Relay tunnel source address(es) to take tunnel datagrams from, besides the relays "
+    "registered in --redis (repeatable or comma separated; env TXR_RELAYS). Tunnel datagrams "
+    "from any other source are dropped and counted.",
+)
+# --- end txr8 ---
 @click.option(
     "--log-level",
     default="info",

@@ -32,4 +32,6 @@ class Settings:
     registry_ttl: float = defaults.REGISTRY_TTL
     registry_refresh: float = defaults.REGISTRY_REFRESH
     app: str = defaults.APP
+    # Relays whose tunnel datagrams we take besides those registered in Redis (relays.py).
+    relays: list[str] = field(default_factory=list)
     media_path: str = defaults.MEDIA_PATH  # Opus apps: "fast" (transceiver/fastpath.py), "aiortc"

@@ -7,7 +7,13 @@ shows everything a transceiver starts with.
 
 from __future__ import annotations
 
-from wire.defaults import REDIS_PREFIX, REGISTRY_REFRESH, REGISTRY_TTL, RELAY_TUNNEL_PORT
+from wire.defaults import (
+    REDIS_PREFIX,
+    REGISTRY_REFRESH,
+    REGISTRY_TTL,
+    RELAY_REFRESH,
+    RELAY_TUNNEL_PORT,
+)
 
 __all__ = [
     "APP",
@@ -19,12 +25,22 @@ __all__ = [
     "DRAIN_TIMEOUT",
     "HTTP_LISTEN",
     "MEDIA_PATH",
+    "PATH_SILENCE",
+    "PROBE_PATHS",
+    "PROBE_TXIDS",
     "REDIS_PREFIX",
     "REDIS_TIMEOUT",
     "REGISTRY_REFRESH",
     "REGISTRY_TTL",
+    "RELAY_GRACE",
+    "RELAY_REFRESH",
     "RELAY_TUNNEL_PORT",
     "RETRY_AFTER",
+    "SEND_CREDIT_FACTOR",
+    "SEND_CREDIT_MAX",
+    "SEND_CREDIT_VERIFIED",
+    "SEND_FLOOR_RATE",
+    "SEND_FLOOR_WINDOW",
     "SETUP_TIMEOUT",
     "TXR_ID",
     "UDP_LISTEN",
@@ -53,3 +69,19 @@ CERTIFICATE_MAX_AGE = 24 * 3600.0  # the shared DTLS certificate is renewed dail
 # --- the socket -------------------------------------------------------------------------------
 UDP_RCVBUF = 4 << 20  # SO_RCVBUF: bursts of many calls wait in the kernel, not on the wire
 DRAIN_MAX = 64  # datagrams read per readiness event beyond the one asyncio hands over
+
+# --- paths (transceiver/paths.py, ice.py): what a path may be sent ------------------------------
+# A voice call sends about what it receives (Opus both ways, ~5-10 KB/s with SRTP), so media to a
+# path is credited 4x the authenticated bytes it sent, capped; a client that is silent (DTX,
+# muted: RTCP and consent checks only) still gets SEND_FLOOR_RATE while heard recently.
+SEND_CREDIT_FACTOR = 4
+SEND_CREDIT_MAX = 64 * 1024  # bytes: a path's credit never grows beyond this
+SEND_CREDIT_VERIFIED = 16 * 1024  # bytes granted when a path is verified (the DTLS handshake)
+SEND_FLOOR_RATE = 16 * 1024  # bytes/s (128 kbit/s) for a path heard within the window below
+SEND_FLOOR_WINDOW = 10.0  # seconds: two consent intervals (RFC 7675 asks for one every ~5 s)
+PATH_SILENCE = 1.0  # seconds without an authenticated packet after which a verified path takes over
+PROBE_PATHS = 8  # unverified paths a call keeps a return-routability check pending for
+PROBE_TXIDS = 4  # transaction ids kept per pending path (one per check it answered)
+# A relay missing from the registry stays known this long (three of its controller's refreshes:
+# a Redis that restarted empty is refilled meanwhile), see transceiver/relays.py.
+RELAY_GRACE = 3 * RELAY_REFRESH

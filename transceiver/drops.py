@@ -2,12 +2,14 @@
 
 Each layer counts its own: the tunnel layer (transceiver/tunnel.py) what is not a usable tunnel
 datagram, the socket mux (transceiver/mux.py) what no call takes, a call's ICE agent
-(transceiver/ice.py) the Binding requests it refuses. A drop never touches another call.
+(transceiver/ice.py) the Binding requests it refuses and the media a path's send credit does not
+cover (transceiver/paths.py). A drop never touches another call.
 """
 
 from __future__ import annotations
 
 # tunnel layer
+TUNNEL_UNKNOWN_RELAY = "tunnel_unknown_relay"  # 0x45 datagram from a source no relay registered
 TUNNEL_BAD_INNER = "tunnel_bad_inner"  # tunnel payload is not a sane IPv4/UDP packet
 TUNNEL_FOREIGN_VIP = "tunnel_foreign_vip"  # tunneled to a VIP we are not configured with
 # socket mux
@@ -19,6 +21,8 @@ NO_ROUTE = "no_route"  # DTLS/RTP from a path no authenticated check bound
 NO_USERNAME = "no_username"  # Binding request without USERNAME or MESSAGE-INTEGRITY: 400
 BAD_INTEGRITY = "bad_integrity"  # MESSAGE-INTEGRITY does not verify: 401, no state change
 ROLE_CONFLICT = "role_conflict"  # the client claims to be controlled: we are lite, 487
+# outbound (a call's agent): media the path's send credit did not cover, not sent
+SEND_NO_CREDIT = "send_no_credit"
 
 DROP_REASONS = (
     NOT_WEBRTC,
@@ -28,6 +32,8 @@ DROP_REASONS = (
     BAD_INTEGRITY,
     ROLE_CONFLICT,
     NO_ROUTE,
+    TUNNEL_UNKNOWN_RELAY,
     TUNNEL_BAD_INNER,
     TUNNEL_FOREIGN_VIP,
+    SEND_NO_CREDIT,
 )

@@ -107,20 +107,22 @@ class OpusFastPath:
 
     # --- inbound, called by the mux for SRTP (not SRTCP) on the call's path -----------------
 
-    def rtp_received(self, data: bytes) -> None:
+    def rtp_received(self, data: bytes) -> bool:
+        """Deliver one SRTP packet; True if it authenticated (the path may then move to it)."""
         try:
             plain = self._rx.unprotect(data)
         except (pylibsrtp.Error, ValueError):  # forged, replayed, oversized: drop it
             self.rx_errors += 1
-            return
+            return False
         parsed = parse_rtp(plain)
         if parsed is None:
             self.rx_errors += 1
-            return
+            return True  # authentic, if useless
         pt, seq, ts, payload = parsed
         if pt in self._payload_types and payload:
             self.rtp_in += 1
             self._call._deliver(OpusFrame(payload, ts, sequence=seq))
+        return True
 
     # --- outbound, installed as the call's sink: runs inside the app's call.send() -----------
 

@@ -16,17 +16,31 @@ Binding requests (the client is the controlling full agent; we only answer):
   state changes at all (no consent refresh, no selection, no binding);
 - a client claiming ICE-CONTROLLED: 487, `role_conflict` (we are lite, hence controlled);
 - otherwise the success response (XOR-MAPPED-ADDRESS = the client address, MESSAGE-INTEGRITY,
-  FINGERPRINT), and the mux binds the path to this agent.
+  FINGERPRINT); on a verified path (below) that is all, on a new one a check of our own first.
 Error responses carry no MESSAGE-INTEGRITY: we cannot sign with a key the peer did not prove.
 
-Selection: the first authenticated check selects its path at once and connect() returns, so
-DTLS starts; a check with USE-CANDIDATE then selects its path for good (`nominated`). Browsers
-start DTLS as soon as their first check succeeds but nominate tens of milliseconds later
-(Chromium: ~55 ms here); waiting for USE-CANDIDATE left their ClientHello queued that long.
+Paths are verified before anything but a STUN answer goes to them (return routability): an
+authenticated request proves only that the sender knows the call's password, and a user knows
+the password of their own call, so a request spoofed from a victim's address must not aim the
+call's media at the victim. On a path not yet verified the agent answers the request and sends
+its own Binding request there (before the answer, so it reaches the client first), with a
+random 96-bit transaction id and the client's credentials from the offer. Only a host that
+receives at that address sees the id; its success response, signed with the client's password,
+verifies the path, and only then does the mux bind it (route datagrams on it to this call) and
+may it be selected. So a spoofed request costs its sender one answer and one check to the
+victim, both about its own size, and moves nothing.
+
+Selection (among verified paths): the first verified path is selected at once and connect()
+returns, so DTLS starts; a check with USE-CANDIDATE selects its path (`nominated`), at once if
+verified, else when it is; and a verified path takes over when the selected one has been silent
+(no authenticated packet) for PATH_SILENCE s: a client whose NAT rebinds or who changes network
+sends its next consent check from the new address, and that check's path wins once verified.
+Browsers start DTLS as soon as their first check succeeds but nominate tens of milliseconds
+later (Chromium: ~55 ms here); waiting for USE-CANDIDATE left their ClientHello queued that long.
 ICE-lite servers such as mediasoup do the same.
 
-Consent freshness (RFC 7675): no authenticated check for `consent_timeout` seconds closes the
-agent, which ends the call (browsers and aioice send one every ~5 s).
+Consent freshness (RFC 7675): no authenticated check on a verified path for `consent_timeout`
+seconds closes the agent, which ends the call (browsers and aioice send one every ~5 s).
 """
 
 from __future__ import annotations
@@ -42,7 +56,14 @@ from aioice import Candidate, ConnectionClosed
 from aioice import stun as aiostun
 
 from transceiver import defaults
-from transceiver.drops import BAD_INTEGRITY, BAD_STUN, NO_USERNAME, ROLE_CONFLICT, UNKNOWN_UFRAG
+from transceiver.drops import (
+    BAD_INTEGRITY,
+    BAD_STUN,
+    NO_USERNAME,
+    ROLE_CONFLICT,
+    SEND_NO_CREDIT,
+    UNKNOWN_UFRAG,
+)
 from transceiver.paths import Path, Route
 from wire.stun import HEADER_LEN, MAGIC_COOKIE
 
@@ -54,9 +75,10 @@ HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255  # RFC 8445 §5.1.2.1, host, co
 _COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
 
 # What stun_received() did with a datagram, besides the drop reasons (transceiver/drops.py).
-AUTHENTICATED = "authenticated"  # answered with success: the mux binds the route
-OTHER_CALL = "other_call"  # USERNAME names another call's ufrag: the mux looks that one up
-IGNORED = "ignored"  # an indication or a response: a lite agent has nothing to do with it
+AUTHENTICATED = "authenticated"  # on a verified path (now or before): the mux binds the route
+PROBING = "probing"  # authenticated on a path not verified yet: answered and checked, not bound
+OTHER_CALL = "other_call"  # another call's ufrag, or a response to no check of ours
+IGNORED = "ignored"  # an indication, or a response to a check that is no longer pending
 
 
 def random_password() -> str:
@@ -90,6 +112,31 @@ def binding_success(request: aiostun.Message, mapped: tuple[str, int], password:
     return bytes(response)
 
 
+def binding_check(username: str, password: bytes, tie_breaker: int) -> tuple[bytes, bytes]:
+    """(datagram, transaction id) of our return-routability check (RFC 8445 §7.2.4 fields)."""
+    request = aiostun.Message(
+        message_method=aiostun.Method.BINDING,
+        message_class=aiostun.Class.REQUEST,
+        transaction_id=secrets.token_bytes(12),  # unguessable: only the path's host sees it
+    )
+    request.attributes["USERNAME"] = username
+    request.attributes["PRIORITY"] = HOST_PRIORITY
+    request.attributes["ICE-CONTROLLED"] = tie_breaker
+    request.add_message_integrity(password)
+    request.add_fingerprint()
+    return bytes(request), request.transaction_id
+
+
+class _Pending:
+    """A path that authenticated a check but has not answered ours yet."""
+
+    __slots__ = ("nominated", "txids")
+
+    def __init__(self) -> None:
+        self.txids: list[bytes] = []
+        self.nominated = False
+
+
 def binding_error(request: aiostun.Message, code: int, reason: str) -> bytes:
     """An unauthenticated error response (see the module doc)."""
     response = aiostun.Message(
@@ -113,6 +160,8 @@ class IceLiteAgent:
         consent_timeout: float = defaults.CONSENT_TIMEOUT,
         setup_timeout: float = defaults.SETUP_TIMEOUT,
         on_close: Callable[[IceLiteAgent], None] | None = None,
+        probes: dict[bytes, IceLiteAgent] | None = None,
+        drop: Callable[[str], None] | None = None,
     ) -> None:
         self.local_username = local_username
         self.local_password = random_password()
@@ -122,6 +171,12 @@ class IceLiteAgent:
         self._consent_timeout = consent_timeout
         self._setup_timeout = setup_timeout
         self._on_close = on_close
+        # The mux's table of our checks' transaction ids (a response carries no USERNAME), and
+        # its drop counter; both private to this agent when it is used alone.
+        self._probes: dict[bytes, IceLiteAgent] = {} if probes is None else probes
+        self._drop = drop
+        self._pending: dict[object, _Pending] = {}  # by route key, oldest first
+        self._tie_breaker = secrets.randbits(64)
         # aiortc writes these; a lite agent is always controlled whatever it is told.
         self.ice_controlling = False
         self.remote_is_lite = False
@@ -133,27 +188,36 @@ class IceLiteAgent:
         self.nominated = False  # the client has sent USE-CANDIDATE (selected_route is final)
         self.last_check = time.monotonic()
         self.checks = 0  # authenticated Binding requests
+        self.probes_sent = 0  # our return-routability checks
+        self.verified = 0  # paths that answered one
+        self.refused = 0  # media datagrams a path's send credit did not cover
         self.closed = False
         self.close_reason: str | None = None  # why we closed it ourselves, if we did
-        # Set by the first authenticated check, nominating or not (see the module doc).
+        # Set by the first verified path, nominating or not (see the module doc).
         self._path_selected = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, Route | None, str | None] | None] = asyncio.Queue()
+        self._delivered: tuple[Route | None, str | None] = (None, None)
         # The Opus fast path's SRTP receiver (transceiver/fastpath.py): RTP on this call's
         # routes goes there directly instead of being queued for aiortc (paths.Route).
-        self.rtp_sink: Callable[[bytes], None] | None = None
+        self.rtp_sink: Callable[[bytes], bool] | None = None
         self._consent_task: asyncio.Task[None] | None = None
 
     @property
     def selected(self) -> Path | None:
         return None if self.selected_route is None else self.selected_route.path
 
+    def is_verified(self, route: Route) -> bool:
+        """Whether the path answered one of our checks (so the mux bound it to us)."""
+        return route in self.routes
+
     # --- STUN from the mux -------------------------------------------------------------------
 
-    def stun_received(self, data: bytes, route: Route) -> str:
-        """A STUN datagram for this call on `route`: answer it through the route.
+    def stun_received(self, data: bytes, route: Route, relay: str | None = None) -> str:
+        """A STUN datagram for this call on `route` (via `relay`, if tunneled): handle it.
 
-        Returns AUTHENTICATED, OTHER_CALL, IGNORED or the drop reason to count.
+        Returns AUTHENTICATED (the mux binds `route`), PROBING, OTHER_CALL, IGNORED or the drop
+        reason to count.
         """
         if self.closed:
             return UNKNOWN_UFRAG  # the call is ending: as if its ufrag were gone already
@@ -165,8 +229,10 @@ class IceLiteAgent:
             return BAD_STUN
         if msg.message_method != aiostun.Method.BINDING:
             return BAD_STUN
+        if msg.message_class == aiostun.Class.RESPONSE:
+            return self._probe_answered(msg, route, len(data))
         if msg.message_class != aiostun.Class.REQUEST:
-            return IGNORED
+            return IGNORED  # an indication, or an error response: nothing to do for a lite agent
         username = msg.attributes.get("USERNAME")
         if isinstance(username, str) and username.split(":", 1)[0] != self.local_username:
             return OTHER_CALL
@@ -180,31 +246,108 @@ class IceLiteAgent:
             route.send(binding_error(msg, 487, "Role Conflict"))
             return ROLE_CONFLICT
         self.checks += 1
+        nominate = "USE-CANDIDATE" in msg.attributes
+        answer = binding_success(msg, route.path.client, self._password_key)
+        if not self.is_verified(route):
+            self._probe(route, nominate)  # first, so the client sees it before our answer
+            route.send(answer)
+            return PROBING
         self.last_check = time.monotonic()
-        if "USE-CANDIDATE" in msg.attributes:
-            if self.selected_route is not route:
-                log.debug("%s: nominated %s", self.local_username, route.path)
-            self._select(route)
-            self.nominated = True
-        elif self.selected_route is None:
-            self._select(route)
-        route.send(binding_success(msg, route.path.client, self._password_key))
+        route.authenticated(len(data), relay)
+        self._consider(route, nominate)
+        route.send(answer)
         return AUTHENTICATED
+
+    def _probe(self, route: Route, nominate: bool) -> None:
+        """Send our check on a path not verified yet (bounded: see PROBE_PATHS, PROBE_TXIDS)."""
+        pending = self._pending.pop(route.key, None)
+        if pending is None:
+            pending = _Pending()
+            if len(self._pending) >= defaults.PROBE_PATHS:  # forget the oldest
+                oldest = self._pending.pop(next(iter(self._pending)))
+                self._forget(oldest.txids)
+        self._pending[route.key] = pending  # newest last
+        pending.nominated = pending.nominated or nominate
+        if self.remote_username is None or self.remote_password is None:
+            return  # no offer yet, no credentials to check with: the path stays unverified
+        check, txid = binding_check(
+            f"{self.remote_username}:{self.local_username}",
+            self.remote_password.encode("utf8"),
+            self._tie_breaker,
+        )
+        pending.txids.append(txid)
+        self._probes[txid] = self
+        if len(pending.txids) > defaults.PROBE_TXIDS:
+            self._forget([pending.txids.pop(0)])
+        self.probes_sent += 1
+        route.send(check)
+
+    def _forget(self, txids: list[bytes]) -> None:
+        for txid in txids:
+            if self._probes.get(txid) is self:
+                del self._probes[txid]
+
+    def _probe_answered(self, msg: aiostun.Message, route: Route, nbytes: int) -> str:
+        """A response on `route`: it verifies the path if it answers our check sent there."""
+        txid = msg.transaction_id
+        if self._probes.get(txid) is not self:
+            return OTHER_CALL
+        pending = self._pending.get(route.key)
+        if pending is None or txid not in pending.txids:
+            return IGNORED  # ours, but sent to another path: not proof for this one
+        if not msg.check_message_integrity((self.remote_password or "").encode("utf8")):
+            return BAD_INTEGRITY
+        del self._pending[route.key]
+        self._forget(pending.txids)
+        self.verified += 1
+        self.last_check = time.monotonic()
+        route.grant(defaults.SEND_CREDIT_VERIFIED)
+        route.authenticated(nbytes, route.relay)
+        if route not in self.routes:
+            self.routes.append(route)
+        log.debug("%s: verified %s", self.local_username, route.path)
+        self._consider(route, pending.nominated)
+        return AUTHENTICATED
+
+    def _consider(self, route: Route, nominate: bool) -> None:
+        """Selection among verified paths (see the module doc)."""
+        current = self.selected_route
+        if nominate:
+            if current is not route:
+                log.debug("%s: nominated %s", self.local_username, route.path)
+            self.nominated = True
+            self._select(route)
+        elif current is None:
+            self._select(route)
+        elif current is not route and time.monotonic() - current.heard > defaults.PATH_SILENCE:
+            log.info("%s: %s went silent, now %s", self.local_username, current.path, route.path)
+            self._select(route)
 
     def _select(self, route: Route) -> None:
         self.selected_route = route
         self._path_selected.set()
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes, route: Route | None = None, relay: str | None = None) -> None:
         """DTLS or SRTCP (or SRTP off the fast path) on one of this call's routes, for aiortc."""
         if not self.closed:
-            self._queue.put_nowait(data)
+            self._queue.put_nowait((data, route, relay))
+
+    def media_authenticated(self, nbytes: int) -> None:
+        """aiortc's SRTP/SRTCP unprotect of the datagram recv() handed it last succeeded."""
+        route, relay = self._delivered
+        if route is not None:
+            route.authenticated(nbytes, relay)
 
     def send_now(self, data: bytes) -> None:
         """Synchronous send for the fast path; silently nothing once closed."""
         route = self.selected_route
-        if route is not None and not self.closed:
-            route.send(data)
+        if route is not None and not self.closed and not route.send_media(data):
+            self._refuse()
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        if self._drop is not None:
+            self._drop(SEND_NO_CREDIT)
 
     # --- the aioice.Connection surface aiortc uses ---------------------------------------------
 
@@ -247,23 +390,29 @@ class IceLiteAgent:
             raise ConnectionError("ICE: no authenticated check before the setup timeout")
 
     async def recv(self) -> bytes:
-        data = await self._queue.get()
-        if data is None:
+        item = await self._queue.get()
+        if item is None:
             self._queue.put_nowait(None)  # wake every later reader too
             raise ConnectionError("ICE connection closed")
+        data, route, relay = item
+        self._delivered = (route, relay)  # aiortc unprotects it before it reads another
         return data
 
     async def send(self, data: bytes) -> None:
         route = self.selected_route
         if self.closed or route is None:
             raise ConnectionError("ICE connection not established")
-        route.send(data)
+        if not route.send_media(data):
+            self._refuse()
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.rtp_sink = None
+        for pending in self._pending.values():
+            self._forget(pending.txids)
+        self._pending.clear()
         self._closed_event.set()
         self._queue.put_nowait(None)
         if self._consent_task is not None and self._consent_task is not asyncio.current_task():

@@ -2,19 +2,24 @@
 
 Like pion's UDP mux, it only demultiplexes; the call's ICE agent (transceiver/ice.py) parses,
 authenticates and answers. A datagram arrives either from a relay (first byte 0x45: the tunnel
-layer, transceiver/tunnel.py, unwraps it) or straight from a client, and then:
+layer, transceiver/tunnel.py, takes it only from a known relay and unwraps it) or straight from
+a client, and then:
 
 1. a path some call has bound (tables by client address, and by tunnel path key) takes it:
    DTLS/SRTP/SRTCP go to the route (paths.Route: the call's fast path or aiortc), STUN to the
    route's agent;
 2. otherwise STUN is routed by the server ufrag in USERNAME (`wire.stun.routing_ufrag`, the
    same cheap parse the relay does: RFC 7983 first byte, cookie, USERNAME prefix) to that call's
-   agent, through a new Route for the path, which the mux binds once a check on it authenticates;
+   agent, through a new Route for the path; a response (no USERNAME) by its transaction id to
+   the agent whose return-routability check it answers (`probes`). The mux binds the route once
+   the agent has verified the path (ice.py), never on a datagram that merely looks right;
 3. anything else is a counted drop (transceiver/drops.py). A drop never raises and never
    touches another call.
 
 Replies never come back through here: a call's agent sends on its selected Route, which holds
-what that needs (the client address, or the reply header and relay of a tunneled path).
+what that needs (the client address, or the reply header and relay of a tunneled path). The
+relay of a tunneled route changes only on a packet of the call that authenticated (STUN
+integrity, SRTP/SRTCP under the call's keys): paths.Route.authenticated().
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Protocol
 
 from transceiver import defaults
 from transceiver.drops import BAD_STUN, NO_ROUTE, NO_USERNAME, NOT_WEBRTC, UNKNOWN_UFRAG
-from transceiver.ice import AUTHENTICATED, IGNORED, OTHER_CALL, IceLiteAgent
+from transceiver.ice import AUTHENTICATED, IGNORED, OTHER_CALL, PROBING, IceLiteAgent
 from transceiver.paths import Addr, DirectRoute, Path, Route
 from transceiver.tunnel import TUNNEL_FIRST_BYTE, TunnelLayer
 from wire import stun as wstun
@@ -58,6 +63,7 @@ class SocketMux(asyncio.DatagramProtocol):
         *,
         vips: Iterable[Addr] = (),
         relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT,
+        relays: Iterable[str] = (),
     ) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         # The transport's own (non-blocking) socket, when the owner hands it over: read
@@ -66,8 +72,14 @@ class SocketMux(asyncio.DatagramProtocol):
         self._stats = stats
         self.drops: Counter[str] = Counter()
         self.tunnel = TunnelLayer(
-            vips=vips, drop=self.drop, sendto=self.sendto, relay_tunnel_port=relay_tunnel_port
+            vips=vips,
+            drop=self.drop,
+            sendto=self.sendto,
+            relay_tunnel_port=relay_tunnel_port,
+            relays=relays,
         )
+        # Transaction ids of the agents' return-routability checks (ice.py), for their answers.
+        self.probes: dict[bytes, IceLiteAgent] = {}
         # One table per key kind: calls by server ufrag, bound direct paths by client address,
         # bound tunneled paths by their raw inner addresses and ports (wire.encap.path_key).
         self._agents: dict[str, IceLiteAgent] = {}
@@ -94,7 +106,8 @@ class SocketMux(asyncio.DatagramProtocol):
         table = self._table(route)
         if table.get(route.key) is not route:
             table[route.key] = route
-            route.agent.routes.append(route)
+            if route not in route.agent.routes:
+                route.agent.routes.append(route)
 
     def bound_routes(self) -> list[Route]:
         return [*self._direct.values(), *self._tunneled.values()]
@@ -159,7 +172,7 @@ class SocketMux(asyncio.DatagramProtocol):
                     route.received(data)  # the hot path
                 elif data[0] < 4:
                     self._stun_received(
-                        data, route, lambda agent: DirectRoute(addr, agent, self.sendto)
+                        data, route, lambda agent: DirectRoute(addr, agent, self.sendto), None
                     )
                 else:
                     self.drop(NO_ROUTE if _IS_MEDIA[data[0]] else NOT_WEBRTC)
@@ -168,15 +181,14 @@ class SocketMux(asyncio.DatagramProtocol):
             self.drop(NOT_WEBRTC)
 
     def _tunnel_received(self, data: bytes, relay: str) -> None:
-        opened = self.tunnel.unwrap(data)
+        opened = self.tunnel.unwrap(data, relay)
         if opened is None:
             return
         key, payload = opened
         route = self._tunneled.get(key)
         if route is not None:
-            route.relay = relay  # replies follow the relay that delivered the latest datagram
             if payload and _IS_MEDIA[payload[0]]:
-                route.received(payload)  # the hot path
+                route.received(payload, relay)  # the hot path
                 return
             path = route.path
         else:
@@ -187,36 +199,43 @@ class SocketMux(asyncio.DatagramProtocol):
             self.drop(NOT_WEBRTC)
         elif payload[0] < 4:
             self._stun_received(
-                payload, route, lambda agent: self.tunnel.route(path, key, agent, relay)
+                payload, route, lambda agent: self.tunnel.route(path, key, agent, relay), relay
             )
         else:
             self.drop(NO_ROUTE if _IS_MEDIA[payload[0]] else NOT_WEBRTC)
 
     def _stun_received(
-        self, data: bytes, route: Route | None, new_route: Callable[[IceLiteAgent], Route]
+        self,
+        data: bytes,
+        route: Route | None,
+        new_route: Callable[[IceLiteAgent], Route],
+        relay: str | None,
     ) -> None:
-        """STUN on a bound path goes to its agent; else, or if it names another call, by ufrag."""
+        """STUN on a bound path goes to its agent; else, or if it is another call's, by ufrag
+        (a request) or by transaction id (a response to an agent's check)."""
         if route is not None:
-            result = route.agent.stun_received(data, route)
+            result = route.agent.stun_received(data, route, relay)
             if result != OTHER_CALL:
                 self._settle(result, route)
                 return
-        try:
-            ufrag = wstun.routing_ufrag(data)
-        except wstun.StunError as exc:
-            self.drop(_NO_UFRAG_DROPS.get(exc.reason, BAD_STUN))
-            return
-        agent = self._agents.get(ufrag)
+        agent = self.probes.get(data[8:20]) if data[0] == 1 else None  # a response: 0x01..
         if agent is None:
-            self.drop(UNKNOWN_UFRAG)
-            return
+            try:
+                ufrag = wstun.routing_ufrag(data)
+            except wstun.StunError as exc:
+                self.drop(_NO_UFRAG_DROPS.get(exc.reason, BAD_STUN))
+                return
+            agent = self._agents.get(ufrag)
+            if agent is None:
+                self.drop(UNKNOWN_UFRAG)
+                return
         fresh = new_route(agent)
-        self._settle(agent.stun_received(data, fresh), fresh)
+        self._settle(agent.stun_received(data, fresh, relay), fresh)
 
     def _settle(self, result: str, route: Route) -> None:
         if result == AUTHENTICATED:
             self._bind(route)
-        elif result not in (IGNORED, OTHER_CALL):
+        elif result not in (PROBING, IGNORED, OTHER_CALL):
             self.drop(result)
 
     # --- outbound: every Route sends through here --------------------------------------------

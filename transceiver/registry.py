@@ -1,4 +1,5 @@
-"""Keeps this transceiver's entry in the Redis registry fresh and follows key rotation."""
+"""Keeps this transceiver's entry in the Redis registry fresh, follows key rotation and the
+set of registered relays (transceiver/relays.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ class RegistryAgent:
     """register() every `refresh` s with a `ttl`; deregister() on stop.
 
     With a keyring, the routing keys are reloaded on the same beat, so a rotation done in Redis
-    reaches new calls within `refresh` seconds while running calls keep their ufrags.
+    reaches new calls within `refresh` seconds while running calls keep their ufrags. With
+    `on_relays`, so is the set of registered relays' tunnel addresses; a failed read changes
+    nothing (the last known set stays, see transceiver/relays.py).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class RegistryAgent:
         ttl: float = defaults.REGISTRY_TTL,
         refresh: float = defaults.REGISTRY_REFRESH,
         keyring: Keyring | None = None,
+        on_relays: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._redis = redis.Redis.from_url(
             url,
@@ -61,6 +65,7 @@ class RegistryAgent:
         self._ttl = ttl
         self._refresh = refresh
         self._keyring = keyring
+        self._on_relays = on_relays
         self._task: asyncio.Task[None] | None = None
         self.beats = 0
 
@@ -78,6 +83,13 @@ class RegistryAgent:
                 elif keys != self._keyring.keys or current != self._keyring.current:
                     self._keyring.update(keys, current)
                     log.info("routing keys %s, current %s", sorted(keys), current)
+            if self._on_relays is not None:
+                relays, problems = await asyncio.to_thread(
+                    wreg.read_relays, self._redis, prefix=self._prefix
+                )
+                for problem in problems:
+                    log.warning("ignoring relay entry: %s", problem)
+                self._on_relays(set(relays))
             rec = self._record()
             await asyncio.to_thread(wreg.register, self._redis, rec, self._ttl, prefix=self._prefix)
             self.beats += 1

@@ -23,6 +23,7 @@ from transceiver.metrics import Metrics
 from transceiver.mux import SocketMux
 from transceiver.paths import Addr
 from transceiver.registry import RegistryAgent
+from transceiver.relays import KnownRelays
 from transceiver.server import make_app
 from wire import registry as wreg
 from wire.addr import ANY_HOST
@@ -57,6 +58,9 @@ class TransceiverService:
         self.mux = SocketMux(
             self.metrics, vips=settings.vips, relay_tunnel_port=settings.relay_tunnel_port
         )
+        self.relays = KnownRelays(settings.relays, self.mux.tunnel.set_relays)
+        if settings.vips and not settings.relays and settings.redis_url is None:
+            log.warning("--vip without --relay or --redis: no relay is known, none is listened to")
         self.manager: CallManager | None = None
         self.registry: RegistryAgent | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -114,6 +118,7 @@ class TransceiverService:
                 ttl=s.registry_ttl,
                 refresh=s.registry_refresh,
                 keyring=self.keyring if s.key is None else None,
+                on_relays=self.relays.learn,
             )
         except ValueError as exc:  # redis-py's URL parser
             raise ConfigError(f"bad --redis URL: {exc}") from None

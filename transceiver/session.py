@@ -81,6 +81,8 @@ class CallSession:
             consent_timeout=consent_timeout,
             setup_timeout=setup_timeout,
             on_close=self._ice_closed,
+            probes=mux.probes,
+            drop=mux.drop,
         )
         config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         if certificate is None:
@@ -135,6 +137,9 @@ class CallSession:
             self.connected_at = time.monotonic()
             if self.call.media == "opus" and self._fast_media:
                 self._start_fastpath()
+            # What aiortc unprotects (SRTCP, and SRTP off the fast path) proves its path too.
+            rtp = self.pc.getTransceivers()[0]
+            aiortc_seam.watch_srtp(rtp.receiver.transport, self.ice.media_authenticated)
             self._tasks.append(asyncio.ensure_future(self._run_app()))
             if self.call.media == "pcm":
                 track = self.pc.getTransceivers()[0].receiver.track

@@ -1,7 +1,10 @@
 """The relay tunnel as a layer under the socket mux (docs/wire-format.md §3).
 
-A relay delivers a client's datagram as a whole IPv4/UDP packet (client:port -> VIP:port)
-inside a UDP datagram from the relay; replies go back the same way, VIP:port -> client:port,
+Only relays this transceiver knows may deliver (`relays`: the registry's relay entries and/or a
+configured list, kept in step by transceiver/relays.py); a 0x45 datagram from any other source
+is the counted drop `tunnel_unknown_relay`, before any of it is read. A relay delivers a
+client's datagram as a whole IPv4/UDP packet (client:port -> VIP:port) inside a UDP datagram
+from the relay; replies go back the same way, VIP:port -> client:port,
 to the relay's tunnel port. This layer turns a tunnel datagram into (path key, inner payload)
 or a counted drop, says which Path a key names (checking the VIP), and makes the Route that
 wraps a path's replies. The header bytes themselves are wire.encap's (one home, shared with the
@@ -16,21 +19,18 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from transceiver import defaults
-from transceiver.drops import TUNNEL_BAD_INNER, TUNNEL_FOREIGN_VIP
-from transceiver.paths import Addr, Path, Route, SendTo
+from transceiver.drops import TUNNEL_BAD_INNER, TUNNEL_FOREIGN_VIP, TUNNEL_UNKNOWN_RELAY
+from transceiver.paths import Addr, CallAgent, Path, Route, SendTo
 from wire import encap
-
-if TYPE_CHECKING:
-    from transceiver.ice import IceLiteAgent
 
 TUNNEL_FIRST_BYTE = 0x45  # IPv4, IHL 5: RFC 7983 leaves 64..79 to TURN channels, not WebRTC
 
 
 class TunnelRoute(Route):
-    """A path through a relay: replies are wrapped and sent to the latest delivering relay."""
+    """A path through a relay: replies are wrapped and sent to the relay of the latest
+    authenticated packet (paths.Route.authenticated)."""
 
     __slots__ = ("_header", "_port", "_sendto")
 
@@ -38,7 +38,7 @@ class TunnelRoute(Route):
         self,
         path: Path,
         key: bytes,
-        agent: IceLiteAgent,
+        agent: CallAgent,
         relay: str,
         sendto: SendTo,
         relay_tunnel_port: int,
@@ -61,7 +61,10 @@ class TunnelLayer:
         drop: Callable[[str], None],
         sendto: SendTo,
         relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT,
+        relays: Iterable[str] = (),
     ) -> None:
+        # The tunnel source addresses we take datagrams from (replaced whole by set_relays).
+        self.relays: frozenset[str] = frozenset(relays)
         # No VIPs (direct mode): clients never reach us through a relay, so nothing tunneled
         # is ours.
         self._vips = frozenset(vips)
@@ -69,8 +72,14 @@ class TunnelLayer:
         self._sendto = sendto
         self.relay_tunnel_port = relay_tunnel_port
 
-    def unwrap(self, data: bytes) -> tuple[bytes, bytes] | None:
-        """(path key, inner payload) of a tunnel datagram; None: dropped and counted."""
+    def set_relays(self, relays: Iterable[str]) -> None:
+        self.relays = frozenset(relays)
+
+    def unwrap(self, data: bytes, relay: str) -> tuple[bytes, bytes] | None:
+        """(path key, inner payload) of a tunnel datagram from `relay`; None: dropped, counted."""
+        if relay not in self.relays:
+            self._drop(TUNNEL_UNKNOWN_RELAY)
+            return None
         key = encap.inbound_key(data)
         if key is not None:
             return key, data[encap.OUTER_LEN :]
@@ -89,5 +98,5 @@ class TunnelLayer:
             return None
         return Path(client=(socket.inet_ntoa(key[0:4]), int.from_bytes(key[8:10], "big")), vip=vip)
 
-    def route(self, path: Path, key: bytes, agent: IceLiteAgent, relay: str) -> TunnelRoute:
+    def route(self, path: Path, key: bytes, agent: CallAgent, relay: str) -> TunnelRoute:
         return TunnelRoute(path, key, agent, relay, self._sendto, self.relay_tunnel_port)

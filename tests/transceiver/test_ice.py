@@ -1,5 +1,6 @@
 """The call's ICE-lite agent (transceiver/ice.py) on its own: what it answers to each Binding
-request, what it changes (and does not), path selection, setup timeout and consent expiry."""
+request, what it changes (and does not), return-routability checks, path selection, setup
+timeout and consent expiry."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import asyncio
 import pytest
 from aioice import ConnectionClosed, stun
 
-from transceiver import drops, ice
+from transceiver import defaults, drops, ice
 from transceiver.paths import Path, Route
 
 pytestmark = pytest.mark.timeout(30)
 UFRAG = "S" * 24
+CLIENT_UFRAG, CLIENT_PWD = "cufr", "c" * 24  # the client's credentials, as the offer gives them
 
 
 class Recorder(Route):
@@ -55,19 +57,137 @@ def reply(route: Recorder) -> stun.Message:
     return stun.parse_message(data)
 
 
+def make_agent(**kwargs: object) -> ice.IceLiteAgent:
+    agent = ice.IceLiteAgent(local_username=UFRAG, candidates=[], **kwargs)  # type: ignore[arg-type]
+    agent.remote_username, agent.remote_password = CLIENT_UFRAG, CLIENT_PWD  # aiortc sets these
+    return agent
+
+
 @pytest.fixture
 def agent() -> ice.IceLiteAgent:
-    return ice.IceLiteAgent(local_username=UFRAG, candidates=[], setup_timeout=5)
+    return make_agent(setup_timeout=5)
 
 
-def test_authenticated_check_is_answered_and_selects(agent: ice.IceLiteAgent) -> None:
+def probe_of(route: Recorder) -> stun.Message:
+    """Our return-routability check among what went to `route`, taken off it."""
+    for data in route.sent:
+        msg = stun.parse_message(data)
+        if msg.message_class == stun.Class.REQUEST:
+            route.sent.remove(data)
+            return msg
+    raise AssertionError("no check was sent")
+
+
+def answer(probe: stun.Message, *, password: str = CLIENT_PWD) -> bytes:
+    """The client's success response to our check (signed with the client's password)."""
+    msg = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, probe.transaction_id)
+    msg.attributes["XOR-MAPPED-ADDRESS"] = ("203.0.113.1", 3478)
+    msg.add_message_integrity(password.encode())
+    msg.add_fingerprint()
+    return bytes(msg)
+
+
+def verify(agent: ice.IceLiteAgent, route: Recorder, **attrs: object) -> None:
+    """A client check on `route`, and the client answering our check: the path is verified."""
+    assert agent.stun_received(request(agent, **attrs), route) == ice.PROBING
+    probe = probe_of(route)
+    assert agent.stun_received(answer(probe), route) == ice.AUTHENTICATED
+    route.sent.clear()
+
+
+def test_authenticated_check_is_answered_checked_back_and_selects(
+    agent: ice.IceLiteAgent,
+) -> None:
     a = Recorder(agent, ("198.18.0.1", 1000))
-    assert agent.stun_received(request(agent), a) == ice.AUTHENTICATED
-    response = reply(a)
+    assert agent.stun_received(request(agent), a) == ice.PROBING
+    # Our check goes first, then the answer; nothing is selected until the path answers.
+    check, response = (stun.parse_message(d) for d in a.sent)
+    assert check.message_class == stun.Class.REQUEST
+    assert check.attributes["USERNAME"] == f"{CLIENT_UFRAG}:{UFRAG}"
+    assert check.check_message_integrity(CLIENT_PWD.encode())
+    assert "ICE-CONTROLLED" in check.attributes and "PRIORITY" in check.attributes
     assert response.message_class == stun.Class.RESPONSE
     assert response.attributes["XOR-MAPPED-ADDRESS"] == ("198.18.0.1", 1000)
     assert response.check_message_integrity(agent.local_password.encode())
-    assert agent.selected_route is a and agent.checks == 1 and not agent.nominated
+    assert agent.selected_route is None and agent.routes == []
+    a.sent.clear()
+    assert agent.stun_received(answer(check), a) == ice.AUTHENTICATED
+    assert a.sent == []  # a response is not answered
+    assert agent.selected_route is a and agent.routes == [a] and agent.checks == 1
+    assert not agent.nominated and agent.verified == 1
+    # Once verified, checks are answered and nothing more is sent.
+    assert agent.stun_received(request(agent), a) == ice.AUTHENTICATED
+    assert reply(a).message_class == stun.Class.RESPONSE
+
+
+def test_a_check_proves_nothing_until_its_path_answers(agent: ice.IceLiteAgent) -> None:
+    """Issue 8 item 2 at the agent: a nominating check from a spoofed source (the sender knows
+    the password of its own call) gets its answer and one check, and moves nothing."""
+    real = Recorder(agent, ("198.18.0.1", 1000))
+    verify(agent, real)
+    victim = Recorder(agent, ("192.0.2.66", 4444))
+    for _ in range(3):
+        spoofed = request(agent, **{"USE-CANDIDATE": None})
+        assert agent.stun_received(spoofed, victim) == ice.PROBING
+    assert agent.selected_route is real and not agent.nominated
+    assert len(victim.sent) == 6  # per request: our check, the answer; about its own size
+    assert all(len(d) <= len(spoofed) + 8 for d in victim.sent)
+    # An answer forged without seeing the check: wrong id (ignored), or our id on another
+    # path, or signed with the wrong password, verifies nothing.
+    probe = probe_of(victim)
+    forged = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
+    forged.add_message_integrity(CLIENT_PWD.encode())
+    assert agent.stun_received(bytes(forged), victim) == ice.OTHER_CALL
+    assert agent.stun_received(answer(probe), real) == ice.IGNORED
+    assert agent.stun_received(answer(probe, password="x" * 24), victim) == drops.BAD_INTEGRITY
+    assert agent.selected_route is real and agent.routes == [real]
+    # The real client answering (it receives there) is what moves it, to its nomination.
+    assert agent.stun_received(answer(probe), victim) == ice.AUTHENTICATED
+    assert agent.selected_route is victim and agent.nominated
+
+
+async def test_a_verified_path_takes_over_from_a_silent_one(
+    agent: ice.IceLiteAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose address changed (NAT rebinding, new network) moves with its next check."""
+    monkeypatch.setattr(defaults, "PATH_SILENCE", 0.2)
+    old, new = Recorder(agent, ("198.18.0.1", 1000)), Recorder(agent, ("198.18.0.1", 1001))
+    verify(agent, old)
+    await asyncio.sleep(0.3)  # the old path says nothing more
+    verify(agent, new)
+    assert agent.selected_route is new and not agent.nominated
+
+
+async def test_media_is_bounded_by_what_the_path_sent(
+    agent: ice.IceLiteAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "SEND_FLOOR_WINDOW", 0.2)
+    route = Recorder(agent, ("198.18.0.1", 1000))
+    verify(agent, route)
+    frame = bytes(100)
+    for _ in range(defaults.SEND_CREDIT_VERIFIED // 100 + 50):
+        agent.send_now(frame)
+    sent = len(route.sent)
+    assert agent.refused > 0 and sent * 100 <= defaults.SEND_CREDIT_VERIFIED + 2000
+    await asyncio.sleep(0.3)  # silent past the floor's window: no floor either
+    route.sent.clear()
+    agent.send_now(frame)
+    assert route.sent == []
+    route.authenticated(100, None)  # what the path sends refills its credit, x the factor
+    for _ in range(defaults.SEND_CREDIT_FACTOR + 3):
+        agent.send_now(frame)
+    assert len(route.sent) == defaults.SEND_CREDIT_FACTOR
+
+
+def test_pending_checks_are_bounded(agent: ice.IceLiteAgent) -> None:
+    probes: dict[bytes, ice.IceLiteAgent] = {}
+    bounded = make_agent(probes=probes)
+    for i in range(50):
+        route = Recorder(bounded, ("192.0.2.1", 1000 + i))
+        for _ in range(10):
+            bounded.stun_received(request(bounded), route)
+    assert len(probes) <= defaults.PROBE_PATHS * defaults.PROBE_TXIDS
+    assert bounded.selected_route is None
 
 
 @pytest.mark.parametrize(
@@ -83,8 +203,7 @@ def test_refused_checks_get_their_error_and_change_nothing(
     agent: ice.IceLiteAgent, kwargs: dict, code: int, reason: str
 ) -> None:
     selected = Recorder(agent, ("198.18.0.1", 1000))
-    agent.stun_received(request(agent), selected)
-    selected.sent.clear()
+    verify(agent, selected)
     checks, last = agent.checks, agent.last_check
     other = Recorder(agent, ("198.18.0.2", 2000))
     assert agent.stun_received(request(agent, **kwargs), other) == reason
@@ -124,9 +243,12 @@ async def test_first_check_selects_until_the_client_nominates(agent: ice.IceLite
     await asyncio.sleep(0)
     assert not connecting.done()
     agent.stun_received(request(agent), a)
+    await asyncio.sleep(0.05)
+    assert not connecting.done()  # an unverified path is not selected
+    assert agent.stun_received(answer(probe_of(a)), a) == ice.AUTHENTICATED
     await asyncio.wait_for(connecting, 1)  # DTLS may start before the nomination
     assert agent.selected == a.path and not agent.nominated
-    agent.stun_received(request(agent), b)  # another plain check does not move it
+    verify(agent, b)  # another verified path does not move it while `a` is heard
     assert agent.selected_route is a
     agent.stun_received(request(agent, **{"USE-CANDIDATE": None}), b)  # the client's choice
     assert agent.selected_route is b and agent.nominated
@@ -144,9 +266,7 @@ async def test_first_check_selects_until_the_client_nominates(agent: ice.IceLite
 
 async def test_no_check_before_the_setup_timeout_closes(agent: ice.IceLiteAgent) -> None:
     closed: list[ice.IceLiteAgent] = []
-    quick = ice.IceLiteAgent(
-        local_username=UFRAG, candidates=[], setup_timeout=0.1, on_close=closed.append
-    )
+    quick = make_agent(setup_timeout=0.1, on_close=closed.append)
     with pytest.raises(ConnectionError):
         await quick.connect()
     assert quick.closed and quick.close_reason == "setup_timeout" and closed == [quick]
@@ -161,11 +281,9 @@ async def test_no_check_before_the_setup_timeout_closes(agent: ice.IceLiteAgent)
 
 
 async def test_consent_expires_without_checks_and_refreshes_with_them() -> None:
-    agent = ice.IceLiteAgent(
-        local_username=UFRAG, candidates=[], consent_timeout=0.6, setup_timeout=5
-    )
+    agent = make_agent(consent_timeout=0.6, setup_timeout=5)
     route = Recorder(agent, ("198.18.0.1", 1000))
-    agent.stun_received(request(agent), route)
+    verify(agent, route)
     await agent.connect()
     for _ in range(4):  # checks every 0.3 s keep it open well past one timeout
         await asyncio.sleep(0.3)

@@ -31,8 +31,50 @@ def check(agent: IceLiteAgent, *, password: str | None = None, **attrs: object) 
     return bytes(msg)
 
 
-def agent(letter: str) -> IceLiteAgent:
-    return IceLiteAgent(local_username=letter * 24, candidates=[], setup_timeout=5)
+CLIENT_PWD = "c" * 24
+
+
+def agent(letter: str, mux: SocketMux | None = None) -> IceLiteAgent:
+    a = IceLiteAgent(
+        local_username=letter * 24,
+        candidates=[],
+        setup_timeout=5,
+        probes=None if mux is None else mux.probes,
+    )
+    a.remote_username, a.remote_password = "client", CLIENT_PWD
+    return a
+
+
+def answer(probe: stun.Message) -> bytes:
+    """The client's success response to the agent's return-routability check."""
+    msg = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, probe.transaction_id)
+    msg.attributes["XOR-MAPPED-ADDRESS"] = ("203.0.113.1", 3478)
+    msg.add_message_integrity(CLIENT_PWD.encode())
+    msg.add_fingerprint()
+    return bytes(msg)
+
+
+async def verified_check(
+    peer: Peer,
+    mux: SocketMux,
+    owner: IceLiteAgent,
+    *,
+    wrap=lambda b: b,
+    unwrap=lambda b: b,
+    **attrs: object,
+) -> stun.Message:
+    """Send a check from `peer`, answer the agent's check back; returns the check's answer."""
+    peer.sock.sendto(wrap(check(owner, **attrs)), mux.local_addr)
+    probe = stun.parse_message(unwrap(await peer.recv() or b""))
+    assert probe.message_class == stun.Class.REQUEST  # our check comes before the answer
+    response = stun.parse_message(unwrap(await peer.recv() or b""))
+    peer.sock.sendto(wrap(answer(probe)), mux.local_addr)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not any(r.agent is owner for r in mux.bound_routes()):
+        assert loop.time() < deadline, "the path was not verified"
+        await asyncio.sleep(0.005)
+    return response
 
 
 _OPEN: list[socket.socket] = []
@@ -101,7 +143,7 @@ async def started() -> AsyncIterator[tuple[SocketMux, Peer]]:
     """A mux on 127.0.0.1 that knows VIP, and a relay socket on its relay tunnel port."""
     relay = Peer()
     stats = Counts()
-    mux = SocketMux(stats, vips=[VIP], relay_tunnel_port=relay.addr[1])
+    mux = SocketMux(stats, vips=[VIP], relay_tunnel_port=relay.addr[1], relays=["127.0.0.1"])
     mux.stats = stats  # type: ignore[attr-defined]
     transport = await serve(mux)
     try:
@@ -112,12 +154,11 @@ async def started() -> AsyncIterator[tuple[SocketMux, Peer]]:
 
 async def test_first_packet_by_ufrag_then_by_path(started) -> None:
     mux, _ = started
-    a, b = agent("A"), agent("B")
+    a, b = agent("A", mux), agent("B", mux)
     mux.register(a)
     mux.register(b)
     client, stranger = Peer(), Peer()
-    client.sock.sendto(check(a), mux.local_addr)
-    response = stun.parse_message(await client.recv() or b"")
+    response = await verified_check(client, mux, a)
     assert response.message_class == stun.Class.RESPONSE
     assert response.attributes["XOR-MAPPED-ADDRESS"] == client.addr
     (route,) = mux.bound_routes()
@@ -135,7 +176,7 @@ async def test_first_packet_by_ufrag_then_by_path(started) -> None:
     for data in (dtls, srtp, srtcp):
         client.sock.sendto(data, mux.local_addr)
     stranger.sock.sendto(dtls, mux.local_addr)  # same bytes, path nobody bound
-    await settle(mux, 5)
+    await settle(mux, 6)
     assert [await a.recv(), await a.recv()] == [dtls, srtcp]
     assert rtp == [srtp]
     assert mux.drops == {drops.NO_ROUTE: 1}
@@ -151,7 +192,7 @@ async def test_first_packet_by_ufrag_then_by_path(started) -> None:
     mux.unregister(a)
     client.sock.sendto(dtls, mux.local_addr)
     client.sock.sendto(check(a), mux.local_addr)
-    await settle(mux, 8)
+    await settle(mux, 9)
     assert mux.bound_routes() == [] and mux.registered() == [b]
     assert mux.drops == {drops.NO_ROUTE: 2, drops.UNKNOWN_UFRAG: 1}
 
@@ -190,15 +231,14 @@ async def test_what_no_call_takes_is_counted_and_unanswered(started) -> None:
 
 async def test_a_path_moves_to_the_call_that_authenticates_on_it(started) -> None:
     mux, _ = started
-    a, b = agent("A"), agent("B")
+    a, b = agent("A", mux), agent("B", mux)
     mux.register(a)
     mux.register(b)
     client = Peer()
-    client.sock.sendto(check(a), mux.local_addr)
-    assert await client.recv() is not None
-    # B's check on A's path: A's agent says it is another call's, the mux routes it by ufrag.
-    client.sock.sendto(check(b), mux.local_addr)
-    response = stun.parse_message(await client.recv() or b"")
+    await verified_check(client, mux, a)
+    # B's check on A's path: A's agent says it is another call's, the mux routes it by ufrag;
+    # the path moves to B once the client there answers B's check.
+    response = await verified_check(client, mux, b)
     assert response.check_message_integrity(b.local_password.encode())
     (route,) = mux.bound_routes()
     assert route.agent is b
@@ -208,14 +248,20 @@ async def test_a_path_moves_to_the_call_that_authenticates_on_it(started) -> Non
 
 async def test_tunneled_path_is_bound_by_its_inner_addresses(started) -> None:
     mux, relay = started
-    a = agent("A")
+    a = agent("A", mux)
     mux.register(a)
-    relay.sock.sendto(encap.ipv4_udp(*CLIENT, *VIP, check(a)), mux.local_addr)
-    packet = await relay.recv()
-    assert packet is not None
-    reply = encap.parse_ipv4_udp(packet, verify_checksums=True)
-    assert ((reply.src, reply.sport), (reply.dst, reply.dport)) == (VIP, CLIENT)
-    assert stun.parse_message(reply.payload).attributes["XOR-MAPPED-ADDRESS"] == CLIENT
+    replies: list[tuple] = []
+
+    def unwrap(packet: bytes) -> bytes:
+        reply = encap.parse_ipv4_udp(packet, verify_checksums=True)
+        replies.append(((reply.src, reply.sport), (reply.dst, reply.dport)))
+        return reply.payload
+
+    response = await verified_check(
+        relay, mux, a, wrap=lambda b: encap.ipv4_udp(*CLIENT, *VIP, b), unwrap=unwrap
+    )
+    assert replies == [(VIP, CLIENT)] * 2
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == CLIENT
     (route,) = mux.bound_routes()
     assert route.path.client == CLIENT and route.path.vip == VIP
     assert route.key == encap.path_key(CLIENT, VIP) and route.relay == "127.0.0.1"
@@ -241,7 +287,7 @@ async def test_tunneled_path_is_bound_by_its_inner_addresses(started) -> None:
 
 
 async def test_without_vips_nothing_tunneled_is_ours() -> None:
-    mux = SocketMux()
+    mux = SocketMux(relays=["127.0.0.1"])
     a = agent("A")
     mux.register(a)
     relay = Peer()

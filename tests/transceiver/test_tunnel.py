@@ -62,6 +62,9 @@ def test_inbound_key_leaves_odd_packets_to_the_full_parse() -> None:
         assert encap.inbound_key(packet) is None
 
 
+RELAY = "10.0.0.1"
+
+
 def make_layer(vips=(VIP,)) -> tuple[TunnelLayer, list[str], list[tuple[bytes, tuple]]]:
     dropped: list[str] = []
     sent: list[tuple[bytes, tuple]] = []
@@ -70,6 +73,7 @@ def make_layer(vips=(VIP,)) -> tuple[TunnelLayer, list[str], list[tuple[bytes, t
         drop=dropped.append,
         sendto=lambda data, dest: sent.append((data, dest)),
         relay_tunnel_port=6081,
+        relays=[RELAY],
     )
     return layer, dropped, sent
 
@@ -77,13 +81,20 @@ def make_layer(vips=(VIP,)) -> tuple[TunnelLayer, list[str], list[tuple[bytes, t
 def test_unwrap_gives_the_path_key_and_payload_or_counts() -> None:
     layer, dropped, _ = make_layer()
     plain = encap.ipv4_udp(*CLIENT, *VIP, b"\x16hello")
-    assert layer.unwrap(plain) == (encap.path_key(CLIENT, VIP), b"\x16hello")
+    assert layer.unwrap(plain, RELAY) == (encap.path_key(CLIENT, VIP), b"\x16hello")
     # Ethernet-style padding is not plain, but the full parse still finds the same path.
-    assert layer.unwrap(plain + b"\x00\x00") == (encap.path_key(CLIENT, VIP), b"\x16hello")
+    padded = plain + b"\x00\x00"
+    assert layer.unwrap(padded, RELAY) == (encap.path_key(CLIENT, VIP), b"\x16hello")
     assert dropped == []
     for bad in (b"\x45" + bytes(30), b"\x45", plain[:-1], b"\x46" + plain[1:]):
-        assert layer.unwrap(bad) is None
+        assert layer.unwrap(bad, RELAY) is None
     assert dropped == [drops.TUNNEL_BAD_INNER] * 4
+    # From a source that is not a known relay: dropped before it is read, whatever it holds.
+    dropped.clear()
+    assert layer.unwrap(plain, "10.9.9.9") is None and dropped == [drops.TUNNEL_UNKNOWN_RELAY]
+    layer.set_relays(["10.9.9.9"])  # the registry's set changed: the new set, whole
+    assert layer.unwrap(plain, "10.9.9.9") is not None
+    assert layer.unwrap(plain, RELAY) is None
 
 
 def test_path_of_checks_the_vip_and_routes_wrap_replies() -> None:
@@ -103,3 +114,17 @@ def test_path_of_checks_the_vip_and_routes_wrap_replies() -> None:
     direct, dropped, _ = make_layer(vips=())
     assert direct.path_of(encap.path_key(CLIENT, VIP)) is None
     assert dropped == [drops.TUNNEL_FOREIGN_VIP]
+
+
+def test_paths_knows_the_call_only_by_protocol() -> None:
+    """paths.py (and the tunnel layer on it) never import ice.py, which builds on them."""
+    import ast
+    from pathlib import Path as FsPath
+
+    import transceiver.paths
+    import transceiver.tunnel
+
+    for module in (transceiver.paths, transceiver.tunnel):
+        tree = ast.parse(FsPath(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "transceiver.ice" not in imported, module.__name__

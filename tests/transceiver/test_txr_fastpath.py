@@ -123,7 +123,9 @@ async def test_bad_media_path_setting_is_refused(start_txr) -> None:
 async def test_fast_path_through_a_tunnel(start_txr, http: aiohttp.ClientSession) -> None:
     relay = await TunnelRelay.start(["127.0.0.1"])
     try:
-        txr = await start_txr(vips=[relay.vip], relay_tunnel_port=relay.tunnel_port)
+        txr = await start_txr(
+            vips=[relay.vip], relay_tunnel_port=relay.tunnel_port, relays=relay.relays
+        )
         relay.txr = txr.udp_addr
         client = await _echo_call(txr, http)
         try:

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.timeout(60)
 async def test_call_through_tunnel_follows_latest_relay(start_txr, http: aiohttp.ClientSession):
     relay = await TunnelRelay.start(["127.0.0.1", "127.0.0.2"])
     try:
-        txr = await start_txr(vips=[relay.vip], relay_tunnel_port=relay.tunnel_port)
+        txr = await start_txr(
+            vips=[relay.vip], relay_tunnel_port=relay.tunnel_port, relays=relay.relays
+        )
         relay.txr = txr.udp_addr
         client = await call(http, txr.http_url, want_frames=60)
         try:
@@ -53,7 +55,7 @@ async def test_tunnel_garbage_and_foreign_vip_are_counted(start_txr):
 
     from wire import encap
 
-    txr = await start_txr(vips=[("198.18.0.10", 3478)])
+    txr = await start_txr(vips=[("198.18.0.10", 3478)], relays=["127.0.0.1"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"\x45" + b"\x00" * 30, txr.udp_addr)  # claims IPv4, is not
         foreign = encap.ipv4_udp("198.18.1.1", 5555, "198.18.0.99", 3478, b"\x00\x01" + bytes(18))

@@ -44,7 +44,7 @@ def served(lab: RelayLab, tmp_path: Path) -> Iterator[str]:
                 str(EXE), "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
                 f"--vip={lab.vip}:{lab.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
                 f"--key-id={lab.key_id}", f"--key={lab.key.hex()}",
-                f"--relay-tunnel-port={lab.tunnel_port}",
+                f"--relay-tunnel-port={lab.tunnel_port}", f"--relay={lab.tunnel_addr}",
             ],
             stdout=subprocess.PIPE,
             stderr=err,
