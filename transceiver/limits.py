@@ -17,7 +17,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FD_RESERVE = 256  # descriptors kept free of HTTP: UDP socket, Redis, aiortc, logs, imports
+# asyncio accepts up to `backlog` connections in one go and closes evicted ones a loop pass
+# later, so two batches of descriptors can be in flight above the connection limit.
+ACCEPT_BACKLOG = 128
+FD_RESERVE = 2 * ACCEPT_BACKLOG + 128  # and the UDP socket, Redis, aiortc, logs, imports
 MAX_CONNECTIONS = 4096
 HEADER_TIMEOUT = 10.0  # seconds from accept (or the last response) to a complete request head
 BODY_TIMEOUT = 10.0  # seconds to read a POST body once its head is in
@@ -199,8 +202,15 @@ class RepeatFilter(logging.Filter):
     first one let through after a quiet spell says how many were suppressed. So no input, and
     no accept-retry loop, can write more than a few lines a second per distinct message."""
 
-    def __init__(self, window: float = 10.0, burst: int = 5, max_keys: int = 4096) -> None:
+    def __init__(
+        self,
+        window: float = 10.0,
+        burst: int = 5,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
+        self.clock = clock
         self.window = window
         self.burst = burst
         self.max_keys = max_keys
@@ -209,7 +219,7 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.levelno, str(record.msg)[:200])
-        now = time.monotonic()
+        now = self.clock()
         state = self._seen.pop(key, None)
         if state is None or now - state[0] >= self.window:
             suppressed = int(state[2]) if state else 0

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from transceiver import defaults
 from transceiver.auth import Authenticator, CheckUnavailable, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
-from transceiver.limits import BODY_TIMEOUT, ConnectionGuard, RateLimiter
+from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
 from transceiver.metrics import Metrics
 from transceiver.sdp import MAX_OFFER_BYTES, OfferError
 
@@ -312,7 +312,7 @@ class GuardedSite(web.TCPSite):
     __slots__ = ("_guard",)
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
-        super().__init__(runner, host, port, backlog=1024)
+        super().__init__(runner, host, port, backlog=ACCEPT_BACKLOG)
         self._guard = guard
 
     async def start(self) -> None:
