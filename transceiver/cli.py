@@ -274,10 +274,15 @@ def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) ->
     SIGTERM drains: new offers get 503, running calls go on until they end or --drain-timeout
     passes, then the process deregisters and exits. A second signal skips the wait.
     """
+    # No input, and no accept-retry loop, floods the log: the process's one handler collapses
+    # repeats (a root logger someone else configured, e.g. under a test runner, is left alone).
+    handler = logging.StreamHandler()
+    handler.addFilter(limits.RepeatFilter())
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        handlers=[handler],
     )
-    limits.install_log_filter()  # no input, and no accept-retry loop, floods the log
     if opts["key"] is not None and opts["key_id"] is None:
         raise click.UsageError("--key needs --key-id")
     settings = Settings(

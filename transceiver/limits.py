@@ -234,11 +234,3 @@ class RepeatFilter(logging.Filter):
             return False
         state[1] += 1
         return True
-
-
-def install_log_filter(logger: logging.Logger | None = None, **kwargs: float) -> RepeatFilter:
-    """Put one RepeatFilter on every handler of `logger` (the root logger by default)."""
-    filt = RepeatFilter(**kwargs)  # type: ignore[arg-type]
-    for handler in (logger or logging.getLogger()).handlers:
-        handler.addFilter(filt)
-    return filt
