@@ -11,8 +11,10 @@
 - **Single use**: a token's `jti` is spent when a call is placed with it. With `--redis` the
   spent set is in Redis (`<prefix>:tokens:<jti>`, SET NX with the token's remaining lifetime),
   so a token places one call in the whole cluster; without Redis it is this process's memory
-  (one call per transceiver, documented in docs/security-signaling.md). If Redis cannot be
-  asked, the token is refused (fail closed).
+  (one call per transceiver, documented in docs/security-signaling.md). While Redis cannot be
+  asked, this process's memory stands in (counted in `RedisSpent.fallbacks`, logged): the
+  edge keeps taking calls without Redis, as it keeps routing and media, and a token is then
+  single-use per transceiver until Redis is back.
 
 Every comparison of secret material is `hmac.compare_digest`.
 """
@@ -55,10 +57,6 @@ class Unauthorized(Exception):
         super().__init__(reason)
         self.reason = reason
         self.label = label
-
-
-class CheckUnavailable(Exception):
-    """A token could not be checked for reuse (Redis unreachable): refused, retry later."""
 
 
 def _b64(data: bytes) -> str:
@@ -126,7 +124,7 @@ def bearer(headers: object) -> str | None:
     return cred.strip()
 
 
-# spend(jti, seconds left) -> True the first time, False if spent; may raise CheckUnavailable
+# spend(jti, seconds left) -> True the first time, False if it was spent already
 Spend = Callable[[str, float], Awaitable[bool]]
 
 
@@ -153,6 +151,8 @@ class RedisSpent:
         import redis
 
         self._errors = (redis.RedisError, OSError)
+        self._local = LocalSpent()  # while Redis cannot be asked
+        self.fallbacks = 0
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -162,10 +162,13 @@ class RedisSpent:
         ms = max(1, int(ttl * 1000))
         key = f"{self._prefix}:tokens:{jti}"
         try:
-            return bool(await asyncio.to_thread(self._redis.set, key, b"1", nx=True, px=ms))
+            fresh = bool(await asyncio.to_thread(self._redis.set, key, b"1", nx=True, px=ms))
         except self._errors as exc:
-            log.warning("cannot check a client token in Redis: %s", exc)
-            raise CheckUnavailable(str(exc)) from None
+            self.fallbacks += 1
+            log.warning("client tokens: Redis unreachable (%s), single use checked locally", exc)
+            return await self._local(jti, ttl)
+        # spent here during an outage, seen by Redis as new: still spent
+        return fresh and await self._local(jti, ttl)
 
     def close(self) -> None:
         self._redis.close()

@@ -5,7 +5,7 @@ key or a single-use client token; POST /v1/tokens (mint a client token) needs an
 call's resource URL (`Location`) carries a per-call secret, and only its holder (or an API key)
 may PATCH or DELETE it. Every client address has a POST budget (429 beyond it); connections are
 bounded and must send their request in time (transceiver/limits.py). No input gets a 5xx: 503 is
-only "full/draining/no key/cannot check a token now", never a reaction to what was sent.
+only "full/draining/no routing key", never a reaction to what was sent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from transceiver import defaults
-from transceiver.auth import Authenticator, CheckUnavailable, Unauthorized, bearer
+from transceiver.auth import Authenticator, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
 from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
 from transceiver.metrics import Metrics
@@ -129,9 +129,6 @@ async def post_call(request: web.Request) -> web.Response:
         await request.app[_AUTH].caller(bearer(request.headers))
     except Unauthorized as exc:
         return _unauthorized(sig, exc)
-    except CheckUnavailable:
-        sig.count("token_check_unavailable")
-        return _text(503, "cannot check the token now", **{"Retry-After": "1"})
     body = await _body(request)
     if isinstance(body, web.Response):
         return body

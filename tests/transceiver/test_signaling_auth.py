@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lab.peer import CallRefused, auth_header, call, client_token, make_offer
+from lab.redis_server import RedisServer
 from transceiver.auth import (
     AuthConfigError,
     Authenticator,
@@ -124,6 +125,26 @@ async def test_a_token_minted_by_one_transceiver_is_good_once_in_the_whole_clust
             assert refused.value.status == 401 and "already used" in refused.value.body
     finally:
         await client.hang_up(http)
+
+
+async def test_with_redis_down_a_token_still_places_one_call_per_transceiver(
+    start_txr, keys_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The edge takes calls without Redis (as it routes and carries media without it): single
+    use falls back to the transceiver's memory while Redis cannot be asked."""
+    with RedisServer(workdir=tmp_path) as redis_server:
+        txr = await start_txr(no_auth=False, api_keys=str(keys_file), redis_url=redis_server.url)
+        redis_server.stop()
+        token = await client_token(http, txr.http_url, KEY)
+        client = await call(http, txr.http_url, want_frames=10, token=token)
+        try:
+            await client.wait_state("connected")
+            with pytest.raises(CallRefused) as refused:
+                await call(http, txr.http_url, token=token)
+            assert refused.value.status == 401 and "already used" in refused.value.body
+        finally:
+            await client.hang_up(http)
+    assert txr._spent is not None and txr._spent.fallbacks >= 1
 
 
 async def test_only_the_holder_of_the_resource_url_ends_a_call(authed, http) -> None:
