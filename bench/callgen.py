@@ -25,7 +25,7 @@ import aiohttp
 from aiortc.mediastreams import MediaStreamTrack
 
 from lab import procstat
-from lab.peer import ClientPeer
+from lab.peer import ClientPeer, read_api_key
 from transceiver import aiortc_seam
 
 DRAIN_S = 0.5  # echoes still in flight after the clients stop sending
@@ -34,6 +34,11 @@ RAMP_PER_S = 20.0  # new calls per second: a steady arrival rate, not one burst
 
 class CallgenError(Exception):
     """The run cannot go on (no server to call): printed as one line, no traceback."""
+
+
+# The application server's API key (--api-keys FILE, env TXR_API_KEYS_FILE; workers inherit
+# the environment): every call is placed with it, as an application server places its own.
+API_KEY: str | None = None
 
 
 @dataclass
@@ -61,7 +66,7 @@ class Client:
 
     async def start(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
         try:
-            await self.peer.start(http, url, timeout=timeout)
+            await self.peer.start(http, url, token=API_KEY, timeout=timeout)
         finally:
             self.result.answer_ms = self.peer.answer_ms
             self.result.ice_ms = self.peer.ice_ms
@@ -344,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=1, help="client processes to spread calls on")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        default=os.environ.get("TXR_API_KEYS_FILE"),
+        help="place calls with this API keys file's first key (env TXR_API_KEYS_FILE)",
+    )
+    parser.add_argument(
         "--sequential", action="store_true", help="only set-up times: --calls calls, one at a time"
     )
     args = parser.parse_args(argv)
@@ -352,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.server_pid is not None and not procstat.exists(args.server_pid):
         parser.error(f"no process {args.server_pid}")
     client_address_only(args.client_address)
+    global API_KEY
+    API_KEY = read_api_key(args.api_keys)
+    if args.api_keys:
+        os.environ["TXR_API_KEYS_FILE"] = args.api_keys  # for the --worker processes
     url = args.url.rstrip("/")
     if args.worker:
         asyncio.run(worker(url, args.calls, args.ramp, args.setup_timeout))

@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.callgen import RAMP_PER_S
 from bench.table import Table
+from transceiver.auth import write_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 # 100 calls need more than 2 cores for server and clients together: skip them where there are not
@@ -58,6 +59,7 @@ class Server:
     label: str
     argv: list[str]
     ready_prefix: str  # the stdout line that carries the HTTP URL
+    api_keys: bool = False  # started with a fresh --api-keys file; callers send its key
 
     def url(self, line: str) -> str | None:
         if not line.startswith(self.ready_prefix):
@@ -94,9 +96,11 @@ def transceiver_server(app: str, capacity: int) -> Server:
         app,
         "--log-level",
         "warning",
+        "--post-rate",  # the load generator places every call from one address
+        "0",
     ]
     label = "transceiver (Opus pass-through)" if app == "echo" else f"transceiver ({app})"
-    return Server(label, argv, "transceiver ready")
+    return Server(label, argv, "transceiver ready", api_keys=True)
 
 
 class Running:
@@ -108,11 +112,19 @@ class Running:
         self.dir = tempfile.TemporaryDirectory(prefix="bench-calls-")
         self.log = Path(self.dir.name) / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The server's API keys file, as its operator would write it; clients use its key.
+        self.keys_file: Path | None = None
+        self.api_key: str | None = None
 
     def __enter__(self) -> tuple[int, str]:
+        argv = list(self.server.argv)
+        if self.server.api_keys:
+            self.keys_file = Path(self.dir.name) / "api-keys"
+            self.api_key = write_key_file(self.keys_file)
+            argv += ["--api-keys", str(self.keys_file)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                _niced(self.server.argv, self.nice),
+                _niced(argv, self.nice),
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -155,8 +167,11 @@ def client_procs(calls: int, cpus: int | None = None) -> int:
 def _callgen(server: Server, args: list[str], timeout: float, nice: int) -> dict[str, Any]:
     """Start the server, run bench.callgen against it with `args` (+ --url, --server-pid),
     return callgen's JSON result (it exits 1 when some calls failed, 2 when it could not run)."""
-    with Running(server, nice) as (pid, url):
+    running = Running(server, nice)
+    with running as (pid, url):
         cmd = [sys.executable, "-m", "bench.callgen", "--url", url, "--server-pid", str(pid)]
+        if running.keys_file is not None:
+            cmd += ["--api-keys", str(running.keys_file)]
         done = subprocess.run(
             _niced(cmd + args, nice), cwd=REPO, capture_output=True, text=True, timeout=timeout
         )

@@ -1,7 +1,11 @@
 """Standard aiortc WebRTC calls to transceivers, driven over stdin/stdout (run in a client netns).
 
-    python -m lab.callclient URL [URL ...]
-    python -m lab.callclient --once URL [FRAMES]
+    python -m lab.callclient [--api-keys FILE] URL [URL ...]
+    python -m lab.callclient [--api-keys FILE] --once URL [FRAMES]
+
+With an API keys file (--api-keys, or env TXR_API_KEYS_FILE) the client does what an
+application server and a browser do: it mints a single-use client token with the file's first
+key (POST /v1/tokens) and places the call with that token.
 
 One call per URL (lab.peer.ClientPeer: a WHIP-style POST of the offer; the answer's only
 candidates are the VIPs). It prints one JSON line per event and reads commands, one per line:
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 import sys
@@ -34,13 +39,20 @@ from typing import Any
 import aiohttp
 from aioice import stun
 
-from lab.peer import ClientPeer
+from lab.peer import ClientPeer, client_token, read_api_key
 from lab.tone import dominant_hz, rms
 from wire.addr import parse_addr_port
 
 
 def emit(doc: dict[str, Any]) -> None:
     print(json.dumps(doc), flush=True)
+
+
+API_KEY: str | None = None  # set from --api-keys / TXR_API_KEYS_FILE at start
+
+
+async def token_for(http: aiohttp.ClientSession, url: str) -> str | None:
+    return await client_token(http, url, API_KEY) if API_KEY else None
 
 
 class Client:
@@ -54,7 +66,7 @@ class Client:
         self.calls.append(peer)
         t0 = time.monotonic()
         try:
-            await peer.start(self.http, url)
+            await peer.start(self.http, url, token=await token_for(self.http, url))
             local, remote = peer.nominated()
             emit({
                 "event": "call", "call": index, "state": "connected", "url": url,
@@ -109,7 +121,7 @@ async def once(url: str, frames: int) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         peer = ClientPeer(want_frames=frames)
         try:
-            await peer.start(http, url)
+            await peer.start(http, url, token=await token_for(http, url))
             await asyncio.wait_for(peer.got_frames.wait(), 20)
             local, remote = peer.nominated()
             tail = peer.frames[-40:]
@@ -163,8 +175,13 @@ async def main(urls: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--once"] and len(sys.argv) in (3, 4):
-        frames = int(sys.argv[3]) if len(sys.argv) == 4 else 50
-        print(json.dumps(asyncio.run(once(sys.argv[2], frames))))
+    args = sys.argv[1:]
+    keys_file = os.environ.get("TXR_API_KEYS_FILE")
+    if args[:1] == ["--api-keys"] and len(args) >= 2:
+        keys_file, args = args[1], args[2:]
+    API_KEY = read_api_key(keys_file)
+    if args[:1] == ["--once"] and len(args) in (2, 3):
+        frames = int(args[2]) if len(args) == 3 else 50
+        print(json.dumps(asyncio.run(once(args[1], frames))))
         sys.exit(0)
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(asyncio.run(main(args)))

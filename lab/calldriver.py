@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from lab.edge import EdgeLab, LabError
+from lab.peer import LAB_KEYS_FILE
 
 
 class CallDriver:
@@ -17,9 +18,12 @@ class CallDriver:
 
     def __init__(self, lab: EdgeLab, urls: list[str]) -> None:
         self.log = lab.tmpdir / f"callclient-{time.monotonic_ns()}.log"
+        # The lab's API keys file (lab.peer.lab_key_file), when its transceivers use one.
+        keys = lab.tmpdir / LAB_KEYS_FILE
+        auth = ["--api-keys", str(keys)] if keys.exists() else []
         with self.log.open("wb") as err:
             self.proc = lab.spawn_client(
-                [sys.executable, "-m", "lab.callclient", *urls],
+                [sys.executable, "-m", "lab.callclient", *auth, *urls],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,

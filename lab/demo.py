@@ -3,13 +3,16 @@ a report, teardown.
 
 Builds the EdgeLab (lab/edge.py): a client namespace reaching the VIP over an ECMP route through
 two relays (XDP program loaded by `relayctl load`, each with `relayctl run` syncing from Redis),
-two transceivers (`transceiver serve --redis`, they register themselves), and a private
+two transceivers (`transceiver serve --redis`, they register themselves; signaling needs the
+API key of a key file in the lab's temp dir, lab.peer.lab_key_file), and a private
 redis-server in a temp dir. Then places a few standard aiortc calls from the client namespace
 (the client only ever sees the VIP as the transceiver's address), lets the audio be echoed,
 measures round trips through the relay (with DEMO_BROWSER=1 also a headless Chromium call
-from the client namespace, lab/browsercall.py), and prints: set-up time, RTP packets each way, RTT,
-which relay and transceiver carried each call, and the relays' counters. Everything is removed
-at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed or its audio did not come back.
+from the client namespace, lab/browsercall.py; every call places with a single-use client
+token minted with that key, as an application server does for a browser), and prints: set-up
+time, RTP packets each way, RTT, which relay and transceiver carried each call, and the relays'
+counters. Everything is removed at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed
+or its audio did not come back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
+from lab.peer import lab_key_file
 from lab.topology import sweep_stale_labs
 
 MAIN_PID = os.getpid()
@@ -72,7 +76,15 @@ def run_calls(lab: EdgeLab, calls: int, seconds: float) -> list[dict[str, Any]]:
 def browser_call(lab: EdgeLab) -> dict[str, Any]:
     """DEMO_BROWSER=1: headless Chromium in the client namespace calls through the VIP."""
     proc = lab.spawn_client(
-        [sys.executable, "-m", "lab.browsercall", lab.txrs[0].url, "50"],
+        [
+            sys.executable,
+            "-m",
+            "lab.browsercall",
+            "--api-keys",
+            str(lab_key_file(lab.tmpdir)),
+            lab.txrs[0].url,
+            "50",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

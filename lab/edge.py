@@ -31,6 +31,7 @@ from typing import Any
 
 from lab import netns
 from lab.base import Lab, edge_host_sysctls, relayctl_path, stop_process
+from lab.peer import lab_key_file
 from lab.redis_server import RedisServer
 from lab.wait import wait_until
 from wire import registry
@@ -337,7 +338,7 @@ class EdgeLab(Lab):
         argv = [exe, "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
                 f"--vip={self.vip}:{self.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
                 f"--redis={self.redis.url}", f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
-                *self.txr_args]  # fmt: skip
+                f"--api-keys={lab_key_file(self.tmpdir)}", *self.txr_args]  # fmt: skip
         log = self.tmpdir / f"txr-{index}-{time.monotonic_ns()}.log"
         with log.open("wb") as err:
             proc = self.spawn(t.ns, argv, stdout=subprocess.PIPE, stderr=err)

@@ -22,6 +22,7 @@ import queue
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -33,6 +34,7 @@ from lab.tone import OpusToneTrack, ToneTrack
 from transceiver import aiortc_seam as seam
 
 CALLS_PATH = "/v1/calls"
+TOKENS_PATH = "/v1/tokens"
 SETUP_TIMEOUT = 20.0
 
 
@@ -58,6 +60,40 @@ class CallRefused(RuntimeError):
         super().__init__(f"POST {CALLS_PATH} answered {status}: {body.strip()[:200]}")
         self.status = status
         self.body = body
+
+
+def auth_header(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def client_token(http: aiohttp.ClientSession, url: str, api_key: str) -> str:
+    """What an application server does for a browser: mint a single-use client token."""
+    async with http.post(f"{url}{TOKENS_PATH}", headers=auth_header(api_key)) as resp:
+        if resp.status != 201:
+            raise CallRefused(resp.status, await resp.text())
+        return str((await resp.json())["value"])
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The first key of an API keys file (the lab's clients act as the application server)."""
+    if not path:
+        return None
+    from transceiver.auth import read_key_file
+
+    return read_key_file(path)[0]
+
+
+LAB_KEYS_FILE = "api-keys"
+
+
+def lab_key_file(tmpdir: Path) -> Path:
+    """A lab's API keys file (one fresh key, mode 0600), made once: its transceivers get
+    `--api-keys` it, its clients (lab.callclient) mint client tokens with it."""
+    from transceiver.auth import write_key_file
+
+    path = Path(tmpdir) / LAB_KEYS_FILE
+    write_key_file(path)
+    return path
 
 
 class ClientPeer:
@@ -112,14 +148,19 @@ class ClientPeer:
         return self.offer_sdp
 
     async def post(
-        self, http: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
     ) -> str:
-        """POST the offer and apply the answer; raises CallRefused on anything but 201."""
+        """POST the offer and apply the answer; raises CallRefused on anything but 201.
+        `token`: an API key or a client token (`Authorization: Bearer`)."""
         if not self.offer_sdp:
             await self.make_offer()
         self.url = url
         t0 = time.perf_counter()
-        sent = {"Content-Type": "application/sdp", **(headers or {})}
+        sent = {"Content-Type": "application/sdp", **auth_header(token), **(headers or {})}
         async with http.post(f"{url}{CALLS_PATH}", data=self.offer_sdp, headers=sent) as resp:
             body = await resp.text()
             if resp.status != 201:
@@ -138,10 +179,11 @@ class ClientPeer:
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
         timeout: float = SETUP_TIMEOUT,
     ) -> None:
         """Offer, POST, answer, and wait until connected (raises on failure or timeout)."""
-        await self.post(http, url, headers)
+        await self.post(http, url, headers, token)
         await self.wait_state("connected", timeout=timeout)
         self.setup_ms = (time.perf_counter() - self._t0) * 1000
 
@@ -274,12 +316,13 @@ async def call(
     base: str,
     want_frames: int = 50,
     headers: Mapping[str, str] | None = None,
+    token: str | None = None,
 ) -> ClientPeer:
     """Offer, POST, apply the answer; returns once the answer is applied (not yet connected).
     A refusal raises CallRefused; the peer is closed then."""
     peer = await make_offer(want_frames)
     try:
-        await peer.post(http, base, headers)
+        await peer.post(http, base, headers, token)
     except BaseException:
         await peer.close()
         raise

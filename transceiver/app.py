@@ -238,7 +238,12 @@ def load_app(spec: str) -> CallApp:
         raise ValueError(f"app must be echo, pcm-echo or module:attr, got {spec!r}")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-        app = obj() if callable(obj) and not isinstance(obj, CallApp) else obj
+        # A class also passes isinstance(obj, CallApp) (it has the attributes), so test for
+        # a class first: a class or a factory is called, an instance is used as it is.
+        if isinstance(obj, type) or (callable(obj) and not isinstance(obj, CallApp)):
+            app = obj()
+        else:
+            app = obj
     except (ImportError, AttributeError, TypeError) as exc:
         raise ValueError(f"cannot load app {spec}: {exc}") from None
     if not isinstance(app, CallApp) or app.media not in ("opus", "pcm"):

@@ -9,7 +9,7 @@ import signal
 
 import click
 
-from transceiver import defaults
+from transceiver import auth, defaults, limits
 from transceiver.aiortc_seam import SeamError
 from transceiver.config import Settings
 from transceiver.keys import parse_key
@@ -225,6 +225,62 @@ def main() -> None:
     "from any other source are dropped and counted.",
 )
 # --- end txr8 ---
+# --- signaling: credentials and limits (transceiver/auth.py, transceiver/limits.py) ---------
+@click.option(
+    "--api-keys",
+    metavar="FILE",
+    envvar=auth.ENV_KEYS_FILE,
+    type=click.Path(dir_okay=False),
+    help="API keys for POST /v1/calls and /v1/tokens, one a line, # comments (env "
+    f"{auth.ENV_KEYS_FILE}); never a key on the command line.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Anyone who reaches --listen may place calls: local development only (logged loudly).",
+)
+@click.option(
+    "--token-ttl",
+    default=auth.DEFAULT_TOKEN_TTL,
+    type=click.FloatRange(1, auth.MAX_TOKEN_TTL),
+    show_default=True,
+    help="Lifetime of a client token from POST /v1/tokens (seconds; single use).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    help=f"HTTP connections at once [default: {limits.MAX_CONNECTIONS}, and "
+    f"{limits.FD_RESERVE} below RLIMIT_NOFILE].",
+)
+@click.option(
+    "--header-timeout",
+    default=limits.HEADER_TIMEOUT,
+    type=click.FloatRange(0.1),
+    show_default=True,
+    help="Close a connection that has sent no complete request head for this long (seconds).",
+)
+@click.option(
+    "--body-timeout",
+    default=limits.BODY_TIMEOUT,
+    type=click.FloatRange(0.1),
+    show_default=True,
+    help="Answer 408 to a POST whose body takes longer than this (seconds).",
+)
+@click.option(
+    "--post-rate",
+    default=limits.POST_RATE,
+    type=click.FloatRange(0),
+    show_default=True,
+    help="POSTs a second per client address (0: unlimited); beyond it 429.",
+)
+@click.option(
+    "--post-burst",
+    default=limits.POST_BURST,
+    type=click.IntRange(1),
+    show_default=True,
+    help="POSTs per client address at once, before --post-rate applies.",
+)
+# --- end of signaling options ------------------------------------------------------------------
 @click.option(
     "--log-level",
     default="info",
@@ -233,13 +289,20 @@ def main() -> None:
     help="How much to log (stderr).",
 )
 def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) -> None:
-    """Serve calls: POST /v1/calls, DELETE /v1/calls/<id>, GET /healthz, GET /metrics, GET /.
+    """Serve calls: POST /v1/calls, POST /v1/tokens, DELETE /v1/calls/<id>, GET /healthz,
+    GET /readyz, GET /metrics, GET /. POSTs need an API key (--api-keys) or a client token.
 
     SIGTERM drains: new offers get 503, running calls go on until they end or --drain-timeout
     passes, then the process deregisters and exits. A second signal skips the wait.
     """
+    # No input, and no accept-retry loop, floods the log: the process's one handler collapses
+    # repeats (a root logger someone else configured, e.g. under a test runner, is left alone).
+    handler = logging.StreamHandler()
+    handler.addFilter(limits.RepeatFilter())
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        handlers=[handler],
     )
     if opts["key"] is not None and opts["key_id"] is None:
         raise click.UsageError("--key needs --key-id")

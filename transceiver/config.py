@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transceiver import defaults
+from transceiver import auth, defaults, limits
 from transceiver.paths import Addr
 
 
@@ -35,3 +35,12 @@ class Settings:
     # Relays whose tunnel datagrams we take besides those registered in Redis (relays.py).
     relays: list[str] = field(default_factory=list)
     media_path: str = defaults.MEDIA_PATH  # Opus apps: "fast" (transceiver/fastpath.py), "aiortc"
+    # signaling (transceiver/auth.py, transceiver/limits.py); neither keys nor no_auth: refused
+    api_keys: str | None = None  # the API keys file
+    no_auth: bool = False  # local development only: anyone may place calls
+    token_ttl: float = auth.DEFAULT_TOKEN_TTL
+    max_connections: int | None = None  # None: limits.MAX_CONNECTIONS, below the fd limit
+    header_timeout: float = limits.HEADER_TIMEOUT
+    body_timeout: float = limits.BODY_TIMEOUT
+    post_rate: float = limits.POST_RATE  # per client address; 0 = unlimited
+    post_burst: int = limits.POST_BURST

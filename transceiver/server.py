@@ -1,34 +1,139 @@
-"""WHIP-style signaling (RFC 9725) over aiohttp, plus health, metrics and the demo page."""
+"""WHIP-style signaling (RFC 9725) over aiohttp, plus health, metrics and the demo page.
+
+Who may do what (transceiver/auth.py, docs/security-signaling.md): POST /v1/calls needs an API
+key or a single-use client token; POST /v1/tokens (mint a client token) needs an API key; a
+call's resource URL (`Location`) carries a per-call secret, and only its holder (or an API key)
+may PATCH or DELETE it. Every client address has a POST budget (429 beyond it); connections are
+bounded and must send their request in time (transceiver/limits.py). No input gets a 5xx: 503 is
+only "full/draining/no routing key", never a reaction to what was sent.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from transceiver import defaults
+from transceiver.auth import Authenticator, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
+from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
 from transceiver.metrics import Metrics
 from transceiver.sdp import MAX_OFFER_BYTES, OfferError
 
+log = logging.getLogger(__name__)
+
 STATIC_DIR = Path(__file__).parent / "static"
 CALLS_PATH = "/v1/calls"
+TOKENS_PATH = "/v1/tokens"
+REALM = 'Bearer realm="webrtc-edge"'
+UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+MAX_TOKEN_REQUEST = 1024
 
 _MANAGER = web.AppKey("manager", CallManager)
 _METRICS = web.AppKey("metrics", Metrics)
+_AUTH = web.AppKey("auth", Authenticator)
+_SIGNALING = web.AppKey("signaling", object)
 
 
 def _text(status: int, reason: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", headers=headers)
 
 
+class Signaling:
+    """What the handlers share besides the call manager: limits, counters, the resource key."""
+
+    def __init__(
+        self,
+        metrics_: Metrics,
+        *,
+        guard: ConnectionGuard | None,
+        rate: RateLimiter | None,
+        body_timeout: float,
+    ) -> None:
+        self.guard = guard
+        self.rate = rate
+        self.body_timeout = body_timeout
+        # Resource secrets are HMAC(process key, call id): nothing to store or clean up.
+        self.resource_key = os.urandom(32)
+        self.refused = Counter(
+            "txr_http_refused",
+            "HTTP requests refused or connections closed, by reason",
+            ["reason"],
+            registry=metrics_.registry,
+        )
+
+    def count(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
+    def secret(self, call_id: str) -> str:
+        mac = hmac.new(self.resource_key, call_id.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def resource(self, call_id: str) -> str:
+        return f"{CALLS_PATH}/{call_id}.{self.secret(call_id)}"
+
+
+def _sig(request: web.Request) -> Signaling:
+    return request.app[_SIGNALING]  # type: ignore[return-value]
+
+
+def _unauthorized(sig: Signaling, exc: Unauthorized) -> web.Response:
+    sig.count(f"auth_{exc.label}")
+    error = "invalid_request" if exc.label == "missing" else "invalid_token"
+    return _text(401, exc.reason, **{"WWW-Authenticate": f'{REALM}, error="{error}"'})
+
+
+def _rate_limited(request: web.Request) -> web.Response | None:
+    sig = _sig(request)
+    if sig.rate is None:
+        return None
+    wait = sig.rate.take(request.remote or "?")
+    if not wait:
+        return None
+    sig.count("rate_limited")
+    return _text(429, "too many requests", **{"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def _body(request: web.Request) -> bytes | web.Response:
+    """The body, or the answer to give when it does not come in time (408)."""
+    try:
+        return await asyncio.wait_for(request.read(), _sig(request).body_timeout)
+    except TimeoutError:
+        _sig(request).count("body_timeout")
+        return _text(408, "request body too slow", Connection="close")
+
+
 async def post_call(request: web.Request) -> web.Response:
     manager = request.app[_MANAGER]
+    sig = _sig(request)
+    if (limited := _rate_limited(request)) is not None:
+        return limited
     if request.content_type != "application/sdp":
+        sig.count("content_type")
         return _text(415, "Content-Type must be application/sdp")
+    if request.charset is not None and request.charset.lower() not in UTF8:
+        sig.count("content_type")
+        return _text(415, "an SDP offer is UTF-8 text (charset=utf-8 or none)")
     try:
-        offer = await request.text()
+        await request.app[_AUTH].caller(bearer(request.headers))
+    except Unauthorized as exc:
+        return _unauthorized(sig, exc)
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        offer = body.decode("utf-8")
     except UnicodeDecodeError:
         return _text(400, "offer is not UTF-8 text")
     try:
@@ -41,20 +146,84 @@ async def post_call(request: web.Request) -> web.Response:
         status=201,
         body=answer.encode(),
         content_type="application/sdp",
-        headers={"Location": f"{CALLS_PATH}/{session.id}"},
+        headers={"Location": sig.resource(session.id)},
+    )
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """Mint a single-use client token (for a browser) with an API key: `{"value", "expires_at"}`.
+    Optional JSON body `{"ttl": seconds}` asks for a shorter life than the configured one."""
+    auth = request.app[_AUTH]
+    sig = _sig(request)
+    if (limited := _rate_limited(request)) is not None:
+        return limited
+    if not auth.enabled:
+        sig.count("tokens_disabled")
+        return _text(404, "no client tokens with --no-auth")
+    try:
+        who = auth.api_key(bearer(request.headers))
+    except Unauthorized as exc:
+        return _unauthorized(sig, exc)
+    if request.content_length is not None and request.content_length > MAX_TOKEN_REQUEST:
+        return _text(413, f"a token request is at most {MAX_TOKEN_REQUEST} bytes")
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    ttl = None
+    if body.strip():
+        try:
+            doc = json.loads(body)
+            ttl = doc.get("ttl") if isinstance(doc, dict) else False
+        except (ValueError, UnicodeDecodeError):
+            ttl = False
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= 86400
+        ):
+            return _text(400, 'body must be empty or {"ttl": seconds (1..)}')
+    value, expires_at = auth.mint(ttl, kid=who.kid)
+    return web.json_response({"value": value, "expires_at": expires_at}, status=201)
+
+
+def _call_resource(request: web.Request) -> tuple[str | None, web.Response | None]:
+    """(call id, None) if the caller holds the call's resource URL or an API key, else
+    (None, the answer: 404 unknown call, 401 no or a wrong secret)."""
+    sig = _sig(request)
+    call_id, _, secret = request.match_info["resource"].partition(".")
+    if call_id not in request.app[_MANAGER].sessions:
+        return None, _text(404, "no such call")
+    if secret and hmac.compare_digest(secret.encode(), sig.secret(call_id).encode()):
+        return call_id, None
+    cred = bearer(request.headers)
+    auth = request.app[_AUTH]
+    if cred is not None and auth.enabled:
+        try:
+            auth.api_key(cred)
+            return call_id, None
+        except Unauthorized as exc:
+            return None, _unauthorized(sig, exc)
+    sig.count("auth_bad_resource")
+    return None, _text(
+        401,
+        "use the call's resource URL (Location of the POST) or an API key",
+        **{"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
     )
 
 
 async def delete_call(request: web.Request) -> web.Response:
-    if await request.app[_MANAGER].delete(request.match_info["call_id"]):
+    call_id, refusal = _call_resource(request)
+    if refusal is not None:
+        return refusal
+    assert call_id is not None
+    if await request.app[_MANAGER].delete(call_id):
         return web.Response(status=204)
     return _text(404, "no such call")
 
 
 async def patch_call(request: web.Request) -> web.Response:
     # Trickle ICE / ICE restarts (RFC 9725 §4.3) are not supported: the answer is complete.
-    if request.match_info["call_id"] not in request.app[_MANAGER].sessions:
-        return _text(404, "no such call")
+    _, refusal = _call_resource(request)
+    if refusal is not None:
+        return refusal
     return _text(405, "trickle ICE and ICE restarts are not supported", Allow="DELETE")
 
 
@@ -88,13 +257,43 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page)
 
 
-def make_app(manager: CallManager, metrics_: Metrics) -> web.Application:
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _track(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Marks the connection busy while its request is in a handler (ConnectionGuard)."""
+    guard = _sig(request).guard
+    conn = guard.enter(request.protocol) if guard is not None else None
+    try:
+        return await handler(request)
+    finally:
+        if guard is not None:
+            guard.leave(conn)
+
+
+def make_app(
+    manager: CallManager,
+    metrics_: Metrics,
+    *,
+    auth: Authenticator | None = None,
+    guard: ConnectionGuard | None = None,
+    rate: RateLimiter | None = None,
+    body_timeout: float = BODY_TIMEOUT,
+) -> web.Application:
+    """`auth=None` is --no-auth (anyone may place calls): callers must choose it explicitly."""
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[_track])
     app[_MANAGER] = manager
     app[_METRICS] = metrics_
+    app[_AUTH] = auth if auth is not None else Authenticator(None)
+    sig = Signaling(metrics_, guard=guard, rate=rate, body_timeout=body_timeout)
+    app[_SIGNALING] = sig
+    if guard is not None:
+        guard.on_refuse = sig.count
     app.router.add_post(CALLS_PATH, post_call)
-    app.router.add_delete(CALLS_PATH + "/{call_id}", delete_call)
-    app.router.add_patch(CALLS_PATH + "/{call_id}", patch_call)
+    app.router.add_post(TOKENS_PATH, post_token)
+    app.router.add_delete(CALLS_PATH + "/{resource}", delete_call)
+    app.router.add_patch(CALLS_PATH + "/{resource}", patch_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -102,3 +301,27 @@ def make_app(manager: CallManager, metrics_: Metrics) -> web.Application:
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR)
     return app
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose connections go through a ConnectionGuard."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
+        super().__init__(runner, host, port, backlog=ACCEPT_BACKLOG)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._guard.close()
+        await super().stop()

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from transceiver import aiortc_seam, defaults
+from transceiver import aiortc_seam, auth, defaults, limits
 from transceiver.app import CallApp, load_app
 from transceiver.calls import CallManager
 from transceiver.config import Settings
@@ -24,7 +24,7 @@ from transceiver.mux import SocketMux
 from transceiver.paths import Addr
 from transceiver.registry import RegistryAgent
 from transceiver.relays import KnownRelays
-from transceiver.server import make_app
+from transceiver.server import GuardedSite, make_app
 from wire import registry as wreg
 from wire.addr import ANY_HOST
 
@@ -46,6 +46,21 @@ class TransceiverService:
         if settings.media_path not in ("fast", "aiortc"):
             raise ConfigError(f"media path must be fast or aiortc, got {settings.media_path!r}")
         self.metrics = Metrics()
+        self._spent = None
+        if settings.redis_url and not settings.no_auth:
+            # single use of client tokens across the cluster (transceiver/auth.py)
+            self._spent = auth.RedisSpent(
+                settings.redis_url, settings.redis_prefix, defaults.REDIS_TIMEOUT
+            )
+        try:
+            self.auth = auth.load(
+                settings.api_keys,
+                no_auth=settings.no_auth,
+                spend=self._spent,
+                token_ttl=settings.token_ttl,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.keyring = Keyring()
         if settings.key is not None:
             kid = 0 if settings.key_id is None else settings.key_id
@@ -156,9 +171,24 @@ class TransceiverService:
             if s.redis_url:
                 self.registry = self._registry_agent()
                 await self.registry.start()
-            self._runner = web.AppRunner(make_app(self.manager, self.metrics), access_log=None)
+            soft, _ = limits.raise_nofile()
+            guard = limits.ConnectionGuard(
+                limits.connection_limit(s.max_connections), s.header_timeout
+            )
+            log.info("HTTP: at most %d connections (RLIMIT_NOFILE %d)", guard.limit, soft)
+            http_app = make_app(
+                self.manager,
+                self.metrics,
+                auth=self.auth if self.auth.enabled else None,
+                guard=guard,
+                rate=limits.RateLimiter(s.post_rate, s.post_burst),
+                body_timeout=s.body_timeout,
+            )
+            self._runner = web.AppRunner(
+                http_app, access_log=None, keepalive_timeout=s.header_timeout
+            )
             await self._runner.setup()
-            site = web.TCPSite(self._runner, s.http[0], s.http[1])
+            site = GuardedSite(self._runner, s.http[0], s.http[1], guard)
             try:
                 await site.start()
             except OSError as exc:
@@ -199,6 +229,9 @@ class TransceiverService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._spent is not None:
+            self._spent.close()
+            self._spent = None
         if self._udp is not None:
             self.mux.sock = None
             self._udp.close()

@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 from lab import netns
+from lab.peer import lab_key_file
 from lab.pods import KUBERNETES, PodHandle, PodLab, find, pod_of, podman_names
 from lab.wait import wait_until
 
@@ -36,7 +37,10 @@ class Stack:
             "RELAYCTL_NAME": lab.name,  # pins under /sys/fs/bpf/<lab prefix>: no collisions
             "RELAY_IFACES": "rc rt",  # the node's client-facing and cluster-facing links
         }
-        self.docs = lab.overlay(OVERLAY, images, config, {"redis-auth": REDIS_AUTH})
+        # The API keys Secret an operator creates; the lab's clients use the same key file.
+        api_keys = {"api-keys": lab_key_file(lab.tmpdir).read_text().split()[-1]}
+        secrets_ = {"redis-auth": REDIS_AUTH, "transceiver-api-keys": api_keys}
+        self.docs = lab.overlay(OVERLAY, images, config, secrets_)
         self.redis: PodHandle | None = None
         self.relay: PodHandle | None = None
         self.txrs: dict[str, PodHandle] = {}

@@ -37,6 +37,7 @@ async def serve() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     proc = await asyncio.create_subprocess_exec(
         str(EXE), "serve", "--listen=127.0.0.1:0", "--udp=127.0.0.1:0", f"--id={POD_IP}",
         "--cluster=3", "--key-id=2", f"--key={key}", "--capacity=1", "--drain-timeout=30",
+        "--no-auth",  # credentials: tests/transceiver/test_signaling_*.py
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "TXR_VIPS": VIPS, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

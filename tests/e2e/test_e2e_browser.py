@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lab.edge import EdgeLab
+from lab.peer import lab_key_file
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -19,7 +20,15 @@ def test_chromium_call_through_the_relay(lab: EdgeLab) -> None:
         pytest.fail("/usr/bin/chromium is missing: run `make install` (Debian package chromium)")
     before = [lab.stats(r.index) for r in lab.relays]
     proc = lab.spawn_client(
-        [sys.executable, "-m", "lab.browsercall", lab.txrs[1].url, "50"],
+        [
+            sys.executable,
+            "-m",
+            "lab.browsercall",
+            "--api-keys",
+            str(lab_key_file(lab.tmpdir)),
+            lab.txrs[1].url,
+            "50",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -25,6 +25,7 @@ def settings(**overrides: object) -> Settings:
         key_id=TEST_KEY_ID,
         key=TEST_KEY,
         capacity=20,
+        no_auth=True,  # the signaling tests (test_signaling_*.py) give their own keys
     )
     for k, v in overrides.items():
         setattr(base, k, v)

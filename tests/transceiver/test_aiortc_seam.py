@@ -76,7 +76,9 @@ async def test_the_service_refuses_to_start_when_a_touch_moved(
     from transceiver.config import Settings
 
     monkeypatch.delattr(RTCDtlsTransport, "_set_role")
-    service = TransceiverService(Settings(http=("127.0.0.1", 0), udp=("127.0.0.1", 0)))
+    service = TransceiverService(
+        Settings(http=("127.0.0.1", 0), udp=("127.0.0.1", 0), no_auth=True)
+    )
     with pytest.raises(seam.SeamError, match="DTLS role"):
         await service.start()
     assert service.mux.transport is None  # refused before binding anything

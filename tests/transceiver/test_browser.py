@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.calls import Running, stock_server, transceiver_server
 from lab.browsercall import ARGS as CHROMIUM_ARGS  # one set of Chromium flags
-from lab.browsercall import CHROMIUM
+from lab.browsercall import CHROMIUM, mint_token
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -60,10 +60,24 @@ def running_server(kind: str, capacity: int = 4) -> Iterator[str]:
     if kind == "transceiver" and not (VENV_BIN / "transceiver").exists():
         pytest.fail("`transceiver` is not installed in the venv: run `make install`")
     server = stock_server(capacity) if kind == "stock" else transceiver_server("echo", capacity)
-    with Running(server) as (_pid, base):
+    running = Running(server)
+    with running as (_pid, base):
         status, body = get(f"{base}/healthz")
         assert status == 200, body
+        API_KEYS[base] = running.api_key
         yield base
+
+
+API_KEYS: dict[str, str | None] = {}  # base URL -> the server's API key (None: stock aiortc)
+
+
+def goto(page: object, base: str) -> None:
+    """Open the page the way an application serves it: a fresh client token for every call,
+    minted with the server's API key (the key never reaches the browser)."""
+    key = API_KEYS.get(base)
+    if key:
+        page.expose_function("getEdgeToken", lambda: mint_token(base, key))  # type: ignore[attr-defined]
+    page.goto(f"{base}/")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(params=["transceiver", "stock"])
@@ -97,7 +111,7 @@ def test_page_calls_hears_its_echo_and_hangs_up(server: str, page: object) -> No
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     before = metric_values(server)
 
-    page.goto(f"{server}/")
+    goto(page, server)
     assert page.evaluate("window.callState") == "idle"
     page.click("#call")
 
@@ -158,7 +172,7 @@ def test_page_shows_a_refused_call(kind: str, page: object) -> None:
 
     assert isinstance(page, Page)
     with running_server(kind, capacity=0) as base:
-        page.goto(f"{base}/")
+        goto(page, base)
         page.click("#call")
         page.wait_for_function("window.callState === 'failed'", timeout=30_000)
         error = page.evaluate("window.callError")

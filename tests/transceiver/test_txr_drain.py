@@ -45,6 +45,7 @@ async def serve() -> AsyncIterator[Callable[..., object]]:
             "serve",
             "--listen=127.0.0.1:0",
             "--udp=127.0.0.1:0",
+            "--no-auth",  # credentials: test_signaling_*.py
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab import netns
+from lab.peer import lab_key_file
 from lab.topology import RelayLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
@@ -45,6 +46,7 @@ def served(lab: RelayLab, tmp_path: Path) -> Iterator[str]:
                 f"--vip={lab.vip}:{lab.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
                 f"--key-id={lab.key_id}", f"--key={lab.key.hex()}",
                 f"--relay-tunnel-port={lab.tunnel_port}", f"--relay={lab.tunnel_addr}",
+                f"--api-keys={lab_key_file(lab.tmpdir)}",
             ],
             stdout=subprocess.PIPE,
             stderr=err,
@@ -64,7 +66,16 @@ def test_call_through_the_xdp_relay(lab: RelayLab, served: str) -> None:
     before = lab.stats()
     out = netns.run(
         lab.client_ns,
-        [sys.executable, "-m", "lab.callclient", "--once", served, "100"],
+        [
+            sys.executable,
+            "-m",
+            "lab.callclient",
+            "--api-keys",
+            str(lab_key_file(lab.tmpdir)),
+            "--once",
+            served,
+            "100",
+        ],
         timeout=90,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
