@@ -28,7 +28,7 @@ from control.errors import RelayctlError
 from control.events import RegistryEvents
 from control.flowexport import FlowExporter
 from control.metrics import Metrics
-from control.sync import RegistrySync
+from control.sync import RegistrySync, key_fingerprint
 from datapath import DatapathError
 from datapath.maps import RelayMaps, fd_info, obj_get, read_config
 from datapath.slowpath import SlowPath
@@ -83,6 +83,8 @@ class Controller:
         self._rewrite_flows = False
         self._last_problems: list[str] = []
         self._announced_at: float | None = None
+        self._loaded_keys: tuple[tuple[int, str], ...] = ()  # announced: keys rotate safely
+        self._announced_keys: tuple[tuple[int, str], ...] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -283,6 +285,8 @@ class Controller:
             self._last_problems = result.problems
         self.metrics.sync_passes.labels("ok").inc()
         self.metrics.transceivers.set(len(result.outcome.state.transceivers))
+        keys = result.outcome.state.keys
+        self._loaded_keys = tuple((k, key_fingerprint(keys[k])) for k in sorted(keys))
         self.metrics.draining.set(result.draining)
         self.metrics.synced()
 
@@ -306,16 +310,20 @@ class Controller:
         if self.redis_ok is False:
             return
         now = time.monotonic()
-        if self._announced_at is not None and now - self._announced_at < RELAY_REFRESH:
+        fresh = self._announced_at is not None and now - self._announced_at < RELAY_REFRESH
+        if fresh and self._announced_keys == self._loaded_keys:  # a new key: say so at once
             return
         cfg = read_config(self.maps)
         if not cfg.tunnel_port:
             return  # loaded without a tunnel: nothing to announce
         rec = registry.RelayRecord(
-            f"{socket.gethostname()}/{self.opts.name}", f"{cfg.tunnel_addr}:{cfg.tunnel_port}"
+            f"{socket.gethostname()}/{self.opts.name}",
+            f"{cfg.tunnel_addr}:{cfg.tunnel_port}",
+            keys=self._loaded_keys,
         )
         registry.register_relay(self.redis, rec, RELAY_TTL, prefix=self.opts.prefix)
         self._announced_at = now
+        self._announced_keys = self._loaded_keys
 
 
 def _notify_ready() -> None:

@@ -14,3 +14,4 @@ REDIS_TIMEOUT = 2.0  # the loop's own Redis calls: never block a pass for long
 SLOW_PATH_REDIS_TIMEOUT = 0.5  # per slow-path batch: packets are waiting
 CLI_REDIS_TIMEOUT = 5.0  # one-shot commands (map sync)
 WATCH_INTERVAL = 1.0  # map sync --watch
+KEY_RETIRE_MIN_AGE = 6 * 3600.0  # keys retire: seconds since a key stopped being current

@@ -9,10 +9,14 @@ Redis (prefix default "edge"):
                                        hash has expired are pruned by readers
   hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
   string  {prefix}:keys:current        the key id transceivers mint with
+  hash    {prefix}:keys:history        "<key id>" -> unix time it stopped being current, and
+                                       "added:<key id>" -> when it was added (relayctl keys)
   channel {prefix}:events              a JSON message on every change (readers poll anyway)
   hash    {prefix}:relay:{tunnel ip}  name, tunnel "ip:port", updated: a relay's tunnel source, so
                                        transceivers take tunnel datagrams only from relays; EXPIREs
-                                       (RELAY_TTL, long: the data plane outlives its controller)
+                                       (RELAY_TTL, long: the data plane outlives its controller);
+                                       keys "<id>=<fingerprint>,..." loaded in its map (a
+                                       rotation promotes a key only once every relay has it)
   set     {prefix}:relays              the tunnel ip of every registered relay (pruned like txrs)
   string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
                                        "cluster:id" of a flow learned by a relay, with a TTL:
@@ -30,6 +34,7 @@ from typing import Any
 
 from wire.addr import parse_addr_port
 from wire.defaults import REDIS_PREFIX, REGISTRY_TTL, RELAY_TTL
+from wire.redisconn import RedisConfigError, read_secret_file
 from wire.ufrag import KEY_LEN, MAX_KEY_ID
 
 
@@ -127,20 +132,67 @@ def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = REDIS_PREFIX) ->
 
 def set_key(r: Any, key_id: int, key: bytes, *, prefix: str = REDIS_PREFIX) -> None:
     _check_key(key_id, key)
-    r.hset(f"{prefix}:keys", str(key_id), key.hex())
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(f"{prefix}:keys", str(key_id), key.hex())
+    pipe.hset(history_key(prefix), f"added:{key_id}", repr(time.time()))
+    pipe.execute()
     _publish(r, prefix, "key", key_id=key_id)
 
 
+def add_key(r: Any, key_id: int, key: bytes, *, prefix: str = REDIS_PREFIX) -> bool:
+    """Like set_key, but never over a key already in the slot (calls may still use it):
+    False when the slot is taken."""
+    _check_key(key_id, key)
+    if not r.hsetnx(f"{prefix}:keys", str(key_id), key.hex()):
+        return False
+    r.hset(history_key(prefix), f"added:{key_id}", repr(time.time()))
+    _publish(r, prefix, "key", key_id=key_id)
+    return True
+
+
 def remove_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
-    r.hdel(f"{prefix}:keys", str(key_id))
+    pipe = r.pipeline(transaction=True)
+    pipe.hdel(f"{prefix}:keys", str(key_id))
+    pipe.hdel(history_key(prefix), str(key_id), f"added:{key_id}")
+    pipe.execute()
     _publish(r, prefix, "key", key_id=key_id)
 
 
 def set_current_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
+    """Make `key_id` the key transceivers mint with; the one it replaces is stamped in
+    `{prefix}:keys:history` (retiring it is safe only a call's lifetime later)."""
     if not 0 <= key_id <= MAX_KEY_ID:
         raise RegistryError(f"key id {key_id} is not 0..{MAX_KEY_ID}")
-    r.set(f"{prefix}:keys:current", str(key_id))
+    old = r.get(f"{prefix}:keys:current")
+    pipe = r.pipeline(transaction=True)
+    if old is not None and _s(old) != str(key_id):
+        pipe.hset(history_key(prefix), _s(old), repr(time.time()))
+    pipe.set(f"{prefix}:keys:current", str(key_id))
+    pipe.hdel(history_key(prefix), str(key_id))  # current now: not "stopped being current"
+    pipe.execute()
     _publish(r, prefix, "current_key", key_id=key_id)
+
+
+def history_key(prefix: str) -> str:
+    return f"{prefix}:keys:history"
+
+
+def read_key_file(path: str | Path) -> tuple[bytes, list[str]]:
+    """A routing key from a file holding its 32 hex chars (one line); warnings when the file is
+    readable by group or others. RegistryError, naming the file, for anything else."""
+    try:
+        text, warnings = read_secret_file(path, "key file")
+    except RedisConfigError as exc:
+        raise RegistryError(str(exc)) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise RegistryError(f"key file {path}: not hex (expected 32 hex chars)") from None
+    if len(key) != KEY_LEN:
+        raise RegistryError(
+            f"key file {path}: {len(key)} bytes, a key is {KEY_LEN} bytes (32 hex chars)"
+        )
+    return key, warnings
 
 
 def _s(v: Any) -> str:
@@ -285,6 +337,7 @@ class RelayRecord:
     name: str  # "<host>/<relay name>", for people
     tunnel: str  # "ip:port" the relay's tunnel datagrams come from
     updated: float = 0.0
+    keys: tuple[tuple[int, str], ...] = ()  # (key id, fingerprint) loaded in its keys map
 
     def __post_init__(self) -> None:
         try:
@@ -319,6 +372,7 @@ def register_relay(
             "name": rec.name,
             "tunnel": rec.tunnel,
             "updated": repr(rec.updated or time.time()),
+            "keys": ",".join(f"{kid}={fp}" for kid, fp in rec.keys),
         },
     )
     pipe.pexpire(name, max(1, int(ttl * 1000)))
@@ -351,7 +405,12 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
             continue
         f = {_s(k): _s(v) for k, v in fields.items()}
         try:
-            rec = RelayRecord(f.get("name", ""), f.get("tunnel", ""), float(f.get("updated", 0)))
+            rec = RelayRecord(
+                f.get("name", ""),
+                f.get("tunnel", ""),
+                float(f.get("updated", 0)),
+                _parse_relay_keys(f.get("keys", "")),
+            )
         except (RegistryError, ValueError) as exc:
             problems.append(f"{relay_key(prefix, ip)}: {exc}")
             continue
@@ -365,6 +424,16 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
             pipe.eval(_PRUNE, 2, relay_key(prefix, ip), relay_index_key(prefix), ip)
         pipe.execute()
     return relays, problems
+
+
+def _parse_relay_keys(text: str) -> tuple[tuple[int, str], ...]:
+    out = []
+    for item in filter(None, text.split(",")):
+        kid, sep, fp = item.partition("=")
+        if not sep or not kid.isdigit():
+            raise RegistryError(f"keys {text!r} is not ID=FINGERPRINT,...")
+        out.append((int(kid), fp))
+    return tuple(out)
 
 
 # --- the flow cache (docs/wire-format.md §6) ------------------------------------------------
