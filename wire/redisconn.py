@@ -140,7 +140,9 @@ def connect(url: str, *, timeout: float, retries: bool = True) -> Any:
 
 
 def redact(url: str) -> str:
-    """The URL without its credentials (redis://user:secret@host -> redis://***@host): logs."""
+    """The URL without credentials or query (redis://user:secret@host/0?ssl_ca_certs=... ->
+    redis://***@host/0): for logs and errors."""
+    url = url.partition("?")[0]
     head, at, tail = url.rpartition("@")
     return f"{head.split('//')[0]}//***@{tail}" if at else url
 

@@ -95,6 +95,20 @@ _PRUNE = (
 )
 
 
+def _prune(r: Any, entries: list[tuple[str, str, str]]) -> None:
+    """Drop (hash, index, member) index members whose hash expired. Best effort: a reader
+    whose ACL user may not write the index (a transceiver reading relays) leaves it to others."""
+    import redis
+
+    pipe = r.pipeline(transaction=False)
+    for name, index, member in entries:
+        pipe.eval(_PRUNE, 2, name, index, member)
+    try:
+        pipe.execute()
+    except redis.exceptions.NoPermissionError:
+        pass
+
+
 def _publish(r: Any, prefix: str, event: str, **data: Any) -> None:
     r.publish(f"{prefix}:events", json.dumps({"event": event, **data}))
 
@@ -259,10 +273,7 @@ def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
             continue
         reg.transceivers[rec.key] = rec
     if gone:
-        pipe = r.pipeline(transaction=False)
-        for member, name in gone:
-            pipe.eval(_PRUNE, 2, name, index_key(prefix), member)
-        pipe.execute()
+        _prune(r, [(name, index_key(prefix), member) for member, name in gone])
     for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
         try:
             k, key = parse_key(kid, hex_key)
@@ -419,10 +430,7 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
             continue
         relays[ip] = rec
     if gone:
-        pipe = r.pipeline(transaction=False)
-        for ip in gone:
-            pipe.eval(_PRUNE, 2, relay_key(prefix, ip), relay_index_key(prefix), ip)
-        pipe.execute()
+        _prune(r, [(relay_key(prefix, ip), relay_index_key(prefix), ip) for ip in gone])
     return relays, problems
 
 
