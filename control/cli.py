@@ -616,6 +616,21 @@ def _decode_keys(
     "[default: one second of --slow-path-rate].",
 )
 @click.option(
+    "--slow-path-source-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_SOURCE_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second from one source address (a flood from it "
+    "cannot use up --slow-path-rate).",
+)
+@click.option(
+    "--slow-path-net-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_NET_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second from one source /24.",
+)
+@click.option(
     "--empty-grace",
     type=click.FloatRange(min=0),
     default=defaults.EMPTY_GRACE,
@@ -638,6 +653,8 @@ def run_command(
     slow_path: bool,
     slow_path_rate: float,
     slow_path_burst: float | None,
+    slow_path_source_rate: float,
+    slow_path_net_rate: float,
     empty_grace: float,
     verbose: bool,
 ) -> None:
@@ -675,6 +692,8 @@ def run_command(
         slow_path=slow_path,
         rate=slow_path_rate,
         burst=slow_path_burst or slow_path_rate,
+        source_rate=slow_path_source_rate,
+        net_rate=slow_path_net_rate,
         empty_grace=empty_grace,
     )
     try:

@@ -52,6 +52,8 @@ class RunOptions:
     slow_path: bool = True
     rate: float = defaults.SLOW_PATH_RATE
     burst: float = defaults.SLOW_PATH_RATE
+    source_rate: float = defaults.SLOW_PATH_SOURCE_RATE
+    net_rate: float = defaults.SLOW_PATH_NET_RATE
     empty_grace: float = defaults.EMPTY_GRACE
 
 
@@ -176,6 +178,8 @@ class Controller:
             burst=self.opts.burst,
             count=self.metrics.count_slow_path,
             on_redis=self._redis_state,
+            source_rate=self.opts.source_rate,
+            net_rate=self.opts.net_rate,
         )
         self._maintain_slow_path()
         self.slow_thread = threading.Thread(target=self.slow.serve, name="slow-path", daemon=True)
@@ -296,7 +300,7 @@ class Controller:
             return  # the sync just failed: do not wait on a second timeout
         if self._rewrite_flows:
             self._rewrite_flows = False
-            self.exporter.cache.clear()
+            self.exporter.forget()
         result = self.exporter.step(self.flow_redis)
         if result.written:
             self.metrics.flow_writes.inc(result.written)
