@@ -14,6 +14,7 @@ The baseline is the previous default, FLOW_BATCH 4,096 entries per pass, in the 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 from typing import Any
 
@@ -92,13 +93,15 @@ def run() -> Table:
             churn.start()
             try:
                 for batch in (OLD_BATCH, defaults.FLOW_BATCH):
-                    r.flushall()
+                    r.flushall(asynchronous=True)
                     exp = FlowExporter(flows, prefix="edge", ttl=ttl, batch=batch)
                     for what in ("first (writes all)", "steady (refreshes due)"):
                         if what.startswith("steady"):  # a third of the TTL later: all due
                             exp.clock = lambda: time.monotonic() + ttl / 3 + 1
                         passes, work, worst, written = _cycle(exp, r)
                         cycle = passes * interval + work
+                        print(f"batch {batch}, {what}: {passes} passes, {work:.1f} s work, "
+                              f"worst {worst * 1000:.0f} ms, {written} SETs", file=sys.stderr)  # fmt: skip
                         table.add(
                             f"{batch:,}" + (" (old default)" if batch == OLD_BATCH else ""),
                             what,
