@@ -9,8 +9,9 @@ bucket index, so LRU evictions under churn never send the walk back to the start
 Fresh within the TTL: a flow written at t is met again within one cycle C after t + TTL/3 and
 re-written, so its key lives as long as C < 2/3 TTL. At 1 M flows a cycle is
 1 M / FLOW_BATCH passes of INTERVAL s (bench/flow_export.py measures it; docs/control-loop.md).
-Writes go out as one pipelined round trip of Lua calls of WRITE_CHUNK SETs each: thousands of
-SETs in one script would stall Redis, thousands of pipelined SETs cost redis-py more than Redis.
+Writes go out as one pipelined round trip of Lua calls (wire.registry.SET_FLOWS) of WRITE_CHUNK
+flows each, packed 18 bytes a flow: Redis formats the keys, which costs it less than Python
+formatting them and redis-py packing them; thousands of SETs in one script would stall Redis.
 The cache keeps per flow its 12 key bytes and one int (value, time written): ~130 bytes a flow.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 from control import defaults
 from datapath import bpfsys
 from datapath.maps import FlowKey, FlowVal, PinnedMap
-from wire.registry import flow_key, flow_value
+from wire.registry import SET_FLOWS, flow_key, flow_record
 
 SYSCALL_BATCH = 8192  # entries read per BPF_MAP_LOOKUP_BATCH
 MAX_CHUNK = 1 << 20
@@ -50,14 +51,6 @@ def redis_key_of(prefix: str, raw: RawFlow) -> str:
         int.from_bytes(raw[10:12], "big"),
     )
 
-
-# KEYS are flow keys, ARGV[1] the TTL in ms, ARGV[i + 1] the value of KEYS[i].
-_SET_ALL = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
-end
-return #KEYS
-"""
 
 _TIME_BITS = 40  # written_at in ms of time.monotonic(): 35 years
 
@@ -187,11 +180,10 @@ class FlowExporter:
 
     def _write(self, r: Any, due: list[tuple[RawFlow, tuple[int, int]]]) -> None:
         if self._script is None or self._script.registered_client is not r:
-            self._script = r.register_script(_SET_ALL)
+            self._script = r.register_script(SET_FLOWS)
         ttl_ms = max(1, int(self.ttl * 1000))
         pipe = r.pipeline(transaction=False)
         for i in range(0, len(due), WRITE_CHUNK):
-            chunk = due[i : i + WRITE_CHUNK]
-            keys = [redis_key_of(self.prefix, raw) for raw, _ in chunk]
-            self._script(keys=keys, args=[ttl_ms, *(flow_value(*v) for _, v in chunk)], client=pipe)
+            blob = b"".join(flow_record(raw, *v) for raw, v in due[i : i + WRITE_CHUNK])
+            self._script(keys=[], args=[self.prefix, ttl_ms, blob], client=pipe)
         pipe.execute()
