@@ -64,6 +64,17 @@ def read_secret_file(path: str | Path, what: str) -> tuple[str, list[str]]:
     return lines[0].strip(), warnings
 
 
+def _read_password(path: str) -> tuple[str | None, list[str]]:
+    """A password file; an empty one (a Secret created before Redis had a password) means no
+    password, said in a warning. Missing or unreadable: RedisConfigError."""
+    try:
+        return read_secret_file(path, "Redis password file")
+    except RedisConfigError as exc:
+        if not str(exc).endswith(": empty"):
+            raise
+        return None, [f"Redis password file {path} is empty: connecting without a password"]
+
+
 def resolve_url(
     url: str | None = None,
     *,
@@ -92,11 +103,13 @@ def resolve_url(
     password_file = password_file or env.get("REDIS_PASSWORD_FILE") or None
     if password is None:
         if password_file:
-            password, more = read_secret_file(password_file, "Redis password file")
+            password, more = _read_password(password_file)
             warnings += more
         elif env.get("REDIS_PASSWORD"):
             password = env["REDIS_PASSWORD"]
-        if user is None and env.get("REDIS_USERNAME"):
+        # A user means nothing without a password (and AUTH user "" fails on a Redis without
+        # ACLs): manifests may set REDIS_USERNAME before the Secret holds a password.
+        if user is None and password is not None and env.get("REDIS_USERNAME"):
             user = env["REDIS_USERNAME"]
     else:
         password = unquote(password)

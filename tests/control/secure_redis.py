@@ -23,7 +23,7 @@ from lab import netns
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_TEMPLATE = ROOT / "deploy" / "redis" / "users.conf"
-USERS = ("relay", "txr-1-7", "keys")
+USERS = ("relay", "txr-1-7", "transceiver", "keys")
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -86,6 +86,13 @@ def test_a_transceiver_cannot_rewrite_keys_or_other_transceivers(sr: SecureRedis
     with pytest.raises(redis.exceptions.NoPermissionError):
         txr.flushall()
     txr.close()
+    # The shared transceiver user (deploy/kubernetes) may write any transceiver entry, no key.
+    shared = client(sr, "transceiver")
+    registry.register(shared, rec(1, 9))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.set_key(shared, 1, secrets.token_bytes(16))
+    registry.deregister(shared, rec(1, 9))
+    shared.close()
     admin = sr.admin()
     assert admin.hgetall("edge:keys") == {b"1": KEY1.hex().encode()}
     assert admin.get("edge:keys:current") == b"1" and not admin.exists("edge:txr:1:8")
@@ -169,9 +176,13 @@ def test_resolve_url_sources_and_errors(tmp_path: Path) -> None:
             resolve_url(bad, environ={})
     with pytest.raises(RedisConfigError, match="No such file"):
         resolve_url("redis://h/0", password_file=str(tmp_path / "none"), environ={})
+    # An empty password file (a Secret made before Redis had a password): no password, no user.
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(RedisConfigError, match="empty"):
-        resolve_url("redis://h/0", password_file=str(tmp_path / "empty"), environ={})
+    (tmp_path / "empty").chmod(0o600)
+    url, w = resolve_url("redis://h/0", password_file=str(tmp_path / "empty"),
+                         environ={"REDIS_USERNAME": "relay"})  # fmt: skip
+    assert url == "redis://h/0" and w == [f"Redis password file {tmp_path}/empty is empty: "
+                                          "connecting without a password"]  # fmt: skip
 
 
 def test_relayctl_keys_needs_the_keys_user(sr: SecureRedis) -> None:
