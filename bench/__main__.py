@@ -29,6 +29,7 @@ BENCHMARKS = (
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
     ("bench.calls", "Transceiver calls per core"),
     ("bench.registry_read", "Registry read beside the flow cache"),
+    ("bench.flow_export", "Flow export at 1 M flows"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures
