@@ -31,6 +31,7 @@ BENCHMARKS = (
     ("bench.calls", "Transceiver calls per core"),
     ("bench.datachannel", "Data channel messages"),
     ("bench.registry_read", "Registry read beside the flow cache"),
+    ("bench.flow_export", "Flow export at 1 M flows"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures

@@ -75,6 +75,62 @@ def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
 
 
+def redis_options(f: Callable) -> Callable:
+    """--redis URL, or the URL/password from files or env: never a password on argv."""
+    f = click.option(
+        "--redis-password-file",
+        metavar="PATH",
+        envvar="REDIS_PASSWORD_FILE",
+        help="Redis password (or ACL user's password) from this file (env REDIS_PASSWORD_FILE; "
+        "or env REDIS_PASSWORD, user: REDIS_USERNAME).",
+    )(f)
+    f = click.option(
+        "--redis-url-file",
+        metavar="PATH",
+        envvar="REDIS_URL_FILE",
+        help="Read the Redis URL (it may hold user:password@) from this file (env REDIS_URL_FILE).",
+    )(f)
+    return click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        envvar="REDIS_URL",
+        help="Registry: redis://host:port/db, rediss:// (TLS: env REDIS_CA_FILE, "
+        "REDIS_CERT_FILE, REDIS_KEY_FILE) or unix:///path.sock (env REDIS_URL).",
+    )(f)
+
+
+def _redis_url(
+    redis_url: str | None,
+    url_file: str | None,
+    password_file: str | None,
+    *,
+    required: bool = True,
+) -> str | None:
+    """The full URL from the redis options (and env), warnings printed; None if none given."""
+    from urllib.parse import urlsplit
+
+    from wire.redisconn import RedisConfigError, redact, resolve_url
+
+    ctx = click.get_current_context()
+    on_argv = ctx.get_parameter_source("redis_url") == click.core.ParameterSource.COMMANDLINE
+    if redis_url and on_argv and urlsplit(redis_url).password:
+        click.echo(
+            f"relayctl: warning: --redis {redact(redis_url)}: a password on the command line is "
+            "visible to every local user; use --redis-url-file or --redis-password-file",
+            err=True,
+        )
+    try:
+        url, warnings = resolve_url(redis_url, url_file=url_file, password_file=password_file)
+    except RedisConfigError as exc:
+        raise RelayctlError(str(exc)) from None
+    for w in warnings:
+        click.echo(f"relayctl: warning: {w}", err=True)
+    if url is None and required:
+        raise click.UsageError("give --redis URL, --redis-url-file PATH or env REDIS_URL")
+    return url
+
+
 def _privileged(what: str, name: str) -> None:
     from control.bpffs import check_name, ensure_bpffs, require_root
 
@@ -238,7 +294,7 @@ def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
             raise RelayctlError(str(exc)) from None
     import redis
 
-    from wire.redisconn import connect
+    from wire.redisconn import connect, redact
 
     try:
         client = connect(redis_url, timeout=defaults.CLI_REDIS_TIMEOUT)
@@ -247,7 +303,9 @@ def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
         finally:
             client.close()
     except (redis.RedisError, ValueError) as exc:
-        raise RelayctlError(f"cannot read the registry from {redis_url}: {exc}") from None
+        raise RelayctlError(
+            f"cannot read the registry from {redact(redis_url or '')}: {exc}"
+        ) from None
 
 
 def _sync_once(
@@ -273,12 +331,7 @@ def _sync_once(
 @map_group.command("sync")
 @name_option
 @click.option("--file", "file", type=click.Path(dir_okay=False), help="Registry JSON file.")
-@click.option(
-    "--redis",
-    "redis_url",
-    metavar="URL",
-    help="Redis URL (redis://host:port/db or unix:///path.sock).",
-)
+@redis_options
 @click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
 @click.option("--dry-run", is_flag=True, help="Show the changes without writing them.")
 @click.option(
@@ -299,6 +352,8 @@ def map_sync(
     name: str,
     file: str | None,
     redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
     prefix: str,
     dry_run: bool,
     allow_empty: bool,
@@ -310,6 +365,8 @@ def map_sync(
 
     Prints one line per change: + added, ~ changed, - removed.
     """
+    if not file:  # a REDIS_URL in the environment does not conflict with --file
+        redis_url = _redis_url(redis_url, redis_url_file, redis_password_file, required=False)
     if bool(file) == bool(redis_url):
         raise click.UsageError("give exactly one of --file F or --redis URL")
     _privileged("map sync", name)
@@ -435,43 +492,58 @@ def ufrag_group() -> None:
     """Routing ufrags: mint one, or decode one and check its tag."""
 
 
-def _hex_key(value: str) -> bytes:
+def key_file_option(f: Callable) -> Callable:
+    return click.option(
+        "--key-file",
+        metavar="PATH",
+        envvar="RELAYCTL_KEY_FILE",
+        help="File holding the 16-byte key as 32 hex chars (env RELAYCTL_KEY_FILE; never on "
+        "the command line).",
+    )(f)
+
+
+def _key_from_file(path: str) -> bytes:
+    from wire import registry
+
     try:
-        key = bytes.fromhex(value)
-    except ValueError:
-        raise click.BadParameter("not hex") from None
-    if len(key) != 16:
-        raise click.BadParameter(f"{len(key)} bytes, a key is 16 bytes (32 hex chars)")
+        key, warnings = registry.read_key_file(path)
+    except registry.RegistryError as exc:
+        raise RelayctlError(f"--key-file: {exc}") from None
+    for w in warnings:
+        click.echo(f"relayctl: warning: {w}", err=True)
     return key
 
 
 @ufrag_group.command("mint")
 @name_option
 @click.option("--key-id", type=click.IntRange(0, 15), required=True, help="Key slot 0..15.")
-@click.option("--key", "key_hex", required=True, metavar="HEX", help="16-byte key, 32 hex chars.")
+@key_file_option
 @click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
 @click.option("--transceiver", type=click.IntRange(0, 0xFFFFFFFF), required=True)
-def ufrag_mint(name: str, key_id: int, key_hex: str, cluster: int, transceiver: int) -> None:
+def ufrag_mint(
+    name: str, key_id: int, key_file: str | None, cluster: int, transceiver: int
+) -> None:
     """Print a fresh routing ufrag (this epoch, random 28-bit nonce); needs no loaded relay."""
     del name  # accepted like on every command; minting reads no maps
     from wire import ufrag
 
-    try:
-        key = _hex_key(key_hex)
-    except click.BadParameter as exc:
-        exc.param_hint = "'--key'"
-        raise
-    click.echo(ufrag.mint(key_id, key, cluster, transceiver))
+    if key_file is None:
+        raise click.UsageError("give --key-file PATH (or env RELAYCTL_KEY_FILE)")
+    click.echo(ufrag.mint(key_id, _key_from_file(key_file), cluster, transceiver))
 
 
 @ufrag_group.command("decode")
 @name_option
 @click.argument("text", metavar="UFRAG")
 @click.option("--key-id", type=click.IntRange(0, 15), help="Check the tag under this key id...")
-@click.option("--key", "key_hex", metavar="HEX", help="...and this key (else: the loaded keys).")
+@click.option(
+    "--key-file",
+    metavar="PATH",
+    help="...and the key in this file, 32 hex chars (else: the loaded keys).",
+)
 @json_option
 def ufrag_decode(
-    name: str, text: str, key_id: int | None, key_hex: str | None, as_json: bool
+    name: str, text: str, key_id: int | None, key_file: str | None, as_json: bool
 ) -> None:
     """Show where UFRAG routes and whether its tag verifies.
 
@@ -480,8 +552,8 @@ def ufrag_decode(
     from wire import ufrag
 
     text = text.split(":", 1)[0]  # accept a whole STUN USERNAME too
-    if (key_id is None) != (key_hex is None):
-        raise click.UsageError("give --key-id and --key together")
+    if (key_id is None) != (key_file is None):
+        raise click.UsageError("give --key-id and --key-file together")
     try:
         hint = ufrag.decode(text)
     except ufrag.UfragError as exc:
@@ -495,7 +567,7 @@ def ufrag_decode(
         "nonce": hint.nonce.hex(),
         "tag": hint.tag.hex(),
     }
-    keys, source, tunnel = _decode_keys(name, hint, key_id, key_hex)
+    keys, source, tunnel = _decode_keys(name, hint, key_id, key_file)
     if keys is None:
         info["tag_ok"], info["verdict"] = None, f"not checked ({source})"
     else:
@@ -516,19 +588,16 @@ def ufrag_decode(
 
 
 def _decode_keys(
-    name: str, hint: Any, key_id: int | None, key_hex: str | None
+    name: str, hint: Any, key_id: int | None, key_file: str | None
 ) -> tuple[dict[int, bytes] | None, str, str | None]:
     """The keys to verify with, where they came from, and (if loaded) the transceiver's tunnel."""
-    if key_hex is not None and key_id is not None:
-        try:
-            return {key_id: _hex_key(key_hex)}, "--key", None
-        except click.BadParameter as exc:
-            raise RelayctlError(f"--key: {exc.message}") from None
+    if key_file is not None and key_id is not None:
+        return {key_id: _key_from_file(key_file)}, "--key-file", None
     from control.bpffs import check_name, pin_dir
 
     check_name(name)
     if os.geteuid() != 0 or not pin_dir(name).is_dir():
-        return None, f"no --key given and no relay {name!r} loaded here", None
+        return None, f"no --key-file given and no relay {name!r} loaded here", None
     from control.sync import read_state
 
     with _maps(name) as maps:
@@ -540,18 +609,13 @@ def _decode_keys(
 
 @main.command("run")
 @name_option
-@click.option(
-    "--redis",
-    "redis_url",
-    required=True,
-    metavar="URL",
-    help="Registry: redis://host:port/db or unix:///path.sock.",
-)
+@redis_options
 @click.option("--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix.")
 @click.option(
     "--flow-redis",
     metavar="URL",
-    help="Write/read learned flows here instead of --redis (the same for every relay).",
+    help="Write/read learned flows here instead of --redis (the same for every relay; "
+    "password and TLS from the same files/env unless the URL has its own).",
 )
 @click.option(
     "--metrics",
@@ -600,6 +664,21 @@ def _decode_keys(
     "[default: one second of --slow-path-rate].",
 )
 @click.option(
+    "--slow-path-source-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_SOURCE_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second from one source address (a flood from it "
+    "cannot use up --slow-path-rate).",
+)
+@click.option(
+    "--slow-path-net-rate",
+    type=click.FloatRange(min=1),
+    default=defaults.SLOW_PATH_NET_RATE,
+    show_default=True,
+    help="Slow-path datagrams per second from one source /24.",
+)
+@click.option(
     "--empty-grace",
     type=click.FloatRange(min=0),
     default=defaults.EMPTY_GRACE,
@@ -610,7 +689,9 @@ def _decode_keys(
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def run_command(
     name: str,
-    redis_url: str,
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
     prefix: str,
     flow_redis: str | None,
     metrics: tuple[str, int] | None,
@@ -620,6 +701,8 @@ def run_command(
     slow_path: bool,
     slow_path_rate: float,
     slow_path_burst: float | None,
+    slow_path_source_rate: float,
+    slow_path_net_rate: float,
     empty_grace: float,
     verbose: bool,
 ) -> None:
@@ -630,7 +713,15 @@ def run_command(
     this process, which only adds changes, flow hand-over and metrics.
     """
     from control.controller import Controller, RunOptions
+    from wire.redisconn import RedisConfigError, resolve_url
 
+    url = _redis_url(redis_url, redis_url_file, redis_password_file)
+    assert url is not None
+    if flow_redis:
+        try:
+            flow_redis, _ = resolve_url(flow_redis, password_file=redis_password_file)
+        except RedisConfigError as exc:
+            raise RelayctlError(f"--flow-redis: {exc}") from None
     _privileged("run", name)
     logging.basicConfig(
         stream=sys.stderr,
@@ -639,7 +730,7 @@ def run_command(
     )
     opts = RunOptions(
         name=name,
-        redis_url=redis_url,
+        redis_url=url,
         prefix=prefix,
         flow_redis_url=flow_redis,
         interval=interval,
@@ -649,6 +740,8 @@ def run_command(
         slow_path=slow_path,
         rate=slow_path_rate,
         burst=slow_path_burst or slow_path_rate,
+        source_rate=slow_path_source_rate,
+        net_rate=slow_path_net_rate,
         empty_grace=empty_grace,
     )
     try:
@@ -662,3 +755,192 @@ def run_command(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     controller.run()
+
+
+# --- relayctl keys: routing keys in the registry (control/keys.py) ----------------------------
+
+
+@main.group("keys", context_settings=CONTEXT)
+def keys_group() -> None:
+    """Routing keys in the Redis registry: add, list, promote, retire.
+
+    Rotate without dropping a call: add (relays load it), wait until every relay holds it
+    (`keys list`), promote (new calls mint with it), wait longer than your longest call, retire
+    the old key (docs/operations.md).
+    """
+
+
+def _with_registry(
+    redis_url: str | None, url_file: str | None, password_file: str | None, fn: Callable
+) -> Any:
+    """fn(client) against the registry; Redis errors (NOPERM too) as one clear line."""
+    import redis
+
+    from wire.redisconn import connect, redact
+
+    url = _redis_url(redis_url, url_file, password_file)
+    assert url is not None
+    try:
+        client = connect(url, timeout=defaults.CLI_REDIS_TIMEOUT)
+        try:
+            return fn(client)
+        finally:
+            client.close()
+    except redis.exceptions.NoPermissionError as exc:
+        raise RelayctlError(f"{redact(url)}: refused ({exc}): use the keys admin user") from None
+    except (redis.RedisError, ValueError) as exc:
+        raise RelayctlError(f"{redact(url)}: {exc}") from None
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        click.echo(f"relayctl: warning: {w}", err=True)
+
+
+def keys_command(name: str) -> Callable:
+    def wrap(f: Callable) -> Callable:
+        f = click.option(
+            "--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix."
+        )(f)
+        return keys_group.command(name)(redis_options(f))
+
+    return wrap
+
+
+@keys_command("add")
+@click.option(
+    "--key-id",
+    type=click.IntRange(0, 15),
+    help="Slot 0..15 [default: the lowest free one]; a taken slot is refused.",
+)
+@click.option(
+    "--from-file",
+    "key_file",
+    metavar="PATH",
+    help="Take the key from this file (32 hex chars) [default: 16 random bytes].",
+)
+@json_option
+def keys_add(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    key_id: int | None,
+    key_file: str | None,
+    as_json: bool,
+) -> None:
+    """Add a routing key; relays load it on their next pass. Transceivers do not mint with it
+    until it is promoted."""
+    from control import keys
+    from control.sync import key_fingerprint
+
+    key = _key_from_file(key_file) if key_file else None
+    kid, key = _with_registry(
+        redis_url, redis_url_file, redis_password_file, lambda r: keys.add(r, prefix, key_id, key)
+    )
+    if as_json:
+        _print_json({"key_id": kid, "fingerprint": key_fingerprint(key)})
+    else:
+        click.echo(f"added key {kid} ({key_fingerprint(key)}); promote it once every relay has it")
+
+
+@keys_command("list")
+@click.option("--show", is_flag=True, help="Also print the key bytes (hex): secrets on screen.")
+@json_option
+def keys_list(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    show: bool,
+    as_json: bool,
+) -> None:
+    """List the keys: id, current, fingerprint, how many registered relays hold it."""
+    from control import keys, views
+
+    rows, problems = _with_registry(
+        redis_url, redis_url_file, redis_password_file, lambda r: keys.list_keys(r, prefix)
+    )
+    _warn(problems)
+    if as_json:
+        _print_json([row.as_dict(show) for row in rows])
+        return
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+    head = ["ID", "CURRENT", "FINGERPRINT", "RELAYS", "ADDED", "CURRENT_UNTIL"]
+    table = [
+        [
+            row.key_id,
+            "*" if row.current else "",
+            row.fingerprint,
+            f"{row.relays_with}/{row.relays}",
+            when(row.added),
+            when(row.current_until),
+        ]
+        + ([row.hex] if show else [])
+        for row in rows
+    ]
+    click.echo(views.table(head + (["KEY"] if show else []), table))
+
+
+@keys_command("promote")
+@click.argument("key_id", metavar="ID", type=click.IntRange(0, 15))
+@click.option("--force", is_flag=True, help="Promote even if a registered relay lacks the key.")
+def keys_promote(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    key_id: int,
+    force: bool,
+) -> None:
+    """Make key ID current: transceivers mint new calls' ufrags with it. Refused while a
+    registered relay does not hold it yet."""
+    from control import keys
+
+    _warn(
+        _with_registry(
+            redis_url,
+            redis_url_file,
+            redis_password_file,
+            lambda r: keys.promote(r, prefix, key_id, force),
+        )
+    )
+    click.echo(f"key {key_id} is current")
+
+
+@keys_command("retire")
+@click.argument("key_id", metavar="ID", type=click.IntRange(0, 15))
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=defaults.KEY_RETIRE_MIN_AGE,
+    show_default=True,
+    help="Seconds a key must have been non-current (longer than your longest call: every "
+    "consent check of a call is routed by its ufrag).",
+)
+@click.option("--force", is_flag=True, help="Retire even if it was current within --min-age.")
+def keys_retire(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    key_id: int,
+    min_age: float,
+    force: bool,
+) -> None:
+    """Remove key ID: relays drop it, ufrags minted with it stop routing. The current key is
+    never retired."""
+    from control import keys
+
+    _warn(
+        _with_registry(
+            redis_url,
+            redis_url_file,
+            redis_password_file,
+            lambda r: keys.retire(r, prefix, key_id, min_age, force),
+        )
+    )
+    click.echo(f"retired key {key_id}")

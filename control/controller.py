@@ -28,7 +28,7 @@ from control.errors import RelayctlError
 from control.events import RegistryEvents
 from control.flowexport import FlowExporter
 from control.metrics import Metrics
-from control.sync import RegistrySync
+from control.sync import RegistrySync, key_fingerprint
 from datapath import DatapathError
 from datapath.maps import RelayMaps, fd_info, obj_get, read_config, write_wall_clock
 from datapath.slowpath import SlowPath
@@ -52,6 +52,8 @@ class RunOptions:
     slow_path: bool = True
     rate: float = defaults.SLOW_PATH_RATE
     burst: float = defaults.SLOW_PATH_RATE
+    source_rate: float = defaults.SLOW_PATH_SOURCE_RATE
+    net_rate: float = defaults.SLOW_PATH_NET_RATE
     empty_grace: float = defaults.EMPTY_GRACE
 
 
@@ -83,6 +85,8 @@ class Controller:
         self._rewrite_flows = False
         self._last_problems: list[str] = []
         self._announced_at: float | None = None
+        self._loaded_keys: tuple[tuple[int, str], ...] = ()  # announced: keys rotate safely
+        self._announced_keys: tuple[tuple[int, str], ...] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -174,6 +178,8 @@ class Controller:
             burst=self.opts.burst,
             count=self.metrics.count_slow_path,
             on_redis=self._redis_state,
+            source_rate=self.opts.source_rate,
+            net_rate=self.opts.net_rate,
         )
         self._maintain_slow_path()
         self.slow_thread = threading.Thread(target=self.slow.serve, name="slow-path", daemon=True)
@@ -290,6 +296,8 @@ class Controller:
             self._last_problems = result.problems
         self.metrics.sync_passes.labels("ok").inc()
         self.metrics.transceivers.set(len(result.outcome.state.transceivers))
+        keys = result.outcome.state.keys
+        self._loaded_keys = tuple((k, key_fingerprint(keys[k])) for k in sorted(keys))
         self.metrics.draining.set(result.draining)
         self.metrics.synced()
 
@@ -299,7 +307,7 @@ class Controller:
             return  # the sync just failed: do not wait on a second timeout
         if self._rewrite_flows:
             self._rewrite_flows = False
-            self.exporter.cache.clear()
+            self.exporter.forget()
         result = self.exporter.step(self.flow_redis)
         if result.written:
             self.metrics.flow_writes.inc(result.written)
@@ -313,16 +321,20 @@ class Controller:
         if self.redis_ok is False:
             return
         now = time.monotonic()
-        if self._announced_at is not None and now - self._announced_at < RELAY_REFRESH:
+        fresh = self._announced_at is not None and now - self._announced_at < RELAY_REFRESH
+        if fresh and self._announced_keys == self._loaded_keys:  # a new key: say so at once
             return
         cfg = read_config(self.maps)
         if not cfg.tunnel_port:
             return  # loaded without a tunnel: nothing to announce
         rec = registry.RelayRecord(
-            f"{socket.gethostname()}/{self.opts.name}", f"{cfg.tunnel_addr}:{cfg.tunnel_port}"
+            f"{socket.gethostname()}/{self.opts.name}",
+            f"{cfg.tunnel_addr}:{cfg.tunnel_port}",
+            keys=self._loaded_keys,
         )
         registry.register_relay(self.redis, rec, RELAY_TTL, prefix=self.opts.prefix)
         self._announced_at = now
+        self._announced_keys = self._loaded_keys
 
 
 def _notify_ready() -> None:

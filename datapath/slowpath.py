@@ -7,10 +7,15 @@ address, so it lands on our UDP socket bound to that VIP:port. We look the flow 
 path) and tunnel the packet to the transceiver from a raw socket, byte for byte as the program
 would have: outer IPv4/UDP from the tunnel address, flow-entropy source port, checksum 0.
 
-Bounded: a token bucket caps packets per second, a batch caps work per wakeup, the socket buffer
-caps the queue, and flows Redis does not know are remembered for a second (a flood of garbage
-costs one Redis lookup per flow and second). With Redis unreachable every slow-path packet is a
-counted drop and Redis is retried with backoff; the XDP path does not care.
+Bounded: token buckets per source address and per source /24 (a bounded LRU table: a flood
+from one host or one network is cut down to its own share before it touches the rest), then
+one global bucket cap packets per second; a batch caps work per wakeup, the socket buffer caps
+the queue, and flows Redis does not know are remembered for a second (a flood of garbage costs
+one Redis lookup per flow and second). A legitimate failover needs a packet or two per call
+(the first installs the flow; the rest take the XDP path), so its sources never run dry. A flood
+with spoofed sources spread over the whole internet still shares the global cap with everyone:
+that one only bounds the work. With Redis unreachable every slow-path packet is a counted drop
+and Redis is retried with backoff; the XDP path does not care.
 """
 
 from __future__ import annotations
@@ -65,9 +70,20 @@ UNKNOWN_FLOW = "unknown_flow"  # no flow key in Redis: dropped
 BAD_ENTRY = "bad_entry"  # a flow key whose value is not CLUSTER:ID
 UNKNOWN_TXR = "unknown_txr"  # the flow's transceiver is not in this relay's map
 REDIS_DOWN = "redis_down"
-RATE_LIMITED = "rate_limited"
+RATE_LIMITED = "rate_limited"  # the global bucket was empty
+SOURCE_LIMITED = "source_limited"  # its source address's or source /24's bucket was empty
 SEND_ERROR = "send_error"
-OUTCOMES = (FORWARDED, UNKNOWN_FLOW, BAD_ENTRY, UNKNOWN_TXR, REDIS_DOWN, RATE_LIMITED, SEND_ERROR)
+OUTCOMES = (
+    FORWARDED,
+    UNKNOWN_FLOW,
+    BAD_ENTRY,
+    UNKNOWN_TXR,
+    REDIS_DOWN,
+    RATE_LIMITED,
+    SOURCE_LIMITED,
+    SEND_ERROR,
+)
+SOURCES_MAX = 65536  # per-source (and per-/24) buckets kept; the least recently used go
 
 Endpoint = tuple[str, int]
 Flow = tuple[str, int, str, int]  # client, client port, VIP, VIP port
@@ -97,6 +113,60 @@ class TokenBucket:
         self.at = now
         if self.tokens >= 1:
             self.tokens -= 1
+            return True
+        return False
+
+
+class SourceLimiter:
+    """A token bucket per source address and one per source /24, in bounded LRU tables.
+
+    A source evicted from the table comes back with a full bucket: eviction can only favour a
+    source, never lock one out (a spoofer cycling through many sources is left to the global
+    bucket).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        net_rate: float,
+        net_burst: float,
+        *,
+        max_entries: int = SOURCES_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst = rate, burst
+        self.net_rate, self.net_burst = net_rate, net_burst
+        self.max_entries = max_entries
+        self.clock = clock
+        # source -> [tokens, last refill]
+        self.hosts: OrderedDict[str, list[float]] = OrderedDict()
+        self.nets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _bucket(self, table: OrderedDict[str, list[float]], key: str, burst: float) -> list[float]:
+        b = table.get(key)
+        if b is None:
+            b = table[key] = [burst, self.clock()]
+            if len(table) > self.max_entries:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
+        return b
+
+    def _refill(self, b: list[float], rate: float, burst: float, now: float) -> None:
+        b[0] = min(burst, b[0] + (now - b[1]) * rate)
+        b[1] = now
+
+    def take(self, source: str) -> bool:
+        """One token from the source's and its /24's buckets (both, or neither)."""
+        now = self.clock()
+        host = self._bucket(self.hosts, source, self.burst)
+        net = self._bucket(self.nets, source.rpartition(".")[0], self.net_burst)
+        self._refill(host, self.rate, self.burst, now)
+        self._refill(net, self.net_rate, self.net_burst, now)
+        if host[0] >= 1 and net[0] >= 1:
+            host[0] -= 1
+            net[0] -= 1
             return True
         return False
 
@@ -148,6 +218,8 @@ class SlowPath:
         burst: float,
         count: Callable[[str, int], None],
         on_redis: Callable[[bool], None] = lambda up: None,
+        source_rate: float = 50.0,
+        net_rate: float = 500.0,
     ) -> None:
         self.pin_dir = pin_dir
         self.maps = RelayMaps(pin_dir)  # own instance: used from the slow-path thread only
@@ -156,6 +228,8 @@ class SlowPath:
         self.prefix = prefix
         self.tunnel_addr = tunnel_addr
         self.bucket = TokenBucket(rate, burst)
+        # Bursts of twice the rate: a failover's first packets all arrive at once.
+        self.sources = SourceLimiter(source_rate, 2 * source_rate, net_rate, 2 * net_rate)
         self.count = count
         self.on_redis = on_redis
         self.backoff = Backoff()
@@ -302,16 +376,22 @@ class SlowPath:
         return out
 
     def handle(self, batch: list[Datagram]) -> None:
-        """Rate-limit, resolve each flow once (map, then Redis), install, forward."""
+        """Rate-limit (per source, then globally), resolve each flow once (map, then Redis),
+        install, forward."""
         allowed: dict[Flow, list[Datagram]] = {}
-        limited = 0
+        limited = by_source = 0
         for d in batch:
-            if self.bucket.take():
+            # The source's own share first: a flood from it never drains the global bucket.
+            if not self.sources.take(d.flow[0]):
+                by_source += 1
+            elif self.bucket.take():
                 allowed.setdefault(d.flow, []).append(d)
             else:
                 limited += 1
         if limited:
             self.count(RATE_LIMITED, limited)
+        if by_source:
+            self.count(SOURCE_LIMITED, by_source)
         where: dict[Flow, tuple[int, int] | str] = {}
         ask = []
         now = time.monotonic()

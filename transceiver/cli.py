@@ -12,7 +12,6 @@ import click
 from transceiver import auth, defaults, limits
 from transceiver.aiortc_seam import SeamError
 from transceiver.config import Settings
-from transceiver.keys import parse_key
 from transceiver.relays import parse_relays
 from transceiver.service import ConfigError, TransceiverService
 from wire.addr import parse_addr_port
@@ -53,11 +52,32 @@ def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
         raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
 
 
-def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
+def _key_file(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
+    """The routing key from a file (never on the command line: /proc/PID/cmdline is public)."""
+    from wire.registry import RegistryError, read_key_file
+
+    if value is None:
+        return None
     try:
-        return None if value is None else parse_key(value)
-    except ValueError as exc:
+        key, warnings = read_key_file(value)
+    except RegistryError as exc:
         raise click.BadParameter(str(exc)) from None
+    for w in warnings:
+        click.echo(f"transceiver: warning: {w}", err=True)
+    return key
+
+
+def _redis(url: str | None, url_file: str | None, password_file: str | None) -> str | None:
+    """The full registry URL (password and TLS from files/env: wire/redisconn.py)."""
+    from wire.redisconn import RedisConfigError, resolve_url
+
+    try:
+        full, warnings = resolve_url(url, url_file=url_file, password_file=password_file)
+    except RedisConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--redis'") from None
+    for w in warnings:
+        click.echo(f"transceiver: warning: {w}", err=True)
+    return full
 
 
 def _relays(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
@@ -151,10 +171,36 @@ def main() -> None:
     "--redis",
     "redis_url",
     metavar="URL",
-    help="Registry URL (e.g. redis://host:6379/0): register, refresh, read routing keys.",
+    envvar="REDIS_URL",
+    help="Registry URL (redis://host:6379/0, rediss:// for TLS, unix:///path): register, "
+    "refresh, read routing keys (env REDIS_URL; TLS files: env REDIS_CA_FILE, REDIS_CERT_FILE, "
+    "REDIS_KEY_FILE).",
+)
+@click.option(
+    "--redis-url-file",
+    metavar="PATH",
+    envvar="REDIS_URL_FILE",
+    help="Read the registry URL (it may hold user:password@) from this file (env REDIS_URL_FILE).",
+)
+@click.option(
+    "--redis-password-file",
+    metavar="PATH",
+    envvar="REDIS_PASSWORD_FILE",
+    help="The Redis (ACL user's) password from this file (env REDIS_PASSWORD_FILE; or env "
+    "REDIS_PASSWORD, user: REDIS_USERNAME).",
 )
 @click.option(
     "--redis-prefix", default=defaults.REDIS_PREFIX, show_default=True, help="Registry key prefix."
+)
+@click.option("--key-id", type=click.IntRange(0, 15), help="Routing key id (with --key-file).")
+@click.option(
+    "--key-file",
+    "key",
+    metavar="PATH",
+    envvar="TXR_KEY_FILE",
+    callback=_key_file,
+    help="Routing key from this file, 32 hex chars (env TXR_KEY_FILE) [default: from --redis; "
+    "without either, a throwaway key].",
 )
 @click.option(
     "--capacity",
@@ -169,13 +215,6 @@ def main() -> None:
     type=click.FloatRange(0),
     show_default=True,
     help="On SIGTERM: seconds to let running calls finish before exiting.",
-)
-@click.option("--key-id", type=click.IntRange(0, 15), help="Routing key id (with --key).")
-@click.option(
-    "--key",
-    metavar="HEX",
-    callback=_key,
-    help="Routing key, 32 hex chars [default: from --redis; without either, a throwaway key].",
 )
 @click.option(
     "--relay-tunnel-port",
@@ -305,7 +344,9 @@ def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) ->
         handlers=[handler],
     )
     if opts["key"] is not None and opts["key_id"] is None:
-        raise click.UsageError("--key needs --key-id")
+        raise click.UsageError("--key-file needs --key-id")
+    url_file, password_file = opts.pop("redis_url_file"), opts.pop("redis_password_file")
+    redis_url = _redis(redis_url, url_file, password_file)  # type: ignore[arg-type]
     settings = Settings(
         http=opts.pop("listen"),  # type: ignore[arg-type]
         udp=opts.pop("udp"),  # type: ignore[arg-type]

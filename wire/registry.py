@@ -9,10 +9,14 @@ Redis (prefix default "edge"):
                                        hash has expired are pruned by readers
   hash    {prefix}:keys                "<key id>" -> 32 hex chars (16-byte SipHash key)
   string  {prefix}:keys:current        the key id transceivers mint with
+  hash    {prefix}:keys:history        "<key id>" -> unix time it stopped being current, and
+                                       "added:<key id>" -> when it was added (relayctl keys)
   channel {prefix}:events              a JSON message on every change (readers poll anyway)
   hash    {prefix}:relay:{tunnel ip}  name, tunnel "ip:port", updated: a relay's tunnel source, so
                                        transceivers take tunnel datagrams only from relays; EXPIREs
-                                       (RELAY_TTL, long: the data plane outlives its controller)
+                                       (RELAY_TTL, long: the data plane outlives its controller);
+                                       keys "<id>=<fingerprint>,..." loaded in its map (a
+                                       rotation promotes a key only once every relay has it)
   set     {prefix}:relays              the tunnel ip of every registered relay (pruned like txrs)
   string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
                                        "cluster:id" of a flow learned by a relay, with a TTL:
@@ -30,6 +34,7 @@ from typing import Any
 
 from wire.addr import parse_addr_port
 from wire.defaults import REDIS_PREFIX, REGISTRY_TTL, RELAY_TTL
+from wire.redisconn import RedisConfigError, read_secret_file
 from wire.ufrag import KEY_LEN, MAX_KEY_ID
 
 
@@ -90,6 +95,20 @@ _PRUNE = (
 )
 
 
+def _prune(r: Any, entries: list[tuple[str, str, str]]) -> None:
+    """Drop (hash, index, member) index members whose hash expired. Best effort: a reader
+    whose ACL user may not write the index (a transceiver reading relays) leaves it to others."""
+    import redis
+
+    pipe = r.pipeline(transaction=False)
+    for name, index, member in entries:
+        pipe.eval(_PRUNE, 2, name, index, member)
+    try:
+        pipe.execute()
+    except redis.exceptions.NoPermissionError:
+        pass
+
+
 def _publish(r: Any, prefix: str, event: str, **data: Any) -> None:
     r.publish(f"{prefix}:events", json.dumps({"event": event, **data}))
 
@@ -127,20 +146,67 @@ def deregister(r: Any, rec: TransceiverRecord, *, prefix: str = REDIS_PREFIX) ->
 
 def set_key(r: Any, key_id: int, key: bytes, *, prefix: str = REDIS_PREFIX) -> None:
     _check_key(key_id, key)
-    r.hset(f"{prefix}:keys", str(key_id), key.hex())
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(f"{prefix}:keys", str(key_id), key.hex())
+    pipe.hset(history_key(prefix), f"added:{key_id}", repr(time.time()))
+    pipe.execute()
     _publish(r, prefix, "key", key_id=key_id)
 
 
+def add_key(r: Any, key_id: int, key: bytes, *, prefix: str = REDIS_PREFIX) -> bool:
+    """Like set_key, but never over a key already in the slot (calls may still use it):
+    False when the slot is taken."""
+    _check_key(key_id, key)
+    if not r.hsetnx(f"{prefix}:keys", str(key_id), key.hex()):
+        return False
+    r.hset(history_key(prefix), f"added:{key_id}", repr(time.time()))
+    _publish(r, prefix, "key", key_id=key_id)
+    return True
+
+
 def remove_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
-    r.hdel(f"{prefix}:keys", str(key_id))
+    pipe = r.pipeline(transaction=True)
+    pipe.hdel(f"{prefix}:keys", str(key_id))
+    pipe.hdel(history_key(prefix), str(key_id), f"added:{key_id}")
+    pipe.execute()
     _publish(r, prefix, "key", key_id=key_id)
 
 
 def set_current_key(r: Any, key_id: int, *, prefix: str = REDIS_PREFIX) -> None:
+    """Make `key_id` the key transceivers mint with; the one it replaces is stamped in
+    `{prefix}:keys:history` (retiring it is safe only a call's lifetime later)."""
     if not 0 <= key_id <= MAX_KEY_ID:
         raise RegistryError(f"key id {key_id} is not 0..{MAX_KEY_ID}")
-    r.set(f"{prefix}:keys:current", str(key_id))
+    old = r.get(f"{prefix}:keys:current")
+    pipe = r.pipeline(transaction=True)
+    if old is not None and _s(old) != str(key_id):
+        pipe.hset(history_key(prefix), _s(old), repr(time.time()))
+    pipe.set(f"{prefix}:keys:current", str(key_id))
+    pipe.hdel(history_key(prefix), str(key_id))  # current now: not "stopped being current"
+    pipe.execute()
     _publish(r, prefix, "current_key", key_id=key_id)
+
+
+def history_key(prefix: str) -> str:
+    return f"{prefix}:keys:history"
+
+
+def read_key_file(path: str | Path) -> tuple[bytes, list[str]]:
+    """A routing key from a file holding its 32 hex chars (one line); warnings when the file is
+    readable by group or others. RegistryError, naming the file, for anything else."""
+    try:
+        text, warnings = read_secret_file(path, "key file")
+    except RedisConfigError as exc:
+        raise RegistryError(str(exc)) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise RegistryError(f"key file {path}: not hex (expected 32 hex chars)") from None
+    if len(key) != KEY_LEN:
+        raise RegistryError(
+            f"key file {path}: {len(key)} bytes, a key is {KEY_LEN} bytes (32 hex chars)"
+        )
+    return key, warnings
 
 
 def _s(v: Any) -> str:
@@ -207,10 +273,7 @@ def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
             continue
         reg.transceivers[rec.key] = rec
     if gone:
-        pipe = r.pipeline(transaction=False)
-        for member, name in gone:
-            pipe.eval(_PRUNE, 2, name, index_key(prefix), member)
-        pipe.execute()
+        _prune(r, [(name, index_key(prefix), member) for member, name in gone])
     for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
         try:
             k, key = parse_key(kid, hex_key)
@@ -285,6 +348,7 @@ class RelayRecord:
     name: str  # "<host>/<relay name>", for people
     tunnel: str  # "ip:port" the relay's tunnel datagrams come from
     updated: float = 0.0
+    keys: tuple[tuple[int, str], ...] = ()  # (key id, fingerprint) loaded in its keys map
 
     def __post_init__(self) -> None:
         try:
@@ -319,6 +383,7 @@ def register_relay(
             "name": rec.name,
             "tunnel": rec.tunnel,
             "updated": repr(rec.updated or time.time()),
+            "keys": ",".join(f"{kid}={fp}" for kid, fp in rec.keys),
         },
     )
     pipe.pexpire(name, max(1, int(ttl * 1000)))
@@ -351,7 +416,12 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
             continue
         f = {_s(k): _s(v) for k, v in fields.items()}
         try:
-            rec = RelayRecord(f.get("name", ""), f.get("tunnel", ""), float(f.get("updated", 0)))
+            rec = RelayRecord(
+                f.get("name", ""),
+                f.get("tunnel", ""),
+                float(f.get("updated", 0)),
+                _parse_relay_keys(f.get("keys", "")),
+            )
         except (RegistryError, ValueError) as exc:
             problems.append(f"{relay_key(prefix, ip)}: {exc}")
             continue
@@ -360,11 +430,18 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
             continue
         relays[ip] = rec
     if gone:
-        pipe = r.pipeline(transaction=False)
-        for ip in gone:
-            pipe.eval(_PRUNE, 2, relay_key(prefix, ip), relay_index_key(prefix), ip)
-        pipe.execute()
+        _prune(r, [(relay_key(prefix, ip), relay_index_key(prefix), ip) for ip in gone])
     return relays, problems
+
+
+def _parse_relay_keys(text: str) -> tuple[tuple[int, str], ...]:
+    out = []
+    for item in filter(None, text.split(",")):
+        kid, sep, fp = item.partition("=")
+        if not sep or not kid.isdigit():
+            raise RegistryError(f"keys {text!r} is not ID=FINGERPRINT,...")
+        out.append((int(kid), fp))
+    return tuple(out)
 
 
 # --- the flow cache (docs/wire-format.md §6) ------------------------------------------------
@@ -372,6 +449,35 @@ def read_relays(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, RelayR
 
 def flow_key(prefix: str, client: str, cport: int, vip: str, vport: int) -> str:
     return f"{prefix}:flow:{client}:{cport}:{vip}:{vport}"
+
+
+# The same keys and values, built inside Redis from packed records, for a relay exporting up to
+# a million flows: formatting them in Python costs more than Redis spends storing them.
+# ARGV[1] prefix, ARGV[2] TTL in ms, ARGV[3] records of FLOW_RECORD bytes: client addr (4),
+# VIP addr (4), client port (2, big endian), VIP port (2, big endian) - the relay's flow-map
+# key as it is in memory - then cluster (u16, little endian) and transceiver id (u32, little
+# endian). tests/wire/test_registry.py checks it against flow_key and flow_value. Redis >= 7
+# checks every SET against the caller's ACL (~{prefix}:flow:*).
+FLOW_RECORD = 18
+SET_FLOWS = """
+local prefix, ttl, blob = ARGV[1], ARGV[2], ARGV[3]
+local n = 0
+for i = 1, #blob - 17, 18 do
+  local a, b, c, d, e, f, g, h, p1, p2, q1, q2, c1, c2, i1, i2, i3, i4 =
+    string.byte(blob, i, i + 17)
+  local key = string.format('%s:flow:%d.%d.%d.%d:%d:%d.%d.%d.%d:%d', prefix, a, b, c, d,
+    p1 * 256 + p2, e, f, g, h, q1 * 256 + q2)
+  local value = string.format('%d:%d', c1 + c2 * 256, i1 + i2 * 256 + i3 * 65536 + i4 * 16777216)
+  redis.call('SET', key, value, 'PX', ttl)
+  n = n + 1
+end
+return n
+"""
+
+
+def flow_record(raw_key: bytes, cluster: int, txr_id: int) -> bytes:
+    """One SET_FLOWS record: the 12 flow-map key bytes, then the value packed."""
+    return raw_key + cluster.to_bytes(2, "little") + txr_id.to_bytes(4, "little")
 
 
 def flow_value(cluster: int, txr_id: int) -> str:

@@ -76,13 +76,13 @@ def test_usage_errors(lab: Lab) -> None:
         "--key-id",
         "1",
         "--key",
-        "00",
+        "00" * 16,
         "--cluster",
         "1",
         "--transceiver",
         "1",
         rc=2,
-        says="32 hex chars",
+        says="No such option '--key'",
     )
 
 

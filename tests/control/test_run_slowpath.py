@@ -94,13 +94,12 @@ def test_flow_export_is_bounded_per_pass_and_follows_the_map(loaded: Lab, redis_
                 break
         assert written == 1 and exp.last_count == 5 and len(exp.cache) == 5
         assert r.get(f"edge:flow:{CLIENT_ADDR}:42009:{VIP}:{VPORT}") == b"1:8"
-        # Flows still in the map are written again before a third of the TTL is left.
-        for entry in exp.cache.values():
-            entry.written_at -= 21
+        # Flows still in the map are written again once a third of the TTL has passed.
+        exp.clock = lambda: time.monotonic() + 21
         assert sum(exp.step(r).written for _ in range(2)) == 5
         # Redis errors propagate and the cursor stays: nothing is skipped.
         broken = redis.Redis.from_url("unix:///nonexistent/redis.sock")
-        exp.cache.clear()
+        exp.forget()
         with pytest.raises(redis.ConnectionError):
             exp.step(broken)
         assert exp.step(r).written == 3

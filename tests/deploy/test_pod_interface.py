@@ -32,11 +32,13 @@ VIPS = "203.0.113.10:3478 203.0.113.11:443"
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    key = secrets.token_hex(16)
+async def serve(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    key = tmp_path / "routing-key"
+    key.write_text(secrets.token_hex(16))
+    key.chmod(0o600)
     proc = await asyncio.create_subprocess_exec(
         str(EXE), "serve", "--listen=127.0.0.1:0", "--udp=127.0.0.1:0", f"--id={POD_IP}",
-        "--cluster=3", "--key-id=2", f"--key={key}", "--capacity=1", "--drain-timeout=30",
+        "--cluster=3", "--key-id=2", f"--key-file={key}", "--capacity=1", "--drain-timeout=30",
         "--no-auth",  # credentials: tests/transceiver/test_signaling_*.py
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "TXR_VIPS": VIPS, "PYTHONUNBUFFERED": "1"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -72,8 +73,8 @@ def test_listening_addresses(text: str, parsed: tuple[str, int]) -> None:
         (["--vip", "203.0.113.10:0"], "is not 1..65535"),
         (["--tunnel", "10.0.0.5"], "expected IPV4:PORT"),
         (["--advertise", "example.com"], "is not an IPv4 address"),
-        (["--key", "abc"], "32 hex characters"),
-        (["--key", "00" * 16], "--key needs --key-id"),
+        (["--key", "00" * 16], "No such option '--key'"),
+        (["--key-file", "/nonexistent/key"], "No such file or directory"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(args: list[str], message: str) -> None:
@@ -87,3 +88,17 @@ def test_help_shows_the_defaults() -> None:
     assert result.exit_code == 0
     assert "[default: 0.0.0.0:5000]" in result.output
     assert f"[default: {fleet.RELAY_TUNNEL_PORT};" in result.output
+
+
+def test_key_file_needs_a_key_id_and_warns_when_others_can_read_it(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("00" * 16 + "\n")
+    key.chmod(0o640)
+    result = CliRunner().invoke(main, ["serve", "--key-file", str(key)])
+    assert result.exit_code == 2, result.output
+    assert "--key-file needs --key-id" in result.output
+    assert "readable by group or others (mode 640)" in result.output
+    bad = tmp_path / "bad"
+    bad.write_text("zz" * 16)
+    result = CliRunner().invoke(main, ["serve", "--key-id", "1", "--key-file", str(bad)])
+    assert result.exit_code == 2 and "not hex" in result.output

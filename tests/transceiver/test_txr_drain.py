@@ -75,12 +75,17 @@ async def post(http: aiohttp.ClientSession, url: str, sdp: str) -> tuple[int, st
         return resp.status, await resp.text()
 
 
-async def test_sigterm_drains_then_exits_when_the_last_call_ends(serve, redis_url) -> None:
+async def test_sigterm_drains_then_exits_when_the_last_call_ends(
+    serve, redis_url, tmp_path
+) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     name = wreg.txr_key("edge", 4, 9)
+    key = tmp_path / "routing-key"
+    key.write_text("ab" * 16)
+    key.chmod(0o600)
     txr = await serve(
         "--cluster=4", "--id=9", f"--redis={redis_url}", "--drain-timeout=60",
-        "--key-id=1", "--key=" + "ab" * 16,
+        "--key-id=1", f"--key-file={key}",
     )  # fmt: skip
     async with aiohttp.ClientSession() as http:
         client = await call(http, txr.url, want_frames=20)

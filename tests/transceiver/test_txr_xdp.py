@@ -38,13 +38,16 @@ def served(lab: RelayLab, tmp_path: Path) -> Iterator[str]:
     """`transceiver serve` in the lab's transceiver namespace (stopped by the lab teardown)."""
     t = lab.txrs[0]
     log = tmp_path / "transceiver.log"
+    key = tmp_path / "routing-key"
+    key.write_text(lab.key.hex())
+    key.chmod(0o600)
     with log.open("wb") as err:
         proc = lab.spawn(
             t.ns,
             [
                 str(EXE), "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
                 f"--vip={lab.vip}:{lab.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
-                f"--key-id={lab.key_id}", f"--key={lab.key.hex()}",
+                f"--key-id={lab.key_id}", f"--key-file={key}",
                 f"--relay-tunnel-port={lab.tunnel_port}", f"--relay={lab.tunnel_addr}",
                 f"--api-keys={lab_key_file(lab.tmpdir)}",
             ],

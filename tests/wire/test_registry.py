@@ -189,3 +189,30 @@ def test_relay_registration_layout_expiry_and_problems(r: redis.Redis) -> None:
 def test_relay_record_refuses_a_bad_tunnel() -> None:
     with pytest.raises(RegistryError, match="relay tunnel"):
         registry.RelayRecord("h/e", "not-an-address")
+
+
+def test_set_flows_builds_the_keys_and_values_flow_key_does(r: redis.Redis) -> None:
+    """The Lua flow writer (used by the flow export) and flow_key/flow_value agree byte for byte,
+    at the edges of every field."""
+    import socket
+
+    cases = [
+        ("0.0.0.0", 0, "255.255.255.255", 65535, 0, 0),
+        ("198.18.1.2", 40000, "203.0.113.10", 3478, 1, 7),
+        ("10.200.3.4", 1, "198.18.0.1", 443, 65535, 4294967295),
+        ("1.2.3.4", 256, "5.6.7.8", 255, 256, 16777216),
+    ]
+    blob = b""
+    for client, cport, vip, vport, cluster, tid in cases:
+        raw = (
+            socket.inet_aton(client) + socket.inet_aton(vip)
+            + cport.to_bytes(2, "big") + vport.to_bytes(2, "big")
+        )  # fmt: skip
+        blob += registry.flow_record(raw, cluster, tid)
+    assert len(blob) == registry.FLOW_RECORD * len(cases)
+    assert r.eval(registry.SET_FLOWS, 0, "edge", 60_000, blob) == len(cases)
+    for client, cport, vip, vport, cluster, tid in cases:
+        name = registry.flow_key("edge", client, cport, vip, vport)
+        assert r.get(name) == registry.flow_value(cluster, tid).encode(), name
+        assert 0 < r.pttl(name) <= 60_000
+    assert r.dbsize() == len(cases)

@@ -1,0 +1,105 @@
+"""The flow export keeps every flow's Redis key alive under churn, at the defaults' proportions.
+
+bench/flow_export.py measures 1 M flows at FLOW_TTL; here the same walk runs on 40 k flows of a
+real loaded relay's map with the TTL, the interval and FLOW_BATCH all scaled by 40 k / 1 M, so
+the number of passes per cycle, and so the cycle's share of the TTL, is the one 1 M flows see.
+Flows leave and enter the map all the time (as LRU eviction and new calls do); every flow that
+has been in the map for 2/3 of the TTL must have its key in Redis, at every check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import pytest
+import redis
+
+from control import defaults
+from control.flowexport import FlowExporter, redis_key_of
+from datapath.maps import FlowKey, FlowVal, RelayMaps, be16, be32
+from tests.control.ctl_lab import RELAY_ADDR, Lab
+from tests.control.runlab import BPFFS
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+FLOWS = 40_000
+SCALE = FLOWS / 1_048_576
+TTL = max(3.0, defaults.FLOW_TTL * SCALE)
+INTERVAL = defaults.INTERVAL * SCALE
+BATCH = max(1, round(defaults.FLOW_BATCH * SCALE))
+CHURN = 20_000 * SCALE  # new flows per second (bench/flow_export.py churns 20 k/s at 1 M)
+
+
+def _key(i: int) -> FlowKey:
+    addr = bytes([10, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF])
+    return FlowKey(int.from_bytes(addr, "little"), be32(RELAY_ADDR), be16(2000), be16(3478))
+
+
+def test_every_flow_stays_fresh_under_churn(loaded: Lab, redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with RelayMaps(BPFFS / loaded.name) as maps:
+        flows = maps["flows"]
+        val = FlowVal(1, 0, 7, time.monotonic_ns())
+        start = time.monotonic()
+        inside: OrderedDict[int, float] = OrderedDict()  # flow -> when it entered the map
+        for i in range(FLOWS):
+            flows.update(_key(i), val)
+            inside[i] = start  # counted from the end of the first cycle (below)
+        exp = FlowExporter(flows, prefix="edge", ttl=TTL, batch=BATCH)
+        nxt, churned, checks, cycles = FLOWS, 0.0, 0, []
+        cycle_start = last_check = time.monotonic()
+        while time.monotonic() - start < 3 * TTL:
+            res = exp.step(r)
+            now = time.monotonic()
+            if res.cycle_done:
+                if exp.cycle == 1:  # warm-up: the whole map appeared at once (a restart)
+                    for i in inside:
+                        inside[i] = now
+                    start = now
+                else:
+                    cycles.append(now - cycle_start)
+                cycle_start = now
+            # Churn: the oldest flows leave, new ones arrive.
+            churned += CHURN * INTERVAL
+            while churned >= 1:
+                old, _ = inside.popitem(last=False)
+                flows.delete(_key(old))
+                flows.update(_key(nxt), val)
+                inside[nxt] = now
+                nxt, churned = nxt + 1, churned - 1
+            if exp.cycle >= 1 and now - last_check > TTL / 6:
+                last_check = now
+                # A new flow is written within one cycle, an old one re-written within one cycle
+                # after a third of the TTL: with cycles under 2/3 of the TTL, every flow in the
+                # map for that long has a live key.
+                due = [i for i, at in inside.items() if now - at > TTL * 2 / 3]
+                names = [redis_key_of("edge", bytes(_key(i))) for i in due]
+                pipe = r.pipeline(transaction=False)
+                for name in names:
+                    pipe.exists(name)
+                # Missing and still in the map (an LRU map may evict early, per CPU: those
+                # left the map, and their keys may expire).
+                missing = [
+                    i
+                    for i, there in zip(due, pipe.execute(), strict=True)
+                    if not there and flows.lookup(_key(i)) is not None
+                ]
+                if missing:
+                    from control.flowexport import written_at
+
+                    k = bytes(_key(missing[0]))
+                    packed = exp.known().get(k)
+                    print("DEBUG", now, "written", packed and written_at(packed), "in cache",
+                          k in exp.cache, "in met", k in exp._met, "cycle", exp.cycle,
+                          "entered", inside[missing[0]], "pttl", r.pttl(names[due.index(missing[0])]))
+                assert not missing, (
+                    f"{len(missing)} of {len(due)} flows in the map for 2/3 TTL have no key in "
+                    f"Redis (cycles so far: {cycles})"
+                )
+                checks += 1
+            time.sleep(INTERVAL)  # the control loop's --interval between passes (pacing)
+    r.flushall()
+    r.close()
+    assert checks >= 10 and len(cycles) >= 2
+    assert max(cycles) < TTL * 2 / 3, (cycles, TTL)
+    assert abs(exp.last_count - FLOWS) <= CHURN  # the walk meets every flow once
