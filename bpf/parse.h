@@ -6,6 +6,18 @@
 #include "reasons.h"
 #include "structs.h"
 
+/* A 16-bit length field in host order, with bounds the verifier can see. Linux 6.1's verifier
+ * forgets a register's bounds across a byte swap (later ones track them), and a length added to
+ * a packet pointer (trim_frame) must be bounded, so the mask is explicit; the empty asm keeps
+ * clang from dropping it as redundant. */
+static __always_inline __u16 edge_ntohs_len(__be16 v)
+{
+	__u32 n = edge_ntohs(v);
+
+	asm volatile("" : "+r"(n));
+	return n & 0xffff;
+}
+
 /* Reads the headers up to the UDP ports into *d: REASON_CONTINUE for an IPv4/UDP datagram whose
  * ports could be read, pass_not_ipv4 for another ethertype (ARP, IPv6, VLAN...), pass_not_ours
  * for IPv4 the relay could not own. Non-first fragments carry no ports, so they cannot be
@@ -33,8 +45,8 @@ static __always_inline __u32 parse_udp4(void *data, void *data_end, struct udp4 
 	d->daddr = ip->daddr;
 	d->sport = udp->source;
 	d->dport = udp->dest;
-	d->tot_len = edge_ntohs(ip->tot_len);
-	d->udp_len = edge_ntohs(udp->len);
+	d->tot_len = edge_ntohs_len(ip->tot_len);
+	d->udp_len = edge_ntohs_len(udp->len);
 	d->ihl = ihl;
 	d->tos = ip->tos;
 	return REASON_CONTINUE;

@@ -345,7 +345,8 @@ class VmLab(Lab):
             with contextlib.suppress(OSError):
                 with socket.create_connection((TXR_ADDR, TXR_HTTP_PORT), 2) as s:
                     s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                    return s.recv(16).startswith(b"HTTP/1.1 200")
+                    # aiohttp answers in the request's version: "HTTP/1.0 200 OK"
+                    return s.recv(16).split(b" ")[1:2] == [b"200"]
             return False
 
         return netns.call_in(self.router_ns, get)
