@@ -84,14 +84,6 @@ def test_every_flow_stays_fresh_under_churn(loaded: Lab, redis_url: str) -> None
                     for i, there in zip(due, pipe.execute(), strict=True)
                     if not there and flows.lookup(_key(i)) is not None
                 ]
-                if missing:
-                    from control.flowexport import written_at
-
-                    k = bytes(_key(missing[0]))
-                    packed = exp.known().get(k)
-                    print("DEBUG", now, "written", packed and written_at(packed), "in cache",
-                          k in exp.cache, "in met", k in exp._met, "cycle", exp.cycle,
-                          "entered", inside[missing[0]], "pttl", r.pttl(names[due.index(missing[0])]))
                 assert not missing, (
                     f"{len(missing)} of {len(due)} flows in the map for 2/3 TTL have no key in "
                     f"Redis (cycles so far: {cycles})"
