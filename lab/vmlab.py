@@ -184,6 +184,9 @@ class VmLab(Lab):
         self.vip, self.vip_port = VIP, VIP_PORT
         self.key = secrets.token_bytes(16)
         self.redis_password = secrets.token_hex(16)
+        # The signaling API key: the transceiver VM serves with it, the client VM's call client
+        # mints single-use client tokens with it (as an application server would).
+        self.api_key = secrets.token_urlsafe(24)
         self.vms: dict[str, Vm] = {}
         self.health: HealthChecker | None = None
         self.timings: dict[str, float] = {}
@@ -336,7 +339,7 @@ class VmLab(Lab):
 
     def _start_transceiver(self) -> None:
         provision(self.vm("txr"), "transceiver", TXR_ADDR, f"{VIP}:{VIP_PORT}", self.redis_url(),
-                  str(CLUSTER), str(TXR_ID))  # fmt: skip
+                  str(CLUSTER), str(TXR_ID), self.api_key)  # fmt: skip
         # Its first start imports (and byte-compiles) aiortc and PyAV: minutes under TCG.
         wait_until(self._txr_healthy, 900, "the transceiver's /healthz", step=2)
 
@@ -457,7 +460,9 @@ class VmCallDriver(CallDriver):
 
     def __init__(self, lab: VmLab, urls: list[str]) -> None:
         self.log = lab.tmpdir / f"callclient-{time.monotonic_ns()}.log"
-        command = f"cd {INSTALL_DIR} && exec .venv/bin/python -m lab.callclient"
+        keys = "/run/edge-api-keys"
+        command = f"umask 077 && printf '%s\\n' {shlex.quote(lab.api_key)} > {keys} && "
+        command += f"cd {INSTALL_DIR} && TXR_API_KEYS_FILE={keys} exec .venv/bin/python -m lab.callclient"
         command += "".join(f" {shlex.quote(u)}" for u in urls)
         with self.log.open("wb") as err:
             self.proc = lab.vm("client").ssh_popen(

@@ -43,8 +43,13 @@ registry)
     ;;
 transceiver)
     addr="${1:?ADDR}" vip="${2:?VIP:PORT}" redis="${3:?REDIS_URL}" cluster="${4:?CLUSTER}" id="${5:?ID}"
+    api_key="${6:?API_KEY}"
+    # The signaling API key, in a file only root reads (never on the command line).
+    install -d -m 700 /etc/webrtc-edge
+    install -m 600 /dev/null /etc/webrtc-edge/api-keys
+    printf '%s\n' "$api_key" > /etc/webrtc-edge/api-keys
     cat > /etc/default/edge-transceiver <<EOF
-TXR_ARGS="--listen=$addr:8080 --udp=$addr:5000 --vip=$vip --cluster=$cluster --id=$id --redis=$redis --relay-tunnel-port=$TUNNEL_PORT"
+TXR_ARGS="--listen=$addr:8080 --udp=$addr:5000 --vip=$vip --cluster=$cluster --id=$id --redis=$redis --relay-tunnel-port=$TUNNEL_PORT --api-keys=/etc/webrtc-edge/api-keys"
 EOF
     chmod 600 /etc/default/edge-transceiver
     cat > /etc/systemd/system/edge-transceiver.service <<EOF
