@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import netns
+from lab.base import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_TEMPLATE = ROOT / "deploy" / "redis" / "users.conf"
@@ -147,13 +148,8 @@ dir {d}
             client.close()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace=5)
         self.proc = None
         if getattr(self, "log", None) is not None:
             self.log.close()
