@@ -90,6 +90,7 @@ def test_run_and_transceiver_over_tls_with_acl_users(loaded: Lab, sr: SecureRedi
         # the relay's map within a second.
         argv = [TRANSCEIVER, "serve", "--listen=127.0.0.1:0", "--udp=127.0.0.1:0",
                 "--cluster=1", "--id=7", "--tunnel=198.18.0.7:5000", "--drain-timeout=0",
+                "--no-auth",  # signaling auth: tests/transceiver/test_signaling_*.py
                 f"--redis={url_for(sr, 'txr-1-7')}",
                 f"--redis-password-file={sr.password_file('txr-1-7')}"]  # fmt: skip
         log = sr.dir / "txr.log"
