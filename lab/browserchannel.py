@@ -1,6 +1,6 @@
 """Data channel messages from headless Chromium: `oai-events` beside a fake microphone.
 
-    python -m lab.browserchannel http://198.18.2.2:8080 [packets]
+    python -m lab.browserchannel [--api-keys FILE] http://198.18.2.2:8080 [packets]
 
 Loads the page the transceiver serves (only for its origin: getUserMedia and fetch need it),
 then runs lab/assets/channel.js there: a call of its own with an `oai-events` data channel,
@@ -8,25 +8,27 @@ JSON text and binary messages of 0 B .. 64 KB (lab.channelclient.SIZES) sent one
 each echo compared byte for byte, and `packets` more echoed audio packets counted after the
 messages. Prints one JSON line, {"state", "sent", "echoed", "bad", "rtt_ms", "audio_before",
 "audio_after", "max_message_size", "first_mline", "setup_ms", "error"}, and exits 1 unless
-every message came back identical. Chromium's flags are lab.browsercall's.
+every message came back identical. Chromium's flags, and the client token the page gets from
+`window.getEdgeToken()` when an API keys file is given, are lab.browsercall's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from lab.browsercall import ARGS, CHROMIUM
+from lab.browsercall import ARGS, CHROMIUM, mint_token
 from lab.channelclient import LABEL, SIZES
 
 SCRIPT = Path(__file__).resolve().parent / "assets" / "channel.js"
 
 
-def run(url: str, packets: int = 50) -> dict[str, Any]:
+def run(url: str, packets: int = 50, api_key: str | None = None) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}"]
@@ -35,6 +37,8 @@ def run(url: str, packets: int = 50) -> dict[str, Any]:
             profile, executable_path=CHROMIUM, headless=True, args=args
         )
         try:
+            if api_key:
+                ctx.expose_function("getEdgeToken", lambda: mint_token(url, api_key))
             page = ctx.new_page()
             page.goto(f"{url}/")
             page.set_default_timeout(90_000)
@@ -56,9 +60,18 @@ def main(argv: list[str]) -> int:
         default=50,
         help="echoed audio packets to count after the messages (%(default)s)",
     )
+    ap.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        default=os.environ.get("TXR_API_KEYS_FILE"),
+        help="the transceiver's API keys file: the page gets client tokens minted with its "
+        "first key (default: env TXR_API_KEYS_FILE; none: the server runs --no-auth)",
+    )
     args = ap.parse_args(argv)
     try:
-        result = run(args.url, args.packets)
+        from lab.peer import read_api_key
+
+        result = run(args.url, args.packets, read_api_key(args.api_keys))
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result), flush=True)

@@ -6,7 +6,7 @@ comes back identical while the echoed audio keeps arriving. The in-process trans
 the end-to-end tests (this module run in the lab's client namespace) and bench.datachannel use
 it. As a command:
 
-    python -m lab.channelclient http://198.18.2.2:8080 [--rounds N]
+    python -m lab.channelclient [--api-keys FILE] http://198.18.2.2:8080 [--rounds N]
 
 prints one JSON line: {"state", "local", "sent", "echoed", "bad", "rtp_before", "rtp_after",
 "rtt_ms": {size: [ms, ...]}, "error"}; exits 1 unless every message came back identical.
@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCDataChannel
 
-from lab.peer import ClientPeer
+from lab.peer import CallRefused, ClientPeer, client_token, read_api_key
 
 LABEL = "oai-events"  # what clients of the OpenAI Realtime API open
 SIZES = (1, 2, 15, 100, 1000, 1199, 1200, 1201, 4096, 16384, 65535, 65536)
@@ -89,17 +89,18 @@ class ChannelEcho:
         return rtts
 
 
-async def run_call(
-    url: str, rounds: int = 1, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """One call with `oai-events` and audio; every standard message `rounds` times."""
+async def run_call(url: str, rounds: int = 1, api_key: str | None = None) -> dict[str, Any]:
+    """One call with `oai-events` and audio; every standard message `rounds` times. With
+    `api_key` the call uses a single-use client token minted with it, as an application
+    server would give its client."""
     peer = ClientPeer(audio="pcm", decode=False, data_channels=(LABEL,))
     echo = ChannelEcho(peer.channels[0])
     result: dict[str, Any] = {"state": "new", "sent": 0, "echoed": 0, "bad": 0, "error": None}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
             try:
-                await peer.start(http, url, headers=headers)
+                token = await client_token(http, url, api_key) if api_key else None
+                await peer.start(http, url, token=token)
                 await echo.wait_open()
                 result["state"] = peer.pc.connectionState
                 result["local"] = list(peer.nominated()[0])
@@ -113,7 +114,13 @@ async def run_call(
                     result["echoed"] += len(messages)
                 result["rtp_after"] = peer.rtp_in
                 result["rtt_ms"] = {str(k): [round(v, 3) for v in vs] for k, vs in rtts.items()}
-            except (ValueError, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
+            except (
+                ValueError,
+                TimeoutError,
+                ConnectionError,
+                CallRefused,
+                aiohttp.ClientError,
+            ) as exc:
                 result["error"] = f"{type(exc).__name__}: {exc}"
                 result["bad"] += 1
             finally:
@@ -129,9 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("url", help="the transceiver's (or VIP's) HTTP base URL")
     ap.add_argument("--rounds", type=int, default=1, help="times to send every message (default 1)")
+    ap.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        default=os.environ.get("TXR_API_KEYS_FILE"),
+        help="the transceiver's API keys file: mint a client token with its first key "
+        "(default: env TXR_API_KEYS_FILE; none: the server runs --no-auth)",
+    )
     args = ap.parse_args(argv)
     try:
-        result = asyncio.run(run_call(args.url, args.rounds))
+        result = asyncio.run(run_call(args.url, args.rounds, read_api_key(args.api_keys)))
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result), flush=True)

@@ -462,7 +462,9 @@ class VmCallDriver(CallDriver):
         self.log = lab.tmpdir / f"callclient-{time.monotonic_ns()}.log"
         keys = "/run/edge-api-keys"
         command = f"umask 077 && printf '%s\\n' {shlex.quote(lab.api_key)} > {keys} && "
-        command += f"cd {INSTALL_DIR} && TXR_API_KEYS_FILE={keys} exec .venv/bin/python -m lab.callclient"
+        command += (
+            f"cd {INSTALL_DIR} && TXR_API_KEYS_FILE={keys} exec .venv/bin/python -m lab.callclient"
+        )
         command += "".join(f" {shlex.quote(u)}" for u in urls)
         with self.log.open("wb") as err:
             self.proc = lab.vm("client").ssh_popen(

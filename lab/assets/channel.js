@@ -50,11 +50,11 @@ async ({ sizes, label, packets }) => {
         if (pc.iceGatheringState === "complete") resolve();
       });
     });
-    const resp = await fetch("/v1/calls", {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp" },
-      body: pc.localDescription.sdp,
-    });
+    // A single-use client token from the embedding page (lab.browsercall.mint_token), if any.
+    const headers = { "Content-Type": "application/sdp" };
+    if (typeof window.getEdgeToken === "function")
+      headers["Authorization"] = "Bearer " + (await window.getEdgeToken());
+    const resp = await fetch("/v1/calls", { method: "POST", headers, body: pc.localDescription.sdp });
     const answer = await resp.text();
     if (resp.status !== 201) throw new Error("POST answered " + resp.status + ": " + answer);
     location = resp.headers.get("Location");

@@ -17,6 +17,7 @@ import pytest
 from lab.browsercall import CHROMIUM
 from lab.channelclient import SIZES
 from lab.edge import EdgeLab
+from lab.peer import lab_key_file
 from tests.e2e.e2ehelp import drops, report
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
@@ -48,13 +49,18 @@ def _run(lab: EdgeLab, argv: list[str], timeout: float = 150) -> dict[str, Any]:
     return result
 
 
+def _auth(lab: EdgeLab) -> list[str]:
+    """The lab's API keys file: its clients mint client tokens as an application server would."""
+    return ["--api-keys", str(lab_key_file(lab.tmpdir))]
+
+
 def _p50(rtt: dict[str, list[float]], size: int) -> float:
     return round(statistics.median(rtt[str(size)]), 2)
 
 
 def test_aiortc_client_messages_through_the_relay(lab: EdgeLab) -> None:
     before = _relay_totals(lab)
-    result = _run(lab, [sys.executable, "-m", "lab.channelclient", lab.txrs[0].url])
+    result = _run(lab, [sys.executable, "-m", "lab.channelclient", *_auth(lab), lab.txrs[0].url])
     after = _relay_totals(lab)
     assert result["sent"] == result["echoed"] == MESSAGES and result["bad"] == 0
     audio = result["rtp_after"] - result["rtp_before"]
@@ -73,7 +79,7 @@ def test_chromium_messages_through_the_relay(lab: EdgeLab) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make install` (Debian package chromium)")
     before = _relay_totals(lab)
-    result = _run(lab, [sys.executable, "-m", "lab.browserchannel", lab.txrs[1].url, "50"])
+    result = _run(lab, [sys.executable, "-m", "lab.browserchannel", *_auth(lab), lab.txrs[1].url])
     after = _relay_totals(lab)
     assert result["sent"] == result["echoed"] == MESSAGES and result["bad"] == []
     assert result["max_message_size"] == "262144"

@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_chromium_oai_events_echo(app: str) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make install` (Debian package chromium)")
-    with Running(transceiver_server(app, 4)) as (_pid, url):
+    server = Running(transceiver_server(app, 4))
+    with server as (_pid, url):
         done = subprocess.run(
-            [sys.executable, "-m", "lab.browserchannel", url, "50"],
+            [sys.executable, "-m", "lab.browserchannel", "--api-keys", str(server.keys_file), url],
             cwd=REPO,
             capture_output=True,
             text=True,
