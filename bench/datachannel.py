@@ -74,13 +74,15 @@ def _q(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(pid: int, url: str, label: str, counts: dict[int, int]) -> list[Result]:
+async def measure(
+    pid: int, url: str, label: str, counts: dict[int, int], api_key: str | None = None
+) -> list[Result]:
     peer = ClientPeer(audio="opus", decode=False, data_channels=(LABEL,))
     echo = ChannelEcho(peer.channels[0])
     out = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         try:
-            await peer.start(http, url)
+            await peer.start(http, url, token=api_key)
             await echo.wait_open()
             await echo.exchange([json_of_size(n) for n in counts])  # warm-up: one of each
             for size, count in counts.items():
@@ -114,8 +116,9 @@ def run(counts: dict[int, int] | None = None) -> Table:
     results: list[Result] = []
     for server in (transceiver_server("echo", 4), baseline_server()):
         print(f"  {server.label}: messages ...", file=sys.stderr, flush=True)
-        with Running(server) as (pid, url):
-            results += asyncio.run(measure(pid, url, server.label, counts))
+        running = Running(server)
+        with running as (pid, url):
+            results += asyncio.run(measure(pid, url, server.label, counts, running.api_key))
     table = Table(
         "Data channel message round trip and server CPU (one call, one message in flight)",
         ["server", "message", "messages", "RTT p50 ms", "RTT p99 ms", "server CPU us/msg",

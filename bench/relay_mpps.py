@@ -257,7 +257,8 @@ def measure(packets: int = PACKETS) -> Table:
     with fib_sandbox("edgempps") as sandbox, NetnsWorker(sandbox.path) as worker:
         rig = Rig(sandbox, worker)
         relay = compile_relay()
-        bench = Bench(sandbox, worker, relay, BPF(text=BASELINE_SRC))
+        trivial = BPF(text=BASELINE_SRC)  # kept alive: the userspace row attaches its XDP_PASS
+        bench = Bench(sandbox, worker, relay, trivial.load_func(b"xdp_pass", BPF.XDP).fd)
         try:
             # The generator alone: out of the relay's ingress link, straight into its peer's sink.
             for path in _paths():

@@ -86,11 +86,12 @@ def test_stock_server_refuses_bad_requests_clearly() -> None:
 
 @pytest.mark.parametrize(("which", "procs"), [("stock", 1), ("transceiver", 1), ("transceiver", 2)])
 def test_callgen_measures_calls_and_the_server(which: str, procs: int) -> None:
-    server = stock_server() if which == "stock" else transceiver_server("echo", 10)
-    with Running(server) as (pid, url):
+    running = Running(stock_server() if which == "stock" else transceiver_server("echo", 10))
+    with running as (pid, url):
+        auth = ["--api-keys", str(running.keys_file)] if running.keys_file else []
         done = subprocess.run(
             [
-                *(sys.executable, "-m", "bench.callgen", "--url", url, "--calls", "3"),
+                *(sys.executable, "-m", "bench.callgen", "--url", url, "--calls", "3", *auth),
                 *("--duration", "2", "--server-pid", str(pid), "--per-call"),
                 *("--procs", str(procs)),
             ],
