@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml
 	@$(VPY) -c 'import bcc, control, datapath, transceiver, wire'
 	@touch $@
 
-test: install ## run the whole test suite (needs root)
+test: install images-deps ## run the whole test suite (needs root)
 	@test "$$(id -u)" = 0 || { echo "make test needs root: it loads XDP programs and builds network namespaces"; exit 1; }
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
