@@ -9,6 +9,7 @@ has been in the map for 2/3 of the TTL must have its key in Redis, at every chec
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 
@@ -35,48 +36,85 @@ def _key(i: int) -> FlowKey:
     return FlowKey(int.from_bytes(addr, "little"), be32(RELAY_ADDR), be16(2000), be16(3478))
 
 
+class _Churn:
+    """The exporter's passes at its pacing with the map's churn, on a thread of their own: the
+    checks (tens of thousands of lookups each) must not slow the passes, as nothing slows the
+    control loop's passes in production."""
+
+    def __init__(
+        self, flows: object, exp: FlowExporter, r: redis.Redis, inside: OrderedDict
+    ) -> None:
+        self.flows, self.exp, self.r, self.inside = flows, exp, r, inside
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.warm = threading.Event()  # the first (warm-up) cycle is done
+        self.cycles: list[float] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="flow-export", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            nxt, churned = FLOWS, 0.0
+            cycle_start = time.monotonic()
+            while not self.stop.is_set():
+                res = self.exp.step(self.r)
+                now = time.monotonic()
+                with self.lock:
+                    if res.cycle_done:
+                        if self.exp.cycle == 1:  # warm-up: the whole map appeared at once
+                            for i in self.inside:
+                                self.inside[i] = now
+                            self.warm.set()
+                        else:
+                            self.cycles.append(now - cycle_start)
+                        cycle_start = now
+                    # Churn: the oldest flows leave, new ones arrive.
+                    churned += CHURN * INTERVAL
+                    while churned >= 1:
+                        old, _ = self.inside.popitem(last=False)
+                        self.flows.delete(_key(old))  # type: ignore[attr-defined]
+                        self.flows.update(_key(nxt), VAL)  # type: ignore[attr-defined]
+                        self.inside[nxt] = now
+                        nxt, churned = nxt + 1, churned - 1
+                self.stop.wait(INTERVAL)  # the control loop's --interval between passes
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+            self.warm.set()
+
+    def due(self, now: float) -> list[int]:
+        with self.lock:
+            return [i for i, at in self.inside.items() if now - at > TTL * 2 / 3]
+
+
+VAL = FlowVal(1, 0, 7, time.monotonic_ns())
+
+
 def test_every_flow_stays_fresh_under_churn(loaded: Lab, redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
+    checker = redis.Redis.from_url(redis_url)
     with RelayMaps(BPFFS / loaded.name) as maps:
         flows = maps["flows"]
-        val = FlowVal(1, 0, 7, time.monotonic_ns())
-        start = time.monotonic()
         inside: OrderedDict[int, float] = OrderedDict()  # flow -> when it entered the map
         for i in range(FLOWS):
-            flows.update(_key(i), val)
-            inside[i] = start  # counted from the end of the first cycle (below)
+            flows.update(_key(i), VAL)
+            inside[i] = 0.0  # counted from the end of the first cycle
         exp = FlowExporter(flows, prefix="edge", ttl=TTL, batch=BATCH)
-        nxt, churned, checks, cycles = FLOWS, 0.0, 0, []
-        cycle_start = last_check = time.monotonic()
-        while time.monotonic() - start < 3 * TTL:
-            res = exp.step(r)
-            now = time.monotonic()
-            if res.cycle_done:
-                if exp.cycle == 1:  # warm-up: the whole map appeared at once (a restart)
-                    for i in inside:
-                        inside[i] = now
-                    start = now
-                else:
-                    cycles.append(now - cycle_start)
-                cycle_start = now
-            # Churn: the oldest flows leave, new ones arrive.
-            churned += CHURN * INTERVAL
-            while churned >= 1:
-                old, _ = inside.popitem(last=False)
-                flows.delete(_key(old))
-                flows.update(_key(nxt), val)
-                inside[nxt] = now
-                nxt, churned = nxt + 1, churned - 1
-            if exp.cycle >= 1 and now - last_check > TTL / 6:
-                last_check = now
-                # A new flow is written within one cycle, an old one re-written within one cycle
-                # after a third of the TTL: with cycles under 2/3 of the TTL, every flow in the
-                # map for that long has a live key.
-                due = [i for i, at in inside.items() if now - at > TTL * 2 / 3]
-                names = [redis_key_of("edge", bytes(_key(i))) for i in due]
-                pipe = r.pipeline(transaction=False)
-                for name in names:
-                    pipe.exists(name)
+        churn = _Churn(flows, exp, r, inside)
+        churn.thread.start()
+        checks = 0
+        try:
+            assert churn.warm.wait(60), "the warm-up cycle never ended"
+            start = time.monotonic()
+            while churn.error is None and time.monotonic() - start < 3 * TTL:
+                churn.stop.wait(TTL / 6)
+                now = time.monotonic()
+                # A new flow is written within one cycle, an old one re-written within one
+                # cycle after a third of the TTL: with cycles under 2/3 of the TTL, every flow
+                # in the map for that long has a live key.
+                due = churn.due(now)
+                pipe = checker.pipeline(transaction=False)
+                for i in due:
+                    pipe.exists(redis_key_of("edge", bytes(_key(i))))
                 # Missing and still in the map (an LRU map may evict early, per CPU: those
                 # left the map, and their keys may expire).
                 missing = [
@@ -86,12 +124,17 @@ def test_every_flow_stays_fresh_under_churn(loaded: Lab, redis_url: str) -> None
                 ]
                 assert not missing, (
                     f"{len(missing)} of {len(due)} flows in the map for 2/3 TTL have no key in "
-                    f"Redis (cycles so far: {cycles})"
+                    f"Redis (cycles so far: {churn.cycles})"
                 )
                 checks += 1
-            time.sleep(INTERVAL)  # the control loop's --interval between passes (pacing)
+        finally:
+            churn.stop.set()
+            churn.thread.join(30)
+    assert churn.error is None, churn.error
     r.flushall()
     r.close()
+    checker.close()
+    cycles = churn.cycles
     assert checks >= 10 and len(cycles) >= 2
     assert max(cycles) < TTL * 2 / 3, (cycles, TTL)
     assert abs(exp.last_count - FLOWS) <= CHURN  # the walk meets every flow once
