@@ -99,7 +99,10 @@ def test_slow_path_takeover_rate(redis_url: str) -> None:
         client = lab.client_addrs[0]
         for i in range(TAKEOVERS):
             r.set(f"edge:flow:{client}:{20000 + i}:{lab.vip}:{lab.vip_port}", "1:7", ex=60)
-        proc = RunProc(lab.relay_ns, lab.name, redis_url)
+        # One client host stands in for 500 (a failover moves many clients' calls at once):
+        # its source's slow-path budget is raised to the rate measured here, not lifted.
+        limits = ["--slow-path-source-rate", str(TAKEOVERS), "--slow-path-net-rate", str(TAKEOVERS)]
+        proc = RunProc(lab.relay_ns, lab.name, redis_url, *limits)
         standin = lab.standin(0).start()
         raw = netns.socket_in(lab.client_ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
