@@ -11,7 +11,7 @@
 - **Single use**: a token's `jti` is spent when a call is placed with it. With `--redis` the
   spent set is in Redis (`<prefix>:tokens:<jti>`, SET NX with the token's remaining lifetime),
   so a token places one call in the whole cluster; without Redis it is this process's memory
-  (one call per transceiver, documented in docs/security-signaling.md). While Redis cannot be
+  (one call per transceiver, documented in docs/security.md). While Redis cannot be
   asked, this process's memory stands in (counted in `RedisSpent.fallbacks`, logged): the
   edge keeps taking calls without Redis, as it keeps routing and media, and a token is then
   single-use per transceiver until Redis is back.

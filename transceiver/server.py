@@ -1,6 +1,6 @@
 """WHIP-style signaling (RFC 9725) over aiohttp, plus health, metrics and the demo page.
 
-Who may do what (transceiver/auth.py, docs/security-signaling.md): POST /v1/calls needs an API
+Who may do what (transceiver/auth.py, docs/security.md): POST /v1/calls needs an API
 key or a single-use client token; POST /v1/tokens (mint a client token) needs an API key; a
 call's resource URL (`Location`) carries a per-call secret, and only its holder (or an API key)
 may PATCH or DELETE it. Every client address has a POST budget (429 beyond it); connections are

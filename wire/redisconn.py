@@ -13,7 +13,7 @@ builds the one URL every client is made from, out of (first found wins):
   TLS (rediss://) the URL's query (ssl_ca_certs=, ssl_certfile=, ssl_keyfile=), else
                  $REDIS_CA_FILE, $REDIS_CERT_FILE, $REDIS_KEY_FILE
 The server certificate is always verified (redis-py's default, ssl_cert_reqs=required).
-docs/security-secrets.md has the ACL each component needs.
+docs/security.md has the ACL each component needs.
 """
 
 from __future__ import annotations
