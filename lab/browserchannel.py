@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from lab.browsercall import ARGS, CHROMIUM, mint_token
 from lab.channelclient import LABEL, SIZES
+from lab.peer import add_api_keys_option, read_api_key
 
 SCRIPT = Path(__file__).resolve().parent / "assets" / "channel.js"
 
@@ -60,17 +60,9 @@ def main(argv: list[str]) -> int:
         default=50,
         help="echoed audio packets to count after the messages (%(default)s)",
     )
-    ap.add_argument(
-        "--api-keys",
-        metavar="FILE",
-        default=os.environ.get("TXR_API_KEYS_FILE"),
-        help="the transceiver's API keys file: the page gets client tokens minted with its "
-        "first key (default: env TXR_API_KEYS_FILE; none: the server runs --no-auth)",
-    )
+    add_api_keys_option(ap)
     args = ap.parse_args(argv)
     try:
-        from lab.peer import read_api_key
-
         result = run(args.url, args.packets, read_api_key(args.api_keys))
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCDataChannel
 
-from lab.peer import CallRefused, ClientPeer, client_token, read_api_key
+from lab.peer import CallRefused, ClientPeer, add_api_keys_option, client_token, read_api_key
 
 LABEL = "oai-events"  # what clients of the OpenAI Realtime API open
 SIZES = (1, 2, 15, 100, 1000, 1199, 1200, 1201, 4096, 16384, 65535, 65536)
@@ -136,13 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("url", help="the transceiver's (or VIP's) HTTP base URL")
     ap.add_argument("--rounds", type=int, default=1, help="times to send every message (default 1)")
-    ap.add_argument(
-        "--api-keys",
-        metavar="FILE",
-        default=os.environ.get("TXR_API_KEYS_FILE"),
-        help="the transceiver's API keys file: mint a client token with its first key "
-        "(default: env TXR_API_KEYS_FILE; none: the server runs --no-auth)",
-    )
+    add_api_keys_option(ap)
     args = ap.parse_args(argv)
     try:
         result = asyncio.run(run_call(args.url, args.rounds, read_api_key(args.api_keys)))

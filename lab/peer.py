@@ -17,7 +17,9 @@ the project's one seam into aiortc.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import queue
 import re
 import time
@@ -81,6 +83,18 @@ def read_api_key(path: str | None) -> str | None:
     from transceiver.auth import read_key_file
 
     return read_key_file(path)[0]
+
+
+def add_api_keys_option(parser: argparse.ArgumentParser) -> None:
+    """`--api-keys FILE` for a lab client command (default env TXR_API_KEYS_FILE): the client
+    acts as the application server and mints client tokens with the file's first key."""
+    parser.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        default=os.environ.get("TXR_API_KEYS_FILE"),
+        help="the transceiver's API keys file: calls use client tokens minted with its first "
+        "key (default: env TXR_API_KEYS_FILE; none: the server runs --no-auth)",
+    )
 
 
 LAB_KEYS_FILE = "api-keys"
