@@ -19,6 +19,8 @@ import os
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,7 +47,10 @@ def mint_token(url: str, api_key: str) -> str:
         return str(json.loads(resp.read())["value"])
 
 
-def call(url: str, packets: int, api_key: str | None = None) -> dict[str, Any]:
+@contextmanager
+def chromium_page(url: str, api_key: str | None = None) -> Iterator[Any]:
+    """A page of headless Chromium on `url`'s origin (treated as secure) with a fresh profile;
+    with `api_key` the page's `window.getEdgeToken()` mints a client token for each call."""
     from playwright.sync_api import sync_playwright
 
     args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}"]
@@ -58,25 +63,30 @@ def call(url: str, packets: int, api_key: str | None = None) -> dict[str, Any]:
                 ctx.expose_function("getEdgeToken", lambda: mint_token(url, api_key))
             page = ctx.new_page()
             page.goto(f"{url}/")
-            page.click("#call")
-            page.wait_for_function(
-                f"window.packetsReceived > {packets} || window.callState === 'failed'",
-                timeout=30_000,
-            )
-            result = dict(
-                page.evaluate(
-                    "({state: window.callState, error: window.callError,"
-                    " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
-                    " setup_ms: window.setupMs})"
-                )
-            )
-            page.click("#hangup")
-            page.wait_for_function(
-                "window.callState === 'ended' || window.callState === 'failed'", timeout=10_000
-            )
-            return result
+            yield page
         finally:
             ctx.close()
+
+
+def call(url: str, packets: int, api_key: str | None = None) -> dict[str, Any]:
+    with chromium_page(url, api_key) as page:
+        page.click("#call")
+        page.wait_for_function(
+            f"window.packetsReceived > {packets} || window.callState === 'failed'",
+            timeout=30_000,
+        )
+        result = dict(
+            page.evaluate(
+                "({state: window.callState, error: window.callError,"
+                " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
+                " setup_ms: window.setupMs})"
+            )
+        )
+        page.click("#hangup")
+        page.wait_for_function(
+            "window.callState === 'ended' || window.callState === 'failed'", timeout=10_000
+        )
+        return result
 
 
 def main(argv: list[str]) -> int:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from lab.browsercall import ARGS, CHROMIUM, mint_token
+from lab.browsercall import chromium_page
 from lab.channelclient import LABEL, SIZES
 from lab.peer import add_api_keys_option, read_api_key
 
@@ -29,23 +28,10 @@ SCRIPT = Path(__file__).resolve().parent / "assets" / "channel.js"
 
 
 def run(url: str, packets: int = 50, api_key: str | None = None) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}"]
-    with tempfile.TemporaryDirectory(prefix="edge-chromium-") as profile, sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=args
-        )
-        try:
-            if api_key:
-                ctx.expose_function("getEdgeToken", lambda: mint_token(url, api_key))
-            page = ctx.new_page()
-            page.goto(f"{url}/")
-            page.set_default_timeout(90_000)
-            arg = {"sizes": list(SIZES), "label": LABEL, "packets": packets}
-            return dict(page.evaluate(SCRIPT.read_text(), arg))
-        finally:
-            ctx.close()
+    with chromium_page(url, api_key) as page:
+        page.set_default_timeout(90_000)
+        arg = {"sizes": list(SIZES), "label": LABEL, "packets": packets}
+        return dict(page.evaluate(SCRIPT.read_text(), arg))
 
 
 def main(argv: list[str]) -> int:
