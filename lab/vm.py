@@ -311,6 +311,33 @@ def make_ssh_key(path: Path, comment: str) -> Path:
     return path
 
 
+@dataclass
+class LoneVmNet:
+    """The network of a single helper VM (the image bake, the verifier): one tap on a bridge
+    that holds the gateway address, in namespace `ns`; a fresh SSH key and a seed for it."""
+
+    tap: str
+    key: Path
+    seed: Path
+
+
+def lone_vm_net(
+    ns: str, work: Path, *, name: str, bridge: str, mac: str, addr: str, gateway: str
+) -> LoneVmNet:
+    netns.run(ns, ["ip", "link", "add", bridge, "type", "bridge"])
+    netns.run(ns, ["ip", "link", "set", bridge, "up"])
+    netns.add_addr(ns, bridge, f"{gateway}/24")
+    tap = f"t-{name}"[:15]
+    netns.run(ns, ["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"])
+    netns.run(ns, ["ip", "link", "set", tap, "master", bridge, "up"])
+    key = make_ssh_key(work / "ssh_key", ns)
+    seed = write_seed(
+        work / "seed", hostname=name, mac=mac, addr=f"{addr}/24", gateway=gateway,
+        pubkey=key.with_suffix(".pub").read_text(),
+    )  # fmt: skip
+    return LoneVmNet(tap, key, seed)
+
+
 def in_parallel(fns: Sequence[Callable[[], object]], what: str) -> None:
     """Run the functions on threads, wait for all, raise the first failure (naming `what`)."""
     import threading

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from lab import netns
-from lab.vm import Nic, Vm, VmError, VmSpec, make_ssh_key, write_seed
+from lab.vm import Nic, Vm, VmError, VmSpec, lone_vm_net
 from lab.vmimage import (
     DEFAULT_CACHE,
     REPO,
@@ -80,23 +80,16 @@ def _bake(image: Image, wheels: Path, out: Path, repo: Path) -> None:
     vm: Vm | None = None
     netns.create(ns)
     try:
-        netns.run(ns, ["ip", "link", "add", "bake0", "type", "bridge"])
-        netns.run(ns, ["ip", "link", "set", "bake0", "up"])
-        netns.add_addr(ns, "bake0", f"{GATEWAY}/24")
-        netns.run(ns, ["ip", "tuntap", "add", "dev", "t-bake", "mode", "tap", "vnet_hdr"])
-        netns.run(ns, ["ip", "link", "set", "t-bake", "master", "bake0", "up"])
-        key = make_ssh_key(work / "ssh_key", prefix)
-        seed = write_seed(
-            work / "seed", hostname="bake", mac=MAC, addr=f"{ADDR}/24", gateway=GATEWAY,
-            pubkey=key.with_suffix(".pub").read_text(),
-        )  # fmt: skip
+        net = lone_vm_net(
+            ns, work, name="bake", bridge="bake0", mac=MAC, addr=ADDR, gateway=GATEWAY
+        )
         share = work / "share"
         stage_checkout(share, repo)
         spec = VmSpec(
-            "bake", 1536, [Nic("t-bake", MAC)], ADDR,
-            {SEED_TAG: seed, CHECKOUT_TAG: share, WHEELS_TAG: wheels},
+            "bake", 1536, [Nic(net.tap, MAC)], ADDR,
+            {SEED_TAG: net.seed, CHECKOUT_TAG: share, WHEELS_TAG: wheels},
         )  # fmt: skip
-        vm = Vm(spec, image, ns, work, key, disk=disk)
+        vm = Vm(spec, image, ns, work, net.key, disk=disk)
         t0 = time.monotonic()
         vm.boot()
         vm.wait_up()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from lab import netns
-from lab.vm import Nic, Vm, VmError, VmSpec, make_ssh_key, write_seed
+from lab.vm import Nic, Vm, VmError, VmSpec, lone_vm_net
 from lab.vmimage import DEFAULT_CACHE, REPO, VmImageError, ensure_image
 
 ADDR, GATEWAY, MAC = "198.18.2.2", "198.18.2.1", "52:54:00:ed:00:f1"
@@ -82,20 +82,15 @@ def verify(bpf_dir: Path, cflags: list[str], cache: Path, log: Path | None) -> t
     vm: Vm | None = None
     netns.create(ns)
     try:
-        netns.run(ns, ["ip", "link", "add", "vfy0", "type", "bridge"])
-        netns.run(ns, ["ip", "link", "set", "vfy0", "up"])
-        netns.add_addr(ns, "vfy0", f"{GATEWAY}/24")
-        netns.run(ns, ["ip", "tuntap", "add", "dev", "t-vfy", "mode", "tap", "vnet_hdr"])
-        netns.run(ns, ["ip", "link", "set", "t-vfy", "master", "vfy0", "up"])
-        key = make_ssh_key(work / "ssh_key", prefix)
-        seed = write_seed(
-            work / "seed", hostname="verify", mac=MAC, addr=f"{ADDR}/24", gateway=GATEWAY,
-            pubkey=key.with_suffix(".pub").read_text(),
-        )  # fmt: skip
+        net = lone_vm_net(
+            ns, work, name="verify", bridge="vfy0", mac=MAC, addr=ADDR, gateway=GATEWAY
+        )
         share = work / "share"
         _stage(share, bpf_dir)
-        spec = VmSpec("verify", 1536, [Nic("t-vfy", MAC)], ADDR, {SEED_TAG: seed, SHARE_TAG: share})
-        vm = Vm(spec, image, ns, work, key)
+        spec = VmSpec(
+            "verify", 1536, [Nic(net.tap, MAC)], ADDR, {SEED_TAG: net.seed, SHARE_TAG: share}
+        )
+        vm = Vm(spec, image, ns, work, net.key)
         t0 = time.monotonic()
         vm.boot()
         vm.wait_up()
