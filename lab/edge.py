@@ -1,17 +1,18 @@
-"""EdgeLab: two XDP relays behind one VIP (ECMP from the client), two transceivers, Redis.
+"""EdgeLab: two XDP relays behind one VIP (ECMP in front of them), two transceivers, Redis.
 
-    client ns                  relay0 / relay1 ns              fabric ns        txr ns
-    ca 198.18.1.2, .3/32  c0 -- rc 198.18.4.1 | rt 198.18.2.1  -- p0 -+- br0 -- t0 -- 198.18.2.2
-    VIP/32 ECMP over:     c1 -- rc 198.18.5.1 | rt 198.18.2.11 -- p1 -+      +- t1 -- 198.18.2.3
-      via 198.18.4.1 dev c0,    (each relay: VIP on lo, XDP on rc and rt)
-      via 198.18.5.1 dev c1
+    client ns            router ns             relay0 / relay1 ns          fabric ns    txr ns
+    eth0 198.18.1.2,.3 -- cr 198.18.1.1  c0 -- rc 198.18.4.1 | rt .2.1  -- p0 -+- br0 -- t0 .2.2
+    default via .1.1     VIP/32 ECMP:    c1 -- rc 198.18.5.1 | rt .2.11 -- p1 -+     +- t1 .2.3
+                           via 198.18.4.1 dev c0, via 198.18.5.1 dev c1
+                           (each relay: VIP on lo, XDP on rc and rt; 198.18.2.0/24 the fabric)
 
-The client links carry no client address (the client's addresses live on their own link): a
-client then only offers 198.18.1.x, and either relay can answer any of them.
-fib_multipath_hash_policy=1 spreads flows over the relays by port; `route_client` pins one
-client address to one relay (a source rule), which is how a test moves a call from one relay to
-the other. Relays and transceivers share one L2 segment, so every transceiver can answer through
-every relay.
+The client is an ordinary host: its addresses are on the one link its default route uses, as a
+real host's are, so client stacks that send each check from the interface holding its address
+(libnice) reach the VIP like any other. The router in front of it is the internet and the
+"anycast" of the VIP: fib_multipath_hash_policy=1 spreads flows over the relays by port;
+`route_client` pins one client address to one relay (a source rule on the router), which is how
+a test moves a call from one relay to the other. Relays and transceivers share one L2 segment,
+so every transceiver can answer through every relay.
 
 Every relay runs `relayctl load` + `relayctl run --redis`; every transceiver runs
 `transceiver serve --redis` and registers itself; the routing key is put in Redis by the lab.
@@ -40,6 +41,7 @@ from wire.defaults import RELAY_TUNNEL_PORT
 VIP = "198.18.100.1"
 VIP_PORT = 3478
 CLIENT_ADDRS = ("198.18.1.2", "198.18.1.3")
+CLIENT_GATEWAY = "198.18.1.1"  # the router's address on the client's link
 CLUSTER = 1
 KEY_ID = 1
 TXR_PORT = 5000
@@ -58,7 +60,7 @@ class RelaySlot:
     name: str  # relayctl --name (pins under /sys/fs/bpf/<name>)
     client_side: str  # rc address, the client's next hop
     client_gw: str  # the address the relay routes client addresses through (no host has it)
-    client_if: str  # the client's link to this relay
+    client_if: str  # the router's link to this relay
     tunnel_addr: str
 
 
@@ -117,6 +119,7 @@ class EdgeLab(Lab):
         self.vip, self.vip_port = VIP, VIP_PORT
         self.client_addrs = CLIENT_ADDRS
         self.client_ns = f"{self.prefix}-client"
+        self.router_ns = f"{self.prefix}-router"
         self.fabric_ns = f"{self.prefix}-fabric"
         self.relays = [
             RelaySlot(0, f"{self.prefix}-r0", f"{self.prefix}r0", "198.18.4.1", "198.18.4.2",
@@ -166,20 +169,20 @@ class EdgeLab(Lab):
     # --- topology --------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        for ns in (self.client_ns, self.fabric_ns, *(r.ns for r in self.relays),
+        for ns in (self.client_ns, self.router_ns, self.fabric_ns, *(r.ns for r in self.relays),
                    *(t.ns for t in self.txrs)):  # fmt: skip
             self.namespace(ns.removeprefix(f"{self.prefix}-"))
-        # The client's addresses live on a link of their own (a veth pair inside the namespace:
-        # the kernel may lack the dummy driver), not lo: browsers skip loopback links when they
-        # gather ICE candidates.
-        self.ip(self.client_ns, "link", "add", "name", "ca", "type", "veth", "peer", "name", "cb")
-        self.ip(self.client_ns, "link", "set", "cb", "up")
-        self.ip(self.client_ns, "link", "set", "ca", "up")
+        # The client: its addresses on its one link, a default route through the router.
+        netns.veth(self.client_ns, "eth0", self.router_ns, "cr")
         for a in self.client_addrs:
-            netns.add_addr(self.client_ns, "ca", f"{a}/32")
-        # No strict reverse-path check: replies from the VIP come back on either link.
-        netns.sysctl(self.client_ns, "net.ipv4.conf.all.rp_filter", "0")
-        netns.sysctl(self.client_ns, "net.ipv4.fib_multipath_hash_policy", "1")
+            netns.add_addr(self.client_ns, "eth0", f"{a}/24")
+        netns.add_addr(self.router_ns, "cr", f"{CLIENT_GATEWAY}/24")
+        netns.add_route(self.client_ns, "default", CLIENT_GATEWAY)
+        # The router forwards; replies from the VIP come back on either relay's link.
+        netns.sysctl(self.router_ns, "net.ipv4.ip_forward", "1")
+        netns.sysctl(self.router_ns, "net.ipv4.conf.all.rp_filter", "0")
+        netns.sysctl(self.router_ns, "net.ipv4.conf.default.rp_filter", "0")
+        netns.sysctl(self.router_ns, "net.ipv4.fib_multipath_hash_policy", "1")
         self.ip(self.fabric_ns, "link", "add", "name", "br0", "type", "bridge")
         self.ip(self.fabric_ns, "link", "set", "br0", "up")
         for r in self.relays:
@@ -194,20 +197,20 @@ class EdgeLab(Lab):
         nexthops: list[str] = []
         for r in self.relays:
             nexthops += ["nexthop", "via", r.client_side, "dev", r.client_if, "onlink"]
-        self.ip(self.client_ns, "route", "add", f"{self.vip}/32", *nexthops)
+        self.ip(self.router_ns, "route", "add", f"{self.vip}/32", *nexthops)
         r0 = self.relays[0]
-        self.ip(self.client_ns, "route", "add", "198.18.2.0/24", "via", r0.client_side,
-                "dev", r0.client_if, "onlink", "src", self.client_addrs[0])  # fmt: skip
+        self.ip(self.router_ns, "route", "add", "198.18.2.0/24", "via", r0.client_side,
+                "dev", r0.client_if, "onlink")  # fmt: skip
         for r in self.relays:  # per-relay tables for route_client
-            self.ip(self.client_ns, "route", "add", f"{self.vip}/32", "via", r.client_side,
+            self.ip(self.router_ns, "route", "add", f"{self.vip}/32", "via", r.client_side,
                     "dev", r.client_if, "onlink", "table", str(RULE_BASE + r.index))  # fmt: skip
         # The veth trap: a frame redirected into a veth is delivered only if the peer runs XDP.
         for r in self.relays:
-            netns.attach_xdp_pass(self.client_ns, r.client_if)
+            netns.attach_xdp_pass(self.router_ns, r.client_if)
             netns.attach_xdp_pass(self.fabric_ns, f"p{r.index}")
 
     def _build_relay(self, r: RelaySlot) -> None:
-        netns.veth(r.ns, "rc", self.client_ns, r.client_if)
+        netns.veth(r.ns, "rc", self.router_ns, r.client_if)
         netns.add_addr(r.ns, "rc", f"{r.client_side}/24")
         netns.add_addr(r.ns, "lo", f"{self.vip}/32")
         self.ip(r.ns, "route", "add", "198.18.1.0/24", "via", r.client_gw)
@@ -219,10 +222,14 @@ class EdgeLab(Lab):
     def _neighbours(self) -> None:
         """Permanent ARP everywhere: no packet of a call waits on ARP."""
         tr = {t.index: netns.mac(t.ns, "tr") for t in self.txrs}
+        eth0, cr = netns.mac(self.client_ns, "eth0"), netns.mac(self.router_ns, "cr")
+        netns.add_neigh(self.client_ns, "eth0", CLIENT_GATEWAY, cr)
+        for a in self.client_addrs:
+            netns.add_neigh(self.router_ns, "cr", a, eth0)
         for r in self.relays:
             rc, rt = netns.mac(r.ns, "rc"), netns.mac(r.ns, "rt")
-            netns.add_neigh(r.ns, "rc", r.client_gw, netns.mac(self.client_ns, r.client_if))
-            netns.add_neigh(self.client_ns, r.client_if, r.client_side, rc)
+            netns.add_neigh(r.ns, "rc", r.client_gw, netns.mac(self.router_ns, r.client_if))
+            netns.add_neigh(self.router_ns, r.client_if, r.client_side, rc)
             for t in self.txrs:
                 netns.add_neigh(r.ns, "rt", t.addr, tr[t.index])
                 netns.add_neigh(t.ns, "tr", r.tunnel_addr, rt)
@@ -232,10 +239,10 @@ class EdgeLab(Lab):
     def route_client(self, addr: str, relay: int | None) -> None:
         """Send this client address's VIP traffic through one relay (None: back to ECMP)."""
         prio = str(RULE_BASE + self.client_addrs.index(addr))
-        netns.run(self.client_ns, ["ip", "rule", "del", "priority", prio], check=False)
+        netns.run(self.router_ns, ["ip", "rule", "del", "priority", prio], check=False)
         if relay is not None:
             table = str(RULE_BASE + relay)
-            self.ip(self.client_ns, "rule", "add", "priority", prio, "from", addr, "to",
+            self.ip(self.router_ns, "rule", "add", "priority", prio, "from", addr, "to",
                     f"{self.vip}/32", "lookup", table)  # fmt: skip
 
     # --- relays ----------------------------------------------------------------------------------
