@@ -102,6 +102,7 @@ async def run_call(url: str, rounds: int = 1, api_key: str | None = None) -> dic
                 token = await client_token(http, url, api_key) if api_key else None
                 await peer.start(http, url, token=token)
                 await echo.wait_open()
+                await peer.wait_audio()  # the counts below start with audio flowing
                 result["state"] = peer.pc.connectionState
                 result["local"] = list(peer.nominated()[0])
                 result["rtp_before"] = peer.rtp_in

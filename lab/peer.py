@@ -143,6 +143,7 @@ class ClientPeer:
         self.first_at = 0.0
         self.last_at = 0.0
         self.max_gap = 0.0
+        self.first_audio = asyncio.Event()
         self.want_frames = want_frames
         self.frames: list[av.AudioFrame] = []
         self.got_frames = asyncio.Event()
@@ -231,8 +232,13 @@ class ClientPeer:
             self.max_gap = max(self.max_gap, now - self.last_at)
         else:
             self.first_at = now
+            self.first_audio.set()
         self.last_at = now
         self.rtp_in += 1
+
+    async def wait_audio(self, timeout: float = SETUP_TIMEOUT) -> None:
+        """Until the first echoed RTP packet arrived (connected is not yet audio)."""
+        await asyncio.wait_for(self.first_audio.wait(), timeout)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.ensure_future(self._read(track)))
