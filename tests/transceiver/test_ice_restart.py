@@ -7,6 +7,7 @@ first check by its routing hint. Plus every way a PATCH can be wrong."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -229,6 +230,13 @@ async def test_bad_patches_get_clear_errors_and_change_nothing(
         for body, headers, status, reason in cases:
             got, text, _ = await _patch(http, url, body, **headers)
             assert (got, reason in text) == (status, True), (body[:40], got, text)
+        # Hostile bodies of every kind: a clear 4xx or a harmless 204, never a 5xx.
+        rng = random.Random(11)
+        for i in range(60):
+            junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+            body = (b"a=ice-ufrag:abcd\r\n" if i % 2 else b"") + junk
+            got, text, _ = await _patch(http, url, body)
+            assert got in (204, 400), (body[:40], got, text)
         # Trickle: no credentials, or the ones in use, is accepted and does nothing (204).
         offer = parse_ice_fragment(client.offer_sdp)
         assert offer.ufrag is not None and offer.pwd is not None and offer.candidates
