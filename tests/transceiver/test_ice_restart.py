@@ -21,6 +21,7 @@ from lab.tunnelrelay import TunnelRelay
 from tests.transceiver.conftest import TEST_KEY, TEST_KEY_ID
 from transceiver import aiortc_seam
 from transceiver.drops import BAD_INTEGRITY, UNKNOWN_UFRAG
+from transceiver.ice import AUTHENTICATED, OTHER_CALL, PROBING
 from transceiver.sdp import SDPFRAG, IceFragment, OfferError, ice_fragment, parse_ice_fragment
 from transceiver.service import TransceiverService
 from wire import stun as wstun
@@ -277,3 +278,48 @@ def test_fragments_parse_and_build() -> None:
     assert parse_ice_fragment("") == parse_ice_fragment("\r\n") == IceFragment(None, None, ())
     with pytest.raises(OfferError, match="larger than"):
         parse_ice_fragment("a=x\r\n" * 3000)
+
+
+def test_agent_restart_forgets_old_credentials_and_checks_in_flight() -> None:
+    """IceLiteAgent.restart alone: old ufrag and password stop at once, a check of ours sent
+    before the restart no longer verifies a path, the selected path stays selected."""
+    from tests.transceiver.test_ice import CLIENT_PWD, Recorder, make_agent, probe_of, request
+
+    agent = make_agent()
+    old_ufrag, old_pwd = agent.local_username, agent.local_password
+    known = Recorder(agent, ("192.0.2.1", 4000))
+    assert agent.stun_received(request(agent), known) == PROBING
+    probe = probe_of(known)
+    answer = aiostun.Message(
+        aiostun.Method.BINDING, aiostun.Class.RESPONSE, transaction_id=probe.transaction_id
+    )
+    answer.add_message_integrity(agent.remote_password.encode())  # type: ignore[union-attr]
+    assert agent.stun_received(bytes(answer), known) == AUTHENTICATED
+    assert agent.selected_route is known
+    moved = Recorder(agent, ("192.0.2.9", 5000))
+    assert agent.stun_received(request(agent), moved) == PROBING
+    in_flight = probe_of(moved)
+
+    new_ufrag = "N" * 24
+    pwd = agent.restart(new_ufrag, "newc", "n" * 24)
+    assert (agent.local_username, agent.local_password) == (new_ufrag, pwd) and pwd != old_pwd
+    assert agent.selected_route is known and not agent.nominated
+    # The old ufrag is another call's now; the new ufrag with the old password is refused.
+    assert (
+        agent.stun_received(request(None, username=f"{old_ufrag}:x", password=old_pwd), known)
+        == OTHER_CALL
+    )
+    assert agent.stun_received(request(agent, password=old_pwd), known) == BAD_INTEGRITY
+    # The client's answer to our pre-restart check (old client password) verifies nothing.
+    late = aiostun.Message(
+        aiostun.Method.BINDING, aiostun.Class.RESPONSE, transaction_id=in_flight.transaction_id
+    )
+    late.add_message_integrity(CLIENT_PWD.encode())
+    assert agent.stun_received(bytes(late), moved) == OTHER_CALL
+    assert agent.is_verified(moved) is False
+    # Under the new credentials the new path is checked (signed for the client's new password).
+    moved.sent.clear()
+    assert agent.stun_received(request(agent, **{"USE-CANDIDATE": None}), moved) == PROBING
+    check = probe_of(moved)
+    assert check.attributes["USERNAME"] == f"newc:{new_ufrag}"
+    assert check.check_message_integrity(b"n" * 24)
