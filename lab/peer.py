@@ -7,6 +7,7 @@ calls with this class, so "a call" means the same thing everywhere:
     peer = ClientPeer(audio="pcm", want_frames=50)   # or audio="opus", decode=False for load
     await peer.start(http, "http://198.18.2.2:8080")  # offer, POST, answer, wait connected
     ... peer.rtp_in, peer.max_gap, peer.frames ...
+    await peer.restart_ice(http, "127.0.0.2")           # ICE restart onto a new address
     await peer.hang_up(http)
 
 Echoed RTP is counted where it arrives (before any jitter buffer), so a gap in the path shows
@@ -223,6 +224,46 @@ class ClientPeer:
     def _ice_state(self) -> None:
         if self.pc.iceConnectionState == "completed" and self.ice_ms is None:
             self.ice_ms = (time.perf_counter() - self._t0) * 1000
+
+    # --- ICE restart -----------------------------------------------------------------------------
+
+    async def restart_ice(
+        self, http: aiohttp.ClientSession, host: str, token: str | None = None
+    ) -> float:
+        """ICE restart after a network change: a new ICE agent on `host` (a new local address
+        and port; the old one goes silent at once), its credentials PATCHed to the call's
+        resource (RFC 9725 §4.3), the answer's applied; returns once the new path is connected
+        (ms from the PATCH). Raises CallRefused on anything but 200."""
+        from aioice import Candidate
+
+        from transceiver.sdp import SDPFRAG, ice_fragment, parse_ice_fragment
+
+        agent = await seam.client_ice_agent(host)
+        body = ice_fragment(
+            agent.local_username, agent.local_password, agent.local_candidates, lite=False
+        )
+        sent = {"Content-Type": SDPFRAG, "If-Match": "*", **auth_header(token)}
+        t0 = time.perf_counter()
+        try:
+            async with http.patch(f"{self.url}{self.location}", data=body, headers=sent) as resp:
+                answer = await resp.text()
+                if resp.status != 200:
+                    raise CallRefused(resp.status, answer)
+            frag = parse_ice_fragment(answer)
+            if frag.ufrag is None or frag.pwd is None:
+                raise CallRefused(resp.status, "answer has no ICE credentials")
+            candidates = [Candidate.from_sdp(c) for c in frag.candidates]
+            await seam.restart_client_ice(self.pc, agent, frag.ufrag, frag.pwd, candidates)
+        except BaseException:
+            await agent.close()
+            raise
+        # As a WHIP client does: the answer SDP now carries the new server credentials.
+        self.answer_sdp = re.sub(r"a=ice-ufrag:\S+", f"a=ice-ufrag:{frag.ufrag}", self.answer_sdp)
+        self.answer_sdp = re.sub(r"a=ice-pwd:\S+", f"a=ice-pwd:{frag.pwd}", self.answer_sdp)
+        self.offer_sdp = re.sub(
+            r"a=ice-ufrag:\S+", f"a=ice-ufrag:{agent.local_username}", self.offer_sdp
+        )
+        return (time.perf_counter() - t0) * 1000
 
     # --- what comes back -------------------------------------------------------------------------
 

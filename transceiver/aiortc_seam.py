@@ -9,7 +9,8 @@ them, instead of failing mid-call or, worse for attribute writes, silently doing
 tests/transceiver/test_aiortc_seam.py checks every touch against the installed versions, and
 pyproject.toml bounds them to the versions this was checked with.
 
-The last section is for clients (lab, bench, tests): aioice's nominated pair and consent task.
+The last section is for clients (lab, bench, tests): aioice's nominated pair and consent task,
+and an ICE restart onto a new local address (aiortc has no restartIce()).
 """
 
 from __future__ import annotations
@@ -176,6 +177,20 @@ TOUCHES: tuple[Touch, ...] = (
         "gather_candidates",
         ("get_host_addresses",),
     ),
+    Touch(
+        "client ICE restart: agent fields moved",
+        aioice.Connection,
+        "__init__",
+        ("_queue", "_event_waiter", "_protocols", "_local_candidates", "_local_candidates_end"),
+    ),
+    Touch(
+        "client ICE restart: gathered on one address",
+        aioice.Connection,
+        "connect",
+        ("_local_candidates_end",),
+    ),
+    Touch("client ICE restart: socket's owner", aioice.ice.StunProtocol, "__init__", ("receiver",)),
+    Touch("client ICE restart: reads the queue", aioice.Connection, "recvfrom", ("_queue",)),
 )
 
 
@@ -490,3 +505,60 @@ def gather_only(addr: str) -> None:
     """Make every aioice agent of this process gather host candidates on `addr` only (a load
     generator: fewer candidate pairs, less client work, set-up times that measure the server)."""
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [addr]  # type: ignore[assignment]
+
+
+async def client_ice_agent(host: str) -> aioice.Connection:
+    """A fresh controlling aioice agent (new ufrag and password) with one host candidate on
+    `host`: the client's side of an ICE restart after its network changed."""
+    agent = aioice.Connection(ice_controlling=True, use_ipv6=False)
+    agent._local_candidates += await agent.get_component_candidates(component=1, addresses=[host])
+    agent._local_candidates_end = True  # gathered (what gather_candidates() would have done)
+    return agent
+
+
+async def _dropped(data: bytes) -> None:
+    """Sending into a network that is gone: nothing leaves (and nothing raises)."""
+
+
+async def restart_client_ice(
+    pc: RTCPeerConnection,
+    agent: aioice.Connection,
+    remote_username: str,
+    remote_password: str,
+    remote_candidates: list[aioice.Candidate],
+) -> None:
+    """Move a client peer's ICE onto `agent` (see client_ice_agent) with the server's new
+    credentials, as an ICE restart after a network change: the old agent's sockets close at
+    once (its address went silent) and DTLS, SRTP and SCTP carry on over `agent` once it has
+    connected, with the same keys. Raises ConnectionError if the new checks fail.
+
+    aiortc has a read pending on the old agent (RTCDtlsTransport._recv_next) and its
+    RTCIceTransport._monitor waits on the old agent's events: the new agent takes over the
+    old one's receive queue and event waiter so neither notices the swap.
+    """
+    transport = pc.getTransceivers()[0].receiver.transport.transport
+    old = transport._connection
+    agent.remote_is_lite = old.remote_is_lite
+    agent.remote_username = remote_username
+    agent.remote_password = remote_password
+    for candidate in remote_candidates:
+        await agent.add_remote_candidate(candidate)
+    await agent.add_remote_candidate(None)
+    # The old network is gone: no more consent checks, its sockets close. Their loss is
+    # reported to the new agent, so the pending read on the shared queue is not ended.
+    stop_consent_checks(old)
+    old._query_consent_task = None
+    for protocol in old._protocols:
+        protocol.receiver = agent
+        await protocol.close()
+    old._protocols.clear()
+    agent._queue = old._queue
+    agent._event_waiter, old._event_waiter = old._event_waiter, None
+    transport._connection = agent  # closing the peer now closes the new agent
+    transport.iceGatherer._connection = agent
+    transport._send = _dropped  # until the new path is up (aiortc stops a sender that raises)
+    try:
+        await agent.connect()
+    finally:
+        transport._send = agent.send
+    transport._recv = agent.recv

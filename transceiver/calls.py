@@ -15,7 +15,7 @@ from transceiver.certs import SharedCertificate
 from transceiver.keys import Keyring, NoRoutingKey
 from transceiver.metrics import Metrics
 from transceiver.mux import SocketMux
-from transceiver.sdp import OfferError
+from transceiver.sdp import OfferError, ice_fragment
 from transceiver.session import CallSession
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,21 @@ class CallManager:
         self.metrics.calls_started.inc()
         log.info("call %s: answered, ufrag %s", call_id, ufrag)
         return session, answer
+
+    def restart_ice(self, call_id: str, remote_username: str, remote_password: str) -> str | None:
+        """ICE restart of a running call: a fresh routing ufrag from the keyring (the current
+        key, so relays route the new checks by it) and password; returns the answer fragment,
+        None if the call is gone or ending. Raises Refused (503) without a routing key."""
+        session = self.sessions.get(call_id)
+        if session is None or session.end_reason is not None or session.ice.closed:
+            return None
+        try:
+            ufrag = self.keyring.mint(self.cluster, self.txr_id)
+        except NoRoutingKey as exc:
+            raise self._refuse(503, str(exc), "no_key") from None
+        password = session.restart_ice(ufrag, remote_username, remote_password)
+        self.metrics.ice_restarts.inc()
+        return ice_fragment(ufrag, password, self.candidates, lite=True)
 
     def _ended(self, session: CallSession, reason: str) -> None:
         if self.sessions.pop(session.id, None) is None:

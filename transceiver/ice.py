@@ -349,6 +349,28 @@ class IceLiteAgent:
         if self._drop is not None:
             self._drop(SEND_NO_CREDIT)
 
+    # --- ICE restart (RFC 8445 §9, WHIP PATCH) -------------------------------------------------
+
+    def restart(self, ufrag: str, remote_username: str, remote_password: str) -> str:
+        """New credentials on both sides, at once; returns our new password.
+
+        From here on only checks under `ufrag` authenticate (the mux forgets the old one in
+        the same step). The selected path and its bound routes stay, so DTLS and media go on
+        where they were until a check under the new credentials verifies and selects another
+        path; checks of ours still in flight were signed for the old client credentials, so
+        they are forgotten (their answers would not verify).
+        """
+        self.local_username = ufrag
+        self.local_password = random_password()
+        self._password_key = self.local_password.encode("utf8")
+        self.remote_username = remote_username
+        self.remote_password = remote_password
+        for pending in self._pending.values():
+            self._forget(pending.txids)
+        self._pending.clear()
+        self.nominated = False  # the client nominates again under the new credentials
+        return self.local_password
+
     # --- the aioice.Connection surface aiortc uses ---------------------------------------------
 
     @property

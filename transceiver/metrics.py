@@ -59,6 +59,7 @@ class Metrics:
             "txr_calls_rejected", "Offers refused", ["reason"], registry=r
         )
         self.calls_ended = Counter("txr_calls_ended", "Calls ended", ["reason"], registry=r)
+        self.ice_restarts = Counter("txr_ice_restarts", "ICE restarts (PATCH)", registry=r)
         self.setup_seconds = Histogram(
             "txr_call_setup_seconds",
             "Offer received to DTLS connected",

@@ -91,6 +91,13 @@ class SocketMux(asyncio.DatagramProtocol):
     def register(self, agent: IceLiteAgent) -> None:
         self._agents[agent.local_username] = agent
 
+    def rekey(self, agent: IceLiteAgent, old_ufrag: str) -> None:
+        """After an ICE restart: first packets under the agent's new ufrag find it, the old
+        ufrag finds nothing (counted `unknown_ufrag`). Bound paths stay bound."""
+        if self._agents.get(old_ufrag) is agent:
+            del self._agents[old_ufrag]
+        self._agents[agent.local_username] = agent
+
     def unregister(self, agent: IceLiteAgent) -> None:
         if self._agents.get(agent.local_username) is agent:
             del self._agents[agent.local_username]
@@ -111,6 +118,10 @@ class SocketMux(asyncio.DatagramProtocol):
 
     def bound_routes(self) -> list[Route]:
         return [*self._direct.values(), *self._tunneled.values()]
+
+    def agent_for(self, ufrag: str) -> IceLiteAgent | None:
+        """The call a first packet under `ufrag` would go to."""
+        return self._agents.get(ufrag)
 
     def registered(self) -> list[IceLiteAgent]:
         return list(self._agents.values())

@@ -3,9 +3,9 @@
 Who may do what (transceiver/auth.py, docs/security.md): POST /v1/calls needs an API
 key or a single-use client token; POST /v1/tokens (mint a client token) needs an API key; a
 call's resource URL (`Location`) carries a per-call secret, and only its holder (or an API key)
-may PATCH or DELETE it. Every client address has a POST budget (429 beyond it); connections are
-bounded and must send their request in time (transceiver/limits.py). No input gets a 5xx: 503 is
-only "full/draining/no routing key", never a reaction to what was sent.
+may PATCH (ICE restart) or DELETE it. Every client address has a POST budget (429 beyond it);
+connections are bounded and must send their request in time (transceiver/limits.py). No input
+gets a 5xx: 503 is only "full/draining/no routing key", never a reaction to what was sent.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from transceiver.auth import Authenticator, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
 from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
 from transceiver.metrics import Metrics
-from transceiver.sdp import MAX_OFFER_BYTES, OfferError
+from transceiver.sdp import (
+    MAX_OFFER_BYTES,
+    MAX_SDPFRAG_BYTES,
+    SDPFRAG,
+    OfferError,
+    parse_ice_fragment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +226,64 @@ async def delete_call(request: web.Request) -> web.Response:
 
 
 async def patch_call(request: web.Request) -> web.Response:
-    # Trickle ICE / ICE restarts (RFC 9725 §4.3) are not supported: the answer is complete.
-    _, refusal = _call_resource(request)
+    """Trickle ICE / ICE restart (RFC 9725 §4.3) with an RFC 8840 SDP fragment.
+
+    New client credentials restart ICE on the same call: 200 with our new ufrag (a fresh
+    routing hint), password and candidates. A fragment with the credentials in use (or none)
+    is trickle: 204, nothing to do (a lite agent learns client addresses from their checks).
+    """
+    call_id, refusal = _call_resource(request)
     if refusal is not None:
         return refusal
-    return _text(405, "trickle ICE and ICE restarts are not supported", Allow="DELETE")
+    assert call_id is not None
+    sig = _sig(request)
+    if request.content_type != SDPFRAG:
+        sig.count("content_type")
+        return _text(415, f"Content-Type must be {SDPFRAG}")
+    if request.content_length is not None and request.content_length > MAX_SDPFRAG_BYTES:
+        return _text(413, f"an SDP fragment is at most {MAX_SDPFRAG_BYTES} bytes")
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    if len(body) > MAX_SDPFRAG_BYTES:  # chunked bodies have no Content-Length
+        return _text(413, f"an SDP fragment is at most {MAX_SDPFRAG_BYTES} bytes")
+    try:
+        frag = parse_ice_fragment(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _text(400, "fragment is not UTF-8 text")
+    except OfferError as exc:
+        return _text(400, exc.reason)
+    manager = request.app[_MANAGER]
+    session = manager.sessions.get(call_id)
+    if session is None:
+        return _text(404, "no such call")
+    agent = session.ice
+    if frag.ufrag is None or (frag.ufrag, frag.pwd) == (
+        agent.remote_username,
+        agent.remote_password,
+    ):
+        etag = _ice_etag(session.ufrag)
+        if_match = request.headers.get("If-Match")
+        if if_match not in (None, "*", etag):
+            return _text(412, "If-Match is not this call's current ICE session (ETag)")
+        return web.Response(status=204, headers={"ETag": etag})
+    assert frag.pwd is not None
+    try:
+        answer = manager.restart_ice(call_id, frag.ufrag, frag.pwd)
+    except Refused as exc:
+        return _text(exc.status, exc.reason, **{"Retry-After": str(defaults.RETRY_AFTER)})
+    if answer is None:
+        return _text(404, "no such call (it is ending)")
+    return web.Response(
+        status=200,
+        body=answer.encode(),
+        headers={"Content-Type": SDPFRAG, "ETag": _ice_etag(session.ufrag)},
+    )
+
+
+def _ice_etag(ufrag: str) -> str:
+    """The ETag of a call's ICE session (RFC 9725 §4.3.1): changes with every restart."""
+    return f'"{ufrag}"'
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -63,6 +63,7 @@ class CallSession:
         self.created = time.monotonic()
         self.connected_at: float | None = None
         self.end_reason: str | None = None
+        self.ice_restarts = 0
         self.call = Call(call_id, app.media)
         self._app = app
         self._mux = mux
@@ -131,6 +132,17 @@ class CallSession:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         return add_ice_lite(pc.localDescription.sdp)
+
+    def restart_ice(self, ufrag: str, remote_username: str, remote_password: str) -> str:
+        """ICE restart: the agent takes new credentials, the mux routes `ufrag` to it instead
+        of the old ufrag; aiortc (DTLS, SRTP, SCTP) and the app's Call do not notice.
+        Returns the new server password."""
+        old = self.ice.local_username
+        password = self.ice.restart(ufrag, remote_username, remote_password)
+        self._mux.rekey(self.ice, old)
+        self.ice_restarts += 1
+        log.info("call %s: ICE restart, ufrag %s -> %s", self.id, old, ufrag)
+        return password
 
     def _dtls_state(self, state: str) -> None:
         if state == "connected" and self.connected_at is None:

@@ -161,7 +161,7 @@ async def test_only_the_holder_of_the_resource_url_ends_a_call(authed, http) -> 
                     assert resp.status == 401, (method, url)
                     assert "WWW-Authenticate" in resp.headers
         async with http.patch(authed.http_url + location) as resp:
-            assert resp.status == 405  # the holder: allowed, but there is no trickle ICE
+            assert resp.status == 415  # the holder: allowed, but a PATCH body is an sdpfrag
         assert call_id in authed.manager.sessions
         async with http.delete(authed.http_url + location) as resp:
             assert resp.status == 204
