@@ -70,7 +70,8 @@ TimeoutStopSec=40
 WantedBy=multi-user.target
 EOF
     systemctl daemon-reload
-    systemctl enable --now edge-transceiver
+    systemctl enable edge-transceiver
+    systemctl restart edge-transceiver  # a re-provisioned VM takes its new key or settings
     ;;
 relay)
     addr="${1:?ADDR}" vip="${2:?VIP:PORT}" redis="${3:?REDIS_URL}" iface="${4:-eth0}"
