@@ -84,13 +84,14 @@ class GstCall:
         GLib.timeout_add(int(timeout * 1000), self._stop, "timeout")
         self.pipe.set_state(Gst.State.PLAYING)
         self.loop.run()
+        state = self.state  # the call's state at the end, before teardown closes it
         self.pipe.set_state(Gst.State.NULL)
         if self.location:
             status, _ = http("DELETE", self.location, None, self._auth())
             if status not in (200, 204) and not self.error:
                 self.error = f"DELETE answered {status}"
         return {
-            "state": self.state,
+            "state": state,
             "packets": self.packets,
             "setup_ms": self.setup_ms,
             "error": self.error,
