@@ -9,7 +9,7 @@ import pytest
 
 from lab.edge import EdgeLab
 from lab.peer import lab_key_file
-from tests.e2e.e2ehelp import delta, drops
+from tests.e2e.e2ehelp import delta, drops, report
 
 # no `browser` mark: that one means Chromium; a real client's call gets the browser tests' timeout
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
@@ -46,3 +46,4 @@ def test_libnice_call_through_the_relay(lab: EdgeLab) -> None:
     assert total("fwd_stun_new") >= 1  # libnice's checks reached a transceiver via a relay
     dropped = [drops({k: delta(a, b, k) for k in a}) for a, b in zip(after, before, strict=True)]
     assert not any(dropped), dropped
+    report("libnice call", setup_ms=result["setup_ms"], packets=result["packets"])
