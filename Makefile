@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 STAMP := $(VENV)/.stamp
-DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium
+DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps kernel-headers bpffs venv test lint bench demo clean
