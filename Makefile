@@ -7,16 +7,23 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 KREL := $(shell uname -r)
 STAMP := $(VENV)/.stamp
-DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium
+# What only the tests' clients need (libnice: GStreamer's webrtcbin with Debian's python3-gi), kept
+# out of DEBS so that `make install` on an edge host (and the VM image) does not carry it.
+TEST_DEBS := python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base \
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps kernel-headers bpffs venv test lint bench demo clean
+.PHONY: help install system-deps test-deps kernel-headers bpffs venv test lint bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 install: system-deps kernel-headers bpffs venv ## install everything: Debian packages, headers, venv with bcc
 	@echo "installed: $(VENV)/bin/relayctl, $(VENV)/bin/transceiver"
+
+test-deps:
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -54,7 +61,7 @@ $(STAMP): pyproject.toml
 	@$(VPY) -c 'import bcc, control, datapath, transceiver, wire'
 	@touch $@
 
-test: install images-deps ## run the whole test suite (needs root)
+test: install test-deps images-deps ## run the whole test suite (needs root)
 	@test "$$(id -u)" = 0 || { echo "make test needs root: it loads XDP programs and builds network namespaces"; exit 1; }
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
