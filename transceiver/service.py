@@ -68,7 +68,7 @@ class TransceiverService:
         elif settings.redis_url is None:
             # Development (direct mode, no relay): nobody verifies the tag, so an ephemeral
             # key still yields well-formed routing ufrags.
-            log.warning("no --key or --redis: minting ufrags with an ephemeral random key")
+            log.warning("no --key-file or --redis: minting ufrags with an ephemeral random key")
             self.keyring.update({0: os.urandom(16)}, 0)
         self.mux = SocketMux(
             self.metrics, vips=settings.vips, relay_tunnel_port=settings.relay_tunnel_port

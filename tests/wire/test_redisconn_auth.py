@@ -69,6 +69,29 @@ def test_each_user_does_its_job_over_tls(sr: SecureRedis) -> None:
         c.close()
 
 
+async def test_a_transceiver_user_spends_client_tokens_in_redis(sr: SecureRedis) -> None:
+    # Single use across the cluster needs SET NX on {prefix}:tokens:*; without it every SET is
+    # NOPERM and each transceiver falls back to its own memory (one call per transceiver).
+    from transceiver.auth import RedisSpent
+
+    for user in ("txr-1-7", "transceiver"):
+        url, _ = resolve_url(sr.tls_url, environ=sr.tls_env(user))
+        spent = RedisSpent(url, "edge", 5.0)
+        try:
+            assert await spent(f"jti-{user}", 60.0) is True
+            assert await spent(f"jti-{user}", 60.0) is False  # the second use
+            assert spent.fallbacks == 0  # answered by Redis, not the local fallback
+        finally:
+            spent.close()
+    admin = sr.admin()
+    assert admin.exists("edge:tokens:jti-txr-1-7") and 0 < admin.pttl("edge:tokens:jti-txr-1-7")
+    admin.close()
+    txr = client(sr, "txr-1-7")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        txr.set("edge:keys:current", "9")  # SET reaches only the token keys
+    txr.close()
+
+
 def test_a_transceiver_cannot_rewrite_keys_or_other_transceivers(sr: SecureRedis) -> None:
     txr = client(sr, "txr-1-7")
     with pytest.raises(redis.exceptions.NoPermissionError):
