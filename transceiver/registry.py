@@ -67,6 +67,9 @@ class RegistryAgent:
         self._keyring = keyring
         self._on_relays = on_relays
         self._task: asyncio.Task[None] | None = None
+        # One beat at a time: a beat in flight when draining starts must not write its older
+        # record after the drain's beat has written `draining`.
+        self._beating = asyncio.Lock()
         self.beats = 0
 
     async def start(self) -> None:
@@ -75,6 +78,10 @@ class RegistryAgent:
 
     async def beat(self) -> None:
         """One refresh: keys first (so a fresh transceiver can mint), then our entry."""
+        async with self._beating:
+            await self._beat()
+
+    async def _beat(self) -> None:
         try:
             if self._keyring is not None:
                 keys, current = await asyncio.to_thread(read_keys, self._redis, self._prefix)

@@ -104,6 +104,11 @@ async def test_sigterm_drains_then_exits_when_the_last_call_ends(
                 assert (status, body) == (503, "draining: this transceiver takes no new calls\n")
             finally:
                 await late.close()
+            # The drain's own beat (after any beat in flight) tells the fleet.
+            for _ in range(250):
+                if r.hget(name, "draining") == "1":
+                    break
+                await asyncio.sleep(0.02)
             assert r.hget(name, "draining") == "1"
             # The running call goes on while draining ...
             client.got_frames.clear()
