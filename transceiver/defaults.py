@@ -26,7 +26,9 @@ __all__ = [
     "HTTP_LISTEN",
     "MEDIA_PATH",
     "PATH_SILENCE",
+    "PROBE_BURST",
     "PROBE_PATHS",
+    "PROBE_RATE",
     "PROBE_TXIDS",
     "REDIS_PREFIX",
     "REDIS_TIMEOUT",
@@ -82,6 +84,11 @@ SEND_FLOOR_WINDOW = 10.0  # seconds: two consent intervals (RFC 7675 asks for on
 PATH_SILENCE = 1.0  # seconds without an authenticated packet after which a verified path takes over
 PROBE_PATHS = 8  # unverified paths a call keeps a return-routability check pending for
 PROBE_TXIDS = 4  # transaction ids kept per pending path (one per check it answered)
+# Authenticated requests from unverified paths one call answers and checks back, per second and
+# at once: a client moving network needs one or two; beyond, neither answer nor check is sent
+# (each would be a datagram to an address that has not shown it wants one).
+PROBE_RATE = 4.0
+PROBE_BURST = 8
 # A relay missing from the registry stays known this long (three of its controller's refreshes:
 # a Redis that restarted empty is refilled meanwhile), see transceiver/relays.py.
 RELAY_GRACE = 3 * RELAY_REFRESH

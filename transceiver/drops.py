@@ -21,6 +21,7 @@ NO_ROUTE = "no_route"  # DTLS/RTP from a path no authenticated check bound
 NO_USERNAME = "no_username"  # Binding request without USERNAME or MESSAGE-INTEGRITY: 400
 BAD_INTEGRITY = "bad_integrity"  # MESSAGE-INTEGRITY does not verify: 401, no state change
 ROLE_CONFLICT = "role_conflict"  # the client claims to be controlled: we are lite, 487
+PROBE_LIMITED = "probe_limited"  # authenticated, from an unverified path, beyond the call's budget
 # outbound (a call's agent): media the path's send credit did not cover, not sent
 SEND_NO_CREDIT = "send_no_credit"
 
@@ -31,6 +32,7 @@ DROP_REASONS = (
     UNKNOWN_UFRAG,
     BAD_INTEGRITY,
     ROLE_CONFLICT,
+    PROBE_LIMITED,
     NO_ROUTE,
     TUNNEL_UNKNOWN_RELAY,
     TUNNEL_BAD_INNER,

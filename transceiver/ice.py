@@ -60,6 +60,7 @@ from transceiver.drops import (
     BAD_INTEGRITY,
     BAD_STUN,
     NO_USERNAME,
+    PROBE_LIMITED,
     ROLE_CONFLICT,
     SEND_NO_CREDIT,
     UNKNOWN_UFRAG,
@@ -176,6 +177,8 @@ class IceLiteAgent:
         self._probes: dict[bytes, IceLiteAgent] = {} if probes is None else probes
         self._drop = drop
         self._pending: dict[object, _Pending] = {}  # by route key, oldest first
+        self._probe_tokens = float(defaults.PROBE_BURST)  # PROBE_RATE budget, refilled lazily
+        self._probe_refill = time.monotonic()
         self._tie_breaker = secrets.randbits(64)
         # aiortc writes these; a lite agent is always controlled whatever it is told.
         self.ice_controlling = False
@@ -249,6 +252,8 @@ class IceLiteAgent:
         nominate = "USE-CANDIDATE" in msg.attributes
         answer = binding_success(msg, route.path.client, self._password_key)
         if not self.is_verified(route):
+            if not self._probe_budget():
+                return PROBE_LIMITED
             self._probe(route, nominate)  # first, so the client sees it before our answer
             route.send(answer)
             return PROBING
@@ -257,6 +262,19 @@ class IceLiteAgent:
         self._consider(route, nominate)
         route.send(answer)
         return AUTHENTICATED
+
+    def _probe_budget(self) -> bool:
+        """One token of the call's PROBE_RATE budget for answering an unverified path."""
+        now = time.monotonic()
+        self._probe_tokens = min(
+            float(defaults.PROBE_BURST),
+            self._probe_tokens + (now - self._probe_refill) * defaults.PROBE_RATE,
+        )
+        self._probe_refill = now
+        if self._probe_tokens < 1:
+            return False
+        self._probe_tokens -= 1
+        return True
 
     def _probe(self, route: Route, nominate: bool) -> None:
         """Send our check on a path not verified yet (bounded: see PROBE_PATHS, PROBE_TXIDS)."""

@@ -190,6 +190,33 @@ def test_pending_checks_are_bounded(agent: ice.IceLiteAgent) -> None:
     assert bounded.selected_route is None
 
 
+def test_answers_and_checks_to_unverified_paths_are_budgeted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The call's own client (it knows the password) spoofing many sources: each authenticated
+    # request from an unverified path costs an answer and a check to that address, so a call
+    # sends at most PROBE_BURST at once and PROBE_RATE a second after that.
+    now = [1000.0]
+    monkeypatch.setattr(ice.time, "monotonic", lambda: now[0])
+    agent = make_agent()
+    routes = [Recorder(agent, ("192.0.2.9", 3000 + i)) for i in range(3 * defaults.PROBE_BURST)]
+    results = [agent.stun_received(request(agent), r) for r in routes]
+    assert results.count(ice.PROBING) == defaults.PROBE_BURST
+    assert results.count(drops.PROBE_LIMITED) == 2 * defaults.PROBE_BURST
+    assert agent.probes_sent == defaults.PROBE_BURST
+    assert sum(len(r.sent) for r in routes) == 2 * defaults.PROBE_BURST  # answer + check each
+    assert all(not r.sent for r in routes[defaults.PROBE_BURST :])  # nothing to the rest
+    now[0] += 1.0  # a second later: PROBE_RATE more
+    later = [Recorder(agent, ("192.0.2.10", 4000 + i)) for i in range(10)]
+    results = [agent.stun_received(request(agent), r) for r in later]
+    assert results.count(ice.PROBING) == int(defaults.PROBE_RATE)
+    # A real client moving network within its budget still gets verified and selected.
+    moved = Recorder(agent, ("198.18.0.7", 5000))
+    now[0] += 1.0
+    verify(agent, moved)
+    assert agent.selected_route is moved
+
+
 @pytest.mark.parametrize(
     ("kwargs", "code", "reason"),
     [
