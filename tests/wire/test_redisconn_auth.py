@@ -69,6 +69,25 @@ def test_each_user_does_its_job_over_tls(sr: SecureRedis) -> None:
         c.close()
 
 
+def test_a_transceiver_reads_relays_past_an_expired_entry(sr: SecureRedis) -> None:
+    # A relay that died leaves its index member behind; pruning it is a write the transceiver's
+    # user may not do (NOPERM): reading must still work, or every beat of every transceiver
+    # would fail until a relay prunes it.
+    relay = client(sr, "relay")
+    registry.register_relay(relay, registry.RelayRecord("h/gone", "10.1.0.9:6080"))
+    registry.register_relay(relay, registry.RelayRecord("h/live", "10.1.0.8:6080"))
+    admin = sr.admin()
+    admin.delete("edge:relay:10.1.0.9")  # its hash expired
+    txr = client(sr, "txr-1-7")
+    relays, problems = registry.read_relays(txr)
+    assert set(relays) == {"10.1.0.8"} and problems == []
+    assert admin.sismember("edge:relays", "10.1.0.9")  # left for a relay to prune
+    registry.read_relays(relay)
+    assert not admin.sismember("edge:relays", "10.1.0.9")
+    for c in (txr, relay, admin):
+        c.close()
+
+
 async def test_a_transceiver_user_spends_client_tokens_in_redis(sr: SecureRedis) -> None:
     # Single use across the cluster needs SET NX on {prefix}:tokens:*; without it every SET is
     # NOPERM and each transceiver falls back to its own memory (one call per transceiver).
