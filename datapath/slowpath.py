@@ -48,7 +48,7 @@ from datapath.maps import (
     read_vips,
     write_config,
 )
-from wire.encap import EncapError, encapsulate, ipv4_udp
+from wire.encap import EncapError, encapsulate, forward_hop, ipv4_udp
 from wire.redisconn import Backoff
 from wire.registry import flow_key, parse_flow_value
 
@@ -73,6 +73,7 @@ REDIS_DOWN = "redis_down"
 RATE_LIMITED = "rate_limited"  # the global bucket was empty
 SOURCE_LIMITED = "source_limited"  # its source address's or source /24's bucket was empty
 SEND_ERROR = "send_error"
+TTL_EXPIRED = "ttl_expired"  # TTL 1 or 0: a router drops it (the XDP program already does)
 OUTCOMES = (
     FORWARDED,
     UNKNOWN_FLOW,
@@ -81,6 +82,7 @@ OUTCOMES = (
     REDIS_DOWN,
     RATE_LIMITED,
     SOURCE_LIMITED,
+    TTL_EXPIRED,
     SEND_ERROR,
 )
 SOURCES_MAX = 65536  # per-source (and per-/24) buckets kept; the least recently used go
@@ -462,10 +464,14 @@ class SlowPath:
         sent = 0
         for d in datagrams:
             try:
-                inner = ipv4_udp(*flow, d.payload, ttl=d.ttl, tos=d.tos)
+                # One hop less, as the XDP program forwards it (wire.encap.forward_hop).
+                inner = forward_hop(ipv4_udp(*flow, d.payload, ttl=d.ttl, tos=d.tos))
                 self.raw.sendto(encapsulate(inner, self.tunnel_addr, dst, dport), (dst, 0))
                 sent += 1
-            except (OSError, ValueError, EncapError) as exc:
+            except (OSError, ValueError) as exc:  # EncapError is a ValueError
+                if isinstance(exc, EncapError) and exc.reason == TTL_EXPIRED:
+                    self.count(TTL_EXPIRED, 1)
+                    continue
                 log.warning("slow path: cannot forward to %s:%d: %s", dst, dport, exc)
                 self.count(SEND_ERROR, 1)
         if sent:

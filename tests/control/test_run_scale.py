@@ -120,6 +120,8 @@ def test_slow_path_takeover_rate(redis_url: str) -> None:
             m = proc.metrics()
             assert m["relayctl_slow_path_packets_total{outcome=forwarded}"] == TAKEOVERS
             assert flows_in_map(lab.name) == TAKEOVERS
+            # Forwarded one hop less, as the XDP program would (sent with TTL 64).
+            assert {seen.inner[8] for seen in standin.seen} == {63}
             print(
                 f"\nslow path: {TAKEOVERS} flows taken over (Redis lookup, map install, "
                 f"tunnel) in {took:.2f} s = {TAKEOVERS / took:.0f} flows/s"
