@@ -148,14 +148,15 @@ class RedisSpent:
     """Spent token ids in Redis: `SET <prefix>:tokens:<jti> 1 NX PX <ms left>`."""
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        import redis
+        import redis  # here, not at the top: lab.gstclient imports this module without redis
+
+        from wire.redisconn import connect
 
         self._errors = (redis.RedisError, OSError)
         self._local = LocalSpent()  # while Redis cannot be asked
         self.fallbacks = 0
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        # No client-side retry: a POST waits at most one timeout, then single use is local.
+        self._redis = connect(url, timeout=timeout, retries=False)
         self._prefix = prefix
 
     async def __call__(self, jti: str, ttl: float) -> bool:

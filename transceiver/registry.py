@@ -12,6 +12,7 @@ import redis
 from transceiver import defaults
 from transceiver.keys import Keyring
 from wire import registry as wreg
+from wire.redisconn import connect
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,8 @@ class RegistryAgent:
         keyring: Keyring | None = None,
         on_relays: Callable[[set[str]], None] | None = None,
     ) -> None:
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_timeout=defaults.REDIS_TIMEOUT,
-            socket_connect_timeout=defaults.REDIS_TIMEOUT,
-        )
+        # The beat loop is its own retry: a failed beat must not block for more than a timeout.
+        self._redis = connect(url, timeout=defaults.REDIS_TIMEOUT, retries=False)
         self._record = record
         self._prefix = prefix
         self._ttl = ttl
