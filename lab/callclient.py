@@ -82,9 +82,14 @@ class Client:
 
     async def rtt(self, index: int, n: int, dest: tuple[str, int] | None) -> list[float]:
         """n authenticated Binding requests for call `index` from a fresh socket; the
-        transceiver answers them (they do not carry USE-CANDIDATE, so nothing moves)."""
+        transceiver answers them (they do not carry USE-CANDIDATE, so nothing moves).
+
+        The socket answers the transceiver's own check, as an ICE agent does: until a path has
+        answered one, the transceiver answers it only a few times a second (docs/security.md).
+        """
         peer = self.calls[index]
         s_ufrag, s_pwd, c_ufrag = peer.credentials()
+        c_pwd = peer.client_password().encode()
         (local, _), remote = peer.nominated()
         dest = dest or remote
         out: list[float] = []
@@ -103,9 +108,11 @@ class Client:
                 await loop.sock_sendto(sock, bytes(req), dest)
                 try:
                     while True:
-                        data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 1.0)
-                        resp = stun.parse_message(data)
-                        if resp.transaction_id == req.transaction_id:
+                        data, src = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), 1.0)
+                        msg = stun.parse_message(data)
+                        if msg.message_class == stun.Class.REQUEST:
+                            await loop.sock_sendto(sock, _check_answer(msg, src, c_pwd), src)
+                        elif msg.transaction_id == req.transaction_id:
                             break
                 except TimeoutError:
                     continue  # a lost probe: not a sample
@@ -115,6 +122,15 @@ class Client:
     async def hangup(self) -> None:
         for peer in self.calls:
             await peer.hang_up(self.http)
+
+
+def _check_answer(check: stun.Message, src: tuple[str, int], password: bytes) -> bytes:
+    """The success response to the transceiver's connectivity check that came from `src`."""
+    answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, check.transaction_id)
+    answer.attributes["XOR-MAPPED-ADDRESS"] = src
+    answer.add_message_integrity(password)
+    answer.add_fingerprint()
+    return bytes(answer)
 
 
 async def once(url: str, frames: int) -> dict[str, Any]:

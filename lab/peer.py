@@ -320,6 +320,13 @@ class ClientPeer:
             raise ValueError("no ICE credentials in the SDP")
         return s_ufrag.group(1), s_pwd.group(1), c_ufrag.group(1)
 
+    def client_password(self) -> str:
+        """The client's own ICE password (it signs answers to the server's checks)."""
+        pwd = re.search(r"a=ice-pwd:(\S+)", self.offer_sdp)
+        if not pwd:
+            raise ValueError("no ICE password in the offer")
+        return pwd.group(1)
+
     def stats(self) -> dict[str, Any]:
         since = (time.monotonic() - self.last_at) * 1000 if self.rtp_in else None
         return {
