@@ -28,6 +28,7 @@ import statistics
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ KEY_ID, KEY = 1, bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")
 CLIENT, CLIENT_PORT = "198.19.64.5", 50000
 RTP = bytes([0x80, 0x6F]) + bytes(160)  # about a 20 ms Opus packet
 TRIALS = 3
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h: the clock of bpf_ktime_get_coarse_ns
+FLOW_SEEN_SHIFT = 30  # bpf/constants.h
 ENTRY = "int xdp_relay(struct xdp_md *ctx)"
 
 
@@ -167,6 +170,7 @@ class Bench:
         self.fd = load_xdp_fn(relay).fd
         self.base_fd = base_fd
         self.checks = hasattr(relay[b"config"].Leaf, "wall_offset_ns")  # issue 8's build
+        self.caches = hasattr(relay[b"flows"].Leaf, "txr_cache")  # issue 12's build
         self.setup()
 
     def _set(self, table: str, key: object, value: object) -> None:
@@ -177,14 +181,14 @@ class Bench:
         cfg = r[b"config"].Leaf()
         cfg.tunnel_addr, cfg.tunnel_port = _be32(tunnel[0]), socket.htons(tunnel[1])
         if self.checks:
-            import time
-
             cfg.wall_offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             links = [self.sandbox.ifindex[CLIENT_LINK.name], self.sandbox.ifindex[TXR_LINK.name]]
             cfg.tunnel_ifindex = (ct.c_uint32 * 4)(*links, 0, 0)
             cfg.ufrag_flow_limit = 1024
         self._set("config", ct.c_uint32(0), cfg)
         self.add_vip(VIP, VIP_PORT)
+        if self.caches:  # as relayctl load starts it: flows cache their transceiver's endpoint
+            self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(1))
         k0, k1 = int.from_bytes(KEY[:8], "little"), int.from_bytes(KEY[8:], "little")
         self._set("keys", ct.c_uint32(KEY_ID), r[b"keys"].Leaf(k0, k1, 1, 0))
         self.add_txr(TXR_ID, TXR_ADDR, TXR_PORT)
@@ -211,6 +215,8 @@ class Bench:
         )
         val = flows.Leaf()
         val.cluster, val.id, val.created_ns = CLUSTER, txr_id, 1
+        # live, as a call's flow is (its client talks): a live flow may use its cached endpoint
+        val.seen = (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
         flows[key] = val
 
     def binding(self, **kw: Any) -> bytes:

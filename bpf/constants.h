@@ -69,6 +69,9 @@
 #define MAX_TUNNEL_LINKS 4
 /* §4 flow_val.seen: bpf_ktime_get_coarse_ns() >> 30 (units of about 1.07 s), mod 2^16 */
 #define FLOW_SEEN_SHIFT 30
+/* §4 flow_val.txr_cache: tunnel addr (bits 0-31) | port (32-47) | txr_gen (48-63) */
+#define TXR_CACHE_PORT_SHIFT 32
+#define TXR_CACHE_GEN_SHIFT 48
 
 /* ---- limits (override with -D) ----------------------------------------------------------- */
 

@@ -1,7 +1,7 @@
 /* Every map of the relay (docs/wire-format.md §4), with what its key and value mean, who writes
  * it and who reads it. The structs are in structs.h, the sizes in constants.h.
  *
- * The seven maps of the format are pinned when PIN_DIR is defined (a string literal; relayctl
+ * The eight maps of the format are pinned when PIN_DIR is defined (a string literal; relayctl
  * load passes /sys/fs/bpf/<name>): each lives at PIN_DIR/<map name>, and a recompiled program
  * reuses them, so flows and configuration survive a reload. control/program.py lists them
  * (MAP_NAMES). The next-hop cache maps are private to one loaded program and never pinned. */
@@ -54,6 +54,13 @@ EDGE_MAP("hash", struct vip_key, __u32, txr_addrs, MAX_TRANSCEIVERS);
  * Binding request, and by relayctl run (exports them to the registry) and relayctl flows. LRU:
  * the least recently used flow makes room. Pinned. */
 EDGE_MAP("lru_hash", struct flow_key, struct flow_val, flows, MAX_FLOWS);
+
+/* txr_gen[0]: the transceivers map's generation, 1..65535 (0: unset, so no flow uses its cached
+ * endpoint). Written by relayctl load (1 when unset) and relayctl map sync / run, which give it a
+ * new value right after every sync that removed or changed a transceiver: a flow's cached
+ * endpoint (flow_val.txr_cache) is used only under the generation it was looked up in. Read by
+ * the program on every flow hit and decap. Pinned. */
+EDGE_MAP("array", __u32, __u32, txr_gen, 1);
 
 /* counters: key an exit reason (reasons.h, §5); value per CPU the packets and bytes counted
  * under it. Written by the program only, once per packet (count_packet in counters.h). Read by

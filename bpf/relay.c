@@ -53,6 +53,19 @@ static __always_inline __u16 seen_of(__u64 now)
 	return (__u16)(now >> FLOW_SEEN_SHIFT);
 }
 
+/* A client datagram's flow: its source, and the VIP it was sent to. */
+static __always_inline struct flow_key flow_key_of(const struct udp4 *d)
+{
+	struct flow_key fk = {
+		.client_addr = d->saddr,
+		.vip_addr = d->daddr,
+		.client_port = d->sport,
+		.vip_port = d->dport,
+	};
+
+	return fk;
+}
+
 /* A client packet within the idle time (mod 2^16 units: a flow idle for a multiple of ~19.5
  * hours looks live again for the idle time, which only delays its move). */
 static __always_inline int flow_live(const struct flow_val *fv, __u16 seen,
@@ -61,6 +74,44 @@ static __always_inline int flow_live(const struct flow_val *fv, __u16 seen,
 	__u16 idle = cfg->flow_idle_s ? cfg->flow_idle_s : FLOW_IDLE_S;
 
 	return (__u16)(seen - fv->seen) < idle;
+}
+
+/* The tunnel endpoint of fv's transceiver, into *out: REASON_CONTINUE, or drop_unknown_txr when
+ * the transceiver left the map (its calls stop at once).
+ *
+ * Why a cache: the transceivers lookup is a hash lookup on every forwarded packet, both ways. A
+ * flow keeps the endpoint it last found (flow_val.txr_cache) with the map generation it found it
+ * under (txr_gen), and uses it while that generation stands and the flow is live. The
+ * controller gives txr_gen a new value right after it removes or changes a transceiver, and the
+ * generation is read here before the lookup, so an endpoint cached before a removal is never
+ * used after the new value is written. Liveness bounds how old a cached generation can be (a
+ * flow idle for FLOW_IDLE_S looks up again), so 16 bits of generation cannot wrap around to a
+ * stale entry. */
+static __always_inline __u32 flow_transceiver(struct flow_val *fv, int live, struct txr_val *out)
+{
+	__u32 zero = 0, *genp = txr_gen.lookup(&zero);
+	__u64 gen = genp ? *genp & 0xffff : 0;
+	__u64 cache = *(volatile __u64 *)&fv->txr_cache;
+	struct txr_key tk = {.cluster = fv->cluster, .id = fv->id};
+	struct txr_val *txr;
+
+	if (gen && live && cache >> TXR_CACHE_GEN_SHIFT == gen) {
+		out->addr = (__u32)cache;
+		out->port = (__u16)(cache >> TXR_CACHE_PORT_SHIFT);
+		return REASON_CONTINUE;
+	}
+	txr = transceivers.lookup(&tk);
+	if (!txr) {
+		if (cache)
+			fv->txr_cache = 0;
+		return REASON_DROP_UNKNOWN_TXR;
+	}
+	*out = *txr;
+	if (gen) /* one 64-bit store: racing CPUs leave one whole entry, never a mix */
+		*(volatile __u64 *)&fv->txr_cache = (__u64)txr->addr |
+						    (__u64)txr->port << TXR_CACHE_PORT_SHIFT |
+						    gen << TXR_CACHE_GEN_SHIFT;
+	return REASON_CONTINUE;
 }
 
 /* Takes one flow creation from the ufrag's window: REASON_CONTINUE, or drop_ufrag_flood once it
@@ -103,7 +154,8 @@ static __always_inline __u32 may_create(const struct flow_key *fk, const struct 
 
 /* A STUN Binding request: route by ufrag, and create or move the flow only when it changes, and
  * only as may_create allows. A live flow to a transceiver still in the map never moves. */
-static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk, __u32 msg_end,
+static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
+					struct flow_val *fv, __u32 msg_end,
 					const struct relay_config *cfg, __u64 *clock,
 					struct txr_val *out)
 {
@@ -113,7 +165,6 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 	struct ufrag_hint hint = {};
 	struct txr_key tk = {};
 	struct txr_val *txr;
-	struct flow_val *fv;
 	__u32 off = 0, len = 0, reason;
 	__u64 now;
 	__u16 seen;
@@ -131,7 +182,6 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 
 	now = clock_now(clock);
 	seen = seen_of(now);
-	fv = flows.lookup(fk);
 	if (fv && fv->cluster == tk.cluster && fv->id == tk.id) {
 		if (fv->seen != seen)
 			fv->seen = seen;
@@ -159,55 +209,46 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 	return REASON_FWD_STUN_NEW;
 }
 
-/* Which transceiver gets a client datagram: by ufrag for a Binding request, else by flow. */
+/* Which transceiver gets a client datagram: by ufrag for a Binding request, else by its flow fv
+ * (NULL: none; the entry point looked it up). */
 static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct udp4 *d,
-					      const struct relay_config *cfg, __u64 *clock,
-					      struct txr_val *out)
+					      struct flow_val *fv, const struct relay_config *cfg,
+					      __u64 *clock, struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 plen = d->udp_len - UDP_HDR_LEN;
-	struct flow_key fk = {
-		.client_addr = d->saddr,
-		.vip_addr = d->daddr,
-		.client_port = d->sport,
-		.vip_port = d->dport,
-	};
-	struct txr_key tk = {};
-	struct txr_val *txr;
-	struct flow_val *fv;
+	__u32 plen = d->udp_len - UDP_HDR_LEN, reason;
+	int live;
 	__u16 seen;
 
 	if (plen) {
 		__u32 binding_end = 0;
-		__u32 reason = stun_classify(data + PAYLOAD_OFF, data_end, plen, &binding_end);
 
+		reason = stun_classify(data + PAYLOAD_OFF, data_end, plen, &binding_end);
 		if (reason != REASON_CONTINUE)
 			return reason;
-		if (binding_end)
-			return route_stun(ctx, &fk, binding_end, cfg, clock, out);
+		if (binding_end) {
+			struct flow_key fk = flow_key_of(d);
+
+			return route_stun(ctx, &fk, fv, binding_end, cfg, clock, out);
+		}
 	}
 
-	fv = flows.lookup(&fk);
 	if (!fv)
 		return REASON_DROP_NO_FLOW;
 	seen = seen_of(clock_now(clock));
+	live = flow_live(fv, seen, cfg);
 	if (fv->seen != seen) /* about once a second per flow: the line stays clean otherwise */
 		fv->seen = seen;
-	tk.cluster = fv->cluster;
-	tk.id = fv->id;
-	txr = transceivers.lookup(&tk);
-	if (!txr) /* the transceiver left the map: its calls stop at once */
-		return REASON_DROP_UNKNOWN_TXR;
-	*out = *txr;
-	return EDGE_FLOW_HIT_REASON;
+	reason = flow_transceiver(fv, live, out);
+	return reason == REASON_CONTINUE ? EDGE_FLOW_HIT_REASON : reason;
 }
 
 /* A datagram from a client to one of our VIPs: into the tunnel to its transceiver, one hop
  * (TTL) less, after its header checksum verified. */
 static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *d,
-					 const struct relay_config *cfg, __u64 *clock,
-					 struct next_hop *hop)
+					 struct flow_val *fv, const struct relay_config *cfg,
+					 __u64 *clock, struct next_hop *hop)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -221,7 +262,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 		return REASON_DROP_BAD_IP_CSUM;
 	if (ip->ttl <= 1)
 		return REASON_DROP_TTL_EXPIRED;
-	reason = pick_transceiver(ctx, d, cfg, clock, &txr);
+	reason = pick_transceiver(ctx, d, fv, cfg, clock, &txr);
 	if (!reason_is_forward(reason))
 		return reason;
 	ipv4_decrement_ttl(ip); /* only now: a packet passed to the kernel keeps its TTL */
@@ -267,15 +308,15 @@ static __always_inline __u32 tunnel_refusal(const struct udp4 *d, const struct f
 /* A tunnel datagram: a transceiver's reply, on a tunnel link, from one of our VIPs, to a client
  * with a flow on this relay for that VIP that goes to this very transceiver, one hop less. */
 static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *d,
-					 const struct relay_config *cfg, struct next_hop *hop)
+					 const struct relay_config *cfg, __u64 *clock,
+					 struct next_hop *hop)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + PAYLOAD_OFF;
 	struct udphdr *udp = data + PAYLOAD_OFF + IPV4_HDR_LEN;
 	struct flow_key fk = {};
-	struct txr_key tk = {};
-	struct txr_val *txr;
+	struct txr_val txr = {};
 	struct flow_val *fv;
 	__u32 step;
 
@@ -297,10 +338,8 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	fv = flows.lookup(&fk);
 	if (!fv)
 		return tunnel_refusal(d, &fk, REASON_DROP_DECAP_NO_FLOW);
-	tk.cluster = fv->cluster;
-	tk.id = fv->id;
-	txr = transceivers.lookup(&tk);
-	if (!txr || txr->addr != d->saddr || txr->port != d->sport)
+	step = flow_transceiver(fv, flow_live(fv, seen_of(clock_now(clock)), cfg), &txr);
+	if (step != REASON_CONTINUE || txr.addr != d->saddr || txr.port != d->sport)
 		return tunnel_refusal(d, &fk, REASON_DROP_DECAP_WRONG_TXR);
 	if (ip->ttl <= 1)
 		return REASON_DROP_TTL_EXPIRED;
@@ -322,6 +361,7 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct relay_config *cfg;
+	struct flow_val *fv = NULL;
 	struct next_hop hop = {};
 	struct udp4 d = {};
 	__u32 zero = 0, reason;
@@ -336,9 +376,13 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 	tunnel = cfg && cfg->tunnel_port && d.daddr == cfg->tunnel_addr &&
 		 d.dport == cfg->tunnel_port;
 	if (!tunnel) {
+		/* The flow first: a flow's VIP is ours (relayctl load deletes the flows of a VIP it
+		 * removes), so a flow hit needs no VIP lookup; only a miss asks whether it is ours. */
+		struct flow_key fk = flow_key_of(&d);
 		struct vip_key vip = {.addr = d.daddr, .port = d.dport};
 
-		if (!vips.lookup(&vip))
+		fv = flows.lookup(&fk);
+		if (!fv && !vips.lookup(&vip))
 			return REASON_PASS_NOT_OURS;
 	}
 	if (!cfg || !cfg->tunnel_addr || !cfg->tunnel_port)
@@ -349,7 +393,8 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
 	if (reason != REASON_CONTINUE)
 		return reason;
-	reason = tunnel ? from_tunnel(ctx, &d, cfg, &hop) : from_client(ctx, &d, cfg, &now, &hop);
+	reason = tunnel ? from_tunnel(ctx, &d, cfg, &now, &hop)
+			: from_client(ctx, &d, fv, cfg, &now, &hop);
 	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))

@@ -69,6 +69,10 @@ struct flow_val {
 	__u16 seen; /* coarse time of the flow's last client packet (FLOW_SEEN_SHIFT), mod 2^16 */
 	__u32 id;
 	__u64 created_ns; /* bpf_ktime_get_ns() when the flow was created or last moved */
+	/* The transceiver's tunnel endpoint as last looked up, and the txr_gen it was looked up
+	 * under (TXR_CACHE_* in constants.h: one word, so a CPU never sees half of another's
+	 * write). 0: none. Written by the program only; the slow path writes 0. */
+	__u64 txr_cache;
 };
 
 /* One exit reason's tally on one CPU. */

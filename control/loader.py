@@ -20,6 +20,7 @@ from datapath.maps import (
     PinnedMap,
     RelayMaps,
     fd_info,
+    init_txr_gen,
     obj_get,
     vip_key,
     write_config,
@@ -128,6 +129,7 @@ def configure(
     write_config(maps, Config(tunnel[0], tunnel[1], 0))
     write_limits(maps, limits or Limits(), tunnel_ifindexes or [])
     write_wall_clock(maps)
+    init_txr_gen(maps)
     wanted = {(k.addr, k.port): (k, i) for i, k in enumerate(vip_key(a, p) for a, p in vips)}
     vmap = maps["vips"]
     removed = set()

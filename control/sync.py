@@ -22,7 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datapath.maps import RelayMaps, RoutingKey, TxrKey, TxrVal, be16, be32, from_be16, from_be32
+from datapath.maps import (
+    RelayMaps,
+    RoutingKey,
+    TxrKey,
+    TxrVal,
+    be16,
+    be32,
+    bump_txr_gen,
+    from_be16,
+    from_be32,
+)
 from datapath.maps import vip_key as addr_key
 from wire.registry import Registry, TransceiverRecord, read_registry
 from wire.ufrag import MAX_KEY_ID
@@ -201,26 +211,40 @@ def apply(
 
 
 def _write(maps: RelayMaps, wanted: MapState, changes: list[Change]) -> None:
+    # A removed or changed transceiver: txr_gen gets a new value once the transceivers block is
+    # written (right after, not before: flows may cache an endpoint looked up until then), so no
+    # flow uses an endpoint it cached before the change. Once per sync: see next_txr_gen.
+    stale = False
     for c in changes:
-        if c.table == "keys":
-            kid = int(c.key)
-            value = RoutingKey() if c.action == "remove" else _key_struct(wanted.keys[kid])
-            maps["keys"].update(ct.c_uint32(kid), value)
-        elif c.table == "transceivers":
-            cluster, tid = (int(x) for x in c.key.split("/"))
-            key = TxrKey(cluster, 0, tid)
-            if c.action == "remove":
-                maps["transceivers"].delete(key)
-            else:
-                addr, port = wanted.transceivers[(cluster, tid)]
-                maps["transceivers"].update(key, TxrVal(be32(addr), be16(port), 0))
+        if stale and c.table != "transceivers":
+            bump_txr_gen(maps)
+            stale = False
+        _write_one(maps, wanted, c)
+        stale = stale or (c.table == "transceivers" and c.action != "add")
+    if stale:
+        bump_txr_gen(maps)
+
+
+def _write_one(maps: RelayMaps, wanted: MapState, c: Change) -> None:
+    if c.table == "keys":
+        kid = int(c.key)
+        value = RoutingKey() if c.action == "remove" else _key_struct(wanted.keys[kid])
+        maps["keys"].update(ct.c_uint32(kid), value)
+    elif c.table == "transceivers":
+        cluster, tid = (int(x) for x in c.key.split("/"))
+        key = TxrKey(cluster, 0, tid)
+        if c.action == "remove":
+            maps["transceivers"].delete(key)
         else:
-            addr, _, port = c.key.rpartition(":")
-            key = addr_key(addr, int(port))
-            if c.action == "remove":
-                maps["txr_addrs"].delete(key)
-            else:
-                maps["txr_addrs"].update(key, ct.c_uint32(wanted.txr_addrs[(addr, int(port))]))
+            addr, port = wanted.transceivers[(cluster, tid)]
+            maps["transceivers"].update(key, TxrVal(be32(addr), be16(port), 0))
+    else:
+        addr, _, port = c.key.rpartition(":")
+        key = addr_key(addr, int(port))
+        if c.action == "remove":
+            maps["txr_addrs"].delete(key)
+        else:
+            maps["txr_addrs"].update(key, ct.c_uint32(wanted.txr_addrs[(addr, int(port))]))
 
 
 def records_of(state: MapState) -> dict[tuple[int, int], TransceiverRecord]:

@@ -76,6 +76,9 @@ class FlowVal(ct.Structure):
         ("seen", ct.c_uint16),  # coarse time of the last client packet; 0 from the slow path
         ("id", ct.c_uint32),
         ("created_ns", ct.c_uint64),
+        # addr | port << 32 | txr_gen << 48 as the program last looked them up; 0 from the
+        # slow path (bpf/structs.h)
+        ("txr_cache", ct.c_uint64),
     )
 
 
@@ -102,6 +105,7 @@ SPECS: dict[str, MapSpec] = {
     "txr_addrs": MapSpec(VipKey, ct.c_uint32, MAP_HASH, 0),
     "flows": MapSpec(FlowKey, FlowVal, MAP_LRU_HASH, 0),
     "counters": MapSpec(ct.c_uint32, Counter, MAP_PERCPU_ARRAY, 0),
+    "txr_gen": MapSpec(ct.c_uint32, ct.c_uint32, MAP_ARRAY, 1),
 }
 
 
@@ -321,6 +325,35 @@ def write_limits(maps: RelayMaps, limits: Limits, tunnel_ifindexes: list[int]) -
         ufrag_flow_limit=limits.ufrag_flow_limit,
         ufrag_window_s=limits.ufrag_window_s,
     )
+
+
+# --- txr_gen: the transceivers map's generation ----------------------------------------------
+
+TXR_GEN_MAX = 0xFFFF  # bpf/constants.h: 16 bits of flow_val.txr_cache; 0 means unset
+
+
+def read_txr_gen(maps: RelayMaps) -> int:
+    value = maps["txr_gen"].lookup(ct.c_uint32(0))
+    return 0 if value is None else int(value.value)
+
+
+def next_txr_gen(gen: int) -> int:
+    """The value after gen, in 1..TXR_GEN_MAX (0 is never used: it disables the cache)."""
+    return gen % TXR_GEN_MAX + 1
+
+
+def bump_txr_gen(maps: RelayMaps) -> int:
+    """Give txr_gen its next value: call it right after removing or changing a transceiver, so
+    that no flow uses an endpoint it cached before (bpf/relay.c flow_transceiver). Returns it."""
+    gen = next_txr_gen(read_txr_gen(maps))
+    maps["txr_gen"].update(ct.c_uint32(0), ct.c_uint32(gen))
+    return gen
+
+
+def init_txr_gen(maps: RelayMaps) -> None:
+    """Start the generation at 1 when unset (a first load); a reload keeps it."""
+    if not read_txr_gen(maps):
+        maps["txr_gen"].update(ct.c_uint32(0), ct.c_uint32(1))
 
 
 def wall_offset_ns() -> int:

@@ -21,6 +21,7 @@ from bcc import BPF
 
 from control.program import MAP_NAMES
 from control.reasons import Reason
+from datapath.maps import next_txr_gen
 from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
@@ -159,6 +160,7 @@ class Relay:
         key 1, every sandbox transceiver."""
         for name in ("vips", "transceivers", "txr_addrs", "flows", "counters"):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
+        self.set_txr_gen(1)  # as relayctl load starts it
         self.bpf[b"ufrag_rates"].clear()
         self.flush_nexthops()
         self.keys({})
@@ -223,17 +225,32 @@ class Relay:
         key, val = table.Key(), table.Leaf()
         key.cluster, key.id = txr.cluster, txr.id
         val.addr, val.port = be32(txr.addr), be16(txr.port)
+        moved = table.get(key) is not None
         table[key] = val
+        if moved:  # a changed endpoint: bumped after the write, as control/sync.py does
+            self.bump_txr_gen()
         akey = addrs.Key()
         akey.addr, akey.port = val.addr, val.port
         count = addrs.get(akey)
         addrs[akey] = ct.c_uint32((count.value if count is not None else 0) + 1)
 
-    def remove_txr(self, txr: Txr) -> None:
+    def remove_txr(self, txr: Txr, *, bump: bool = True) -> None:
+        """Delete txr from the map and (as control/sync.py does) then bump txr_gen."""
         table = self.maps["transceivers"]
         key = table.Key()
         key.cluster, key.id = txr.cluster, txr.id
         del table[key]
+        if bump:
+            self.bump_txr_gen()
+
+    def txr_gen(self) -> int:
+        return int(self.maps["txr_gen"][ct.c_uint32(0)].value)
+
+    def set_txr_gen(self, gen: int) -> None:
+        self.maps["txr_gen"][ct.c_uint32(0)] = ct.c_uint32(gen)
+
+    def bump_txr_gen(self) -> None:
+        self.set_txr_gen(next_txr_gen(self.txr_gen()))
 
     def flow_key(
         self,

@@ -13,7 +13,17 @@ from tests.control.ctl_lab import BPFFS, RELAY_ADDR, Lab, ip
 
 pytestmark = pytest.mark.lab
 
-PINS = {"config", "vips", "keys", "transceivers", "txr_addrs", "flows", "counters", "prog"}
+PINS = {
+    "config",
+    "vips",
+    "keys",
+    "transceivers",
+    "txr_addrs",
+    "flows",
+    "counters",
+    "txr_gen",
+    "prog",
+}
 
 
 def _prog_id(load_output: str) -> int:

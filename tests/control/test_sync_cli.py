@@ -182,3 +182,32 @@ def test_ufrag_decode_uses_loaded_keys(loaded: Lab, tmp_path: Path) -> None:
     assert res.returncode == 1 and info["tag_ok"] is False and "bad_tag" in info["verdict"]
     assert info["routes_to"].startswith("unknown transceiver")
     assert os.geteuid() == 0
+
+
+def _txr_gen(lab: Lab) -> int:
+    with PinnedMap(BPFFS / lab.name / "txr_gen", SPECS["txr_gen"]) as gen:
+        return int(gen.lookup(ct.c_uint32(0)).value)
+
+
+def test_sync_bumps_txr_gen_after_a_removal_or_move_only(loaded: Lab, tmp_path: Path) -> None:
+    """Flows cache their transceiver's endpoint under txr_gen (bpf/relay.c flow_transceiver):
+    load starts it at 1, a sync that only adds leaves it, one that moves or removes a
+    transceiver gives it the next value, once; a reload keeps it."""
+    lab = loaded
+    assert _txr_gen(lab) == 1
+
+    def sync(name: str, txrs: list[tuple[int, int, str]]) -> None:
+        lab.relayctl(
+            "map", "sync", "--name", lab.name, "--file", _write(tmp_path / name, {1: K1}, txrs)
+        )
+
+    sync("add.json", [(1, 7, A), (1, 8, A)])
+    assert _txr_gen(lab) == 1
+    sync("move.json", [(1, 7, B), (1, 8, A)])
+    assert _txr_gen(lab) == 2
+    sync("remove.json", [(1, 7, B)])
+    assert _txr_gen(lab) == 3
+    sync("same.json", [(1, 7, B)])
+    assert _txr_gen(lab) == 3
+    lab.load()
+    assert _txr_gen(lab) == 3
