@@ -25,6 +25,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 # (module, section title), in the order they run and appear.
 BENCHMARKS = (
     ("bench.bpf_paths", "XDP program paths"),
+    ("bench.bpf_breakdown", "Where a forwarded packet's time goes"),
     ("bench.relay_pps", "Relay throughput and latency"),
     ("bench.relay_mpps", "Relay forwarding limit"),
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
@@ -86,19 +87,45 @@ def run_one(module_name: str, title: str) -> Section:
     return section
 
 
+def render_section(s: Section, alone: str = "") -> list[str]:
+    """One section's lines from its `## ` heading on; `alone`: the machine line of a run of this
+    section by itself (spliced into a document another run wrote)."""
+    out = [f"## {s.title}", ""]
+    if s.about:
+        out += [s.about, ""]
+    if s.note:
+        out += [f"_{s.note}_", ""]
+    for t in s.tables:
+        out += [t.render_markdown(), ""]
+    if s.seconds:
+        where = f"; run alone with `--only {s.module.split('.')[-1]}`: {alone}" if alone else ""
+        out += [f"_(`{s.module}`, {s.seconds:.0f} s{where})_", ""]
+    return out
+
+
 def render_markdown(sections: list[Section], machine: str, command: str) -> str:
     out = ["# Benchmarks", "", INTRO, "", f"Machine: {machine}.", "", f"Command: `{command}`."]
     for s in sections:
-        out += ["", f"## {s.title}", ""]
-        if s.about:
-            out += [s.about, ""]
-        if s.note:
-            out += [f"_{s.note}_", ""]
-        for t in s.tables:
-            out += [t.render_markdown(), ""]
-        if s.seconds:
-            out += [f"_(`{s.module}`, {s.seconds:.0f} s)_", ""]
+        out += ["", *render_section(s)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def splice_markdown(doc: str, sections: list[Section], machine: str) -> str:
+    """doc with the sections of these titles replaced (inserted after the section BENCHMARKS
+    puts before them, when missing), every other byte kept: a run of some benchmarks keeps the
+    rest of the last full run."""
+    head, *parts = doc.split("\n## ")
+    raw = {p.split("\n", 1)[0].strip(): p for p in parts}
+    new = {
+        s.title: "\n".join(render_section(s, machine))[len("## ") :].rstrip() + "\n\n"
+        for s in sections
+    }
+    titles = list(raw)
+    order = [t for _, t in BENCHMARKS]
+    for title in (t for t in order if t in new and t not in raw):
+        before = [t for t in order[: order.index(title)] if t in titles]
+        titles.insert(titles.index(before[-1]) + 1 if before else len(titles), title)
+    return (head + "".join("\n## " + new.get(t, raw.get(t, "")) for t in titles)).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="rewrite docs/benchmarks.md (default: yes for a full run, no with --only)",
+        help="rewrite docs/benchmarks.md (default: yes for a full run, no with --only; with "
+        "--only, only those sections are replaced and the others kept)",
     )
     ap.add_argument("--out", type=Path, default=DOC, help="where to write (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -135,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         if section.note:
             print(section.note, flush=True)
     if write:
-        only = "".join(f" --only {o}" for o in args.only or [])
-        args.out.write_text(render_markdown(sections, machine, f"python -m bench{only}"))
+        if args.only and args.out.exists():
+            args.out.write_text(splice_markdown(args.out.read_text(), sections, machine))
+        else:
+            only = "".join(f" --only {o}" for o in args.only or [])
+            args.out.write_text(render_markdown(sections, machine, f"python -m bench{only}"))
         print(f"\nwrote {args.out}")
     return 1 if any(s.note.startswith("failed") for s in sections) else 0
 
