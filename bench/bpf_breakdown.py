@@ -42,7 +42,6 @@ from bench.table import Table
 from control.program import compile_relay, relay_source
 from control.reasons import Reason
 from lab.fibsandbox import NetnsWorker, fib_sandbox
-from wire.encap import flow_entropy
 
 
 @dataclass(frozen=True)
@@ -138,14 +137,8 @@ def _edited(source: str, variant: Variant) -> str:
 
 
 def _cycling(b: paths.Bench, cache: bool) -> None:
-    """The maps of bench.bpf_paths' cycle: the encapsulated packet comes back as a tunnel
-    datagram that decapsulates to the original."""
-    b.learn()
-    b.setup(tunnel=(paths.TXR_ADDR, paths.TXR_PORT))
-    b.add_vip(paths.CLIENT, paths.CLIENT_PORT)
-    entropy = flow_entropy(paths.CLIENT, paths.CLIENT_PORT, paths.VIP_PORT)
-    b.add_txr(paths.RETURN_ID, paths.TXR_ADDR, entropy)
-    b.add_flow((paths.VIP, paths.VIP_PORT), (paths.CLIENT, paths.CLIENT_PORT), paths.RETURN_ID)
+    """bench.bpf_paths' cycle, with flows using their cached endpoint or not (txr_gen 0)."""
+    b.cycling()
     if not cache:
         b.relay[b"txr_gen"][b.relay[b"txr_gen"].Key(0)] = b.relay[b"txr_gen"].Leaf(0)
 

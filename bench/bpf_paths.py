@@ -219,6 +219,16 @@ class Bench:
         val.seen = (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
         flows[key] = val
 
+    def cycling(self) -> None:
+        """The maps of the flow hit <-> decap cycle (see top): the encapsulated client packet
+        comes back as a tunnel datagram that decapsulates to the original."""
+        self.learn()
+        self.setup(tunnel=(TXR_ADDR, TXR_PORT))  # the outer packet comes back to us...
+        self.add_vip(CLIENT, CLIENT_PORT)  # ...from a "VIP" (the client)...
+        entropy = flow_entropy(CLIENT, CLIENT_PORT, VIP_PORT)
+        self.add_txr(RETURN_ID, TXR_ADDR, entropy)  # ...and a transceiver (the relay)...
+        self.add_flow((VIP, VIP_PORT), (CLIENT, CLIENT_PORT), RETURN_ID)  # ...with a flow
+
     def binding(self, **kw: Any) -> bytes:
         return binding(**kw, v1=not self.checks)
 
@@ -290,12 +300,7 @@ def _repeat_rows(n: int) -> list[Row]:
 
     def cycle(frame: Frame, fwd: Reason) -> Callable[[Bench], float]:
         def measure(b: Bench) -> float:
-            b.learn()
-            b.setup(tunnel=(TXR_ADDR, TXR_PORT))  # the outer packet comes back to us...
-            b.add_vip(CLIENT, CLIENT_PORT)  # ...from a "VIP" (the client)...
-            entropy = flow_entropy(CLIENT, CLIENT_PORT, VIP_PORT)
-            b.add_txr(RETURN_ID, TXR_ADDR, entropy)  # ...and a transceiver (the relay)...
-            b.add_flow((VIP, VIP_PORT), (CLIENT, CLIENT_PORT), RETURN_ID)  # ...with a flow
+            b.cycling()
             try:
                 half = n // 2 * TRIALS
                 with b.counted({fwd: half, Reason.FWD_DECAP: half}):
