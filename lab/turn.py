@@ -348,6 +348,117 @@ table inet {NFT_TABLE} {{
         return result
 
 
+class TurnRefused(Exception):
+    """A TURN error response: `code` (401, 403, ...) and its reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class TurnTlsClient:
+    """A tiny TURN client over TLS (RFC 8656 on a stream, STUN messages from aioice): enough to
+    ask coturn for an allocation and permissions and see what it refuses. Blocking; one
+    request at a time; the socket lives in `ns`."""
+
+    def __init__(self, ns: str, server: tuple[str, int], cafile: Path, timeout: float = 5) -> None:
+        import ssl
+
+        raw = netns.socket_in(ns, kind=socket.SOCK_STREAM)
+        raw.settimeout(timeout)
+        try:
+            raw.connect(server)
+            ctx = ssl.create_default_context(cafile=str(cafile))
+            self.sock = ctx.wrap_socket(raw, server_hostname=server[0])
+        except BaseException:
+            raw.close()
+            raise
+        self.username = ""
+        self.key = b""
+        self.realm = ""
+        self.nonce = b""
+        self._last_attrs: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TurnTlsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("TURN server closed the connection")
+            data += chunk
+        return data
+
+    def _exchange(self, request: Any) -> Any:
+        from aioice import stun
+
+        self.sock.sendall(bytes(request))
+        while True:
+            head = self._read(20)
+            length = int.from_bytes(head[2:4], "big")
+            msg = stun.parse_message(head + self._read(length))
+            if msg.transaction_id == request.transaction_id:
+                self._last_attrs = dict(msg.attributes)
+                return msg
+
+    def request(self, method: Any, attrs: dict[str, Any]) -> dict[str, Any]:
+        """One request, authenticated once a nonce is known (a stale nonce, 438, is renewed
+        once); the success response's attributes, or TurnRefused."""
+        from aioice import stun
+
+        for attempt in range(2):
+            req = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
+            req.attributes.update(attrs)
+            if self.nonce:
+                req.attributes.update(USERNAME=self.username, REALM=self.realm, NONCE=self.nonce)
+                req.add_message_integrity(self.key)
+            req.add_fingerprint()
+            resp = self._exchange(req)
+            if resp.message_class == stun.Class.RESPONSE:
+                return dict(resp.attributes)
+            code, reason = resp.attributes.get("ERROR-CODE", (0, "no ERROR-CODE"))
+            if code == 438 and attempt == 0 and "NONCE" in resp.attributes:
+                self.nonce = resp.attributes["NONCE"]
+                continue
+            raise TurnRefused(code, reason)
+        raise AssertionError("unreachable")
+
+    def allocate(self, username: str, password: str) -> tuple[str, int]:
+        """An allocation for UDP relaying (the first, unauthenticated request fetches realm and
+        nonce, RFC 8489 §9.2); the relayed address (XOR-RELAYED-ADDRESS)."""
+        from aioice import stun
+
+        transport = {"REQUESTED-TRANSPORT": 17 << 24}
+        try:
+            attrs = self.request(stun.Method.ALLOCATE, transport)
+        except TurnRefused as exc:
+            if exc.code != 401:
+                raise
+            challenge = self._last_attrs
+        else:
+            raise TurnRefused(0, f"an allocation without credentials was granted: {attrs}")
+        self.username = username
+        self.realm, self.nonce = challenge["REALM"], challenge["NONCE"]
+        self.key = hashlib.md5(f"{username}:{self.realm}:{password}".encode()).digest()
+        attrs = self.request(stun.Method.ALLOCATE, transport)
+        return tuple(attrs["XOR-RELAYED-ADDRESS"])  # type: ignore[return-value]
+
+    def create_permission(self, peer: str) -> None:
+        """Ask to relay to and from `peer`; TurnRefused(403) if the server forbids it."""
+        from aioice import stun
+
+        self.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (peer, 0)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lab.turn",

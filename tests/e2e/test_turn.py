@@ -1,0 +1,123 @@
+"""UDP blocked, a call still connects (issue 11): Chromium in a namespace whose nftables ruleset
+drops every UDP datagram calls through coturn, TURN over TLS on 443, with the short-lived
+credentials the transceiver announces on OPTIONS; the same client without TURN cannot; and coturn
+relays to the transceiver's media address only, so it is no open proxy (docs/security.md)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lab import netns
+from lab.turn import TURN_PORT, TURN_RELAY_SIDE, TXR_UDP_PORT, TurnLab, TurnRefused, TurnTlsClient
+from transceiver import turn
+
+pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.timeout(180)]
+
+ECHO_PACKETS = 50
+
+
+@pytest.fixture
+def turn_lab() -> Iterator[TurnLab]:
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.fail("/usr/bin/chromium is missing: run `make install` (Debian package chromium)")
+    with TurnLab() as lab:
+        yield lab
+        coturn = lab.coturn
+    assert not netns.list_namespaces(lab.prefix), "lab namespaces left behind"
+    assert not lab.tmpdir.exists(), "lab files left behind"
+    assert coturn is not None and coturn.poll() is not None, "turnserver left running"
+
+
+def _connected(result: dict, lab: TurnLab) -> None:
+    assert result["returncode"] == 0 and result["state"] == "connected", (
+        result,
+        lab.txr_text(),
+        lab.coturn_text(),
+    )
+    assert result["packets"] > ECHO_PACKETS and result["energy"] > 0  # our own audio came back
+
+
+def test_chromium_without_udp_calls_through_turn_over_tls(turn_lab: TurnLab) -> None:
+    lab = turn_lab
+    lab.block_udp()
+    assert lab.udp_dropped() == {"udp_out": 0, "udp_in": 0}
+    result = lab.browser_call()  # every candidate allowed, as a page in the wild
+    _connected(result, lab)
+    assert result["ice_servers"] == [lab.turn_url]  # from OPTIONS, before gathering
+    pair = result["pair"]
+    assert pair["local"]["type"] == "relay" and pair["local"]["relayProtocol"] == "tls", pair
+    assert pair["local"]["url"] == lab.turn_url
+    assert (pair["local"]["address"], pair["remote"]["address"]) == (TURN_RELAY_SIDE, lab.txr_addr)
+    assert pair["remote"]["port"] == TXR_UDP_PORT and pair["remote"]["type"] == "host"
+    # Chromium did try UDP (its host candidate's checks): the firewall dropped all of it.
+    dropped = lab.udp_dropped()
+    assert dropped["udp_out"] > 0, dropped
+
+
+def test_without_turn_the_same_client_connects_only_while_udp_passes(turn_lab: TurnLab) -> None:
+    """The control: the firewall, not the set-up, is what TURN gets the call through."""
+    lab = turn_lab
+    open_path = lab.browser_call("--no-ice-servers")
+    _connected(open_path, lab)
+    pair = open_path["pair"]
+    assert (pair["local"]["type"], pair["local"]["protocol"]) == ("host", "udp"), pair
+    assert pair["local"]["address"] == lab.client_addr
+    lab.block_udp()
+    blocked = lab.browser_call("--no-ice-servers", "--timeout=60")
+    assert blocked["state"] == "failed" and blocked["returncode"] == 1, blocked
+    assert blocked["error"] == "connection failed" and blocked["packets"] == 0, blocked
+    assert blocked["pair"] is None
+    assert lab.udp_dropped()["udp_out"] > 0
+
+
+def test_coturn_relays_to_the_transceiver_only(turn_lab: TurnLab) -> None:
+    """An allocation may not reach any other address: coturn is no open proxy."""
+    lab = turn_lab
+    lab.block_udp()  # the attacker is a client like any other: TCP 443 only
+    secret = lab.secret.encode()
+    servers = turn.TurnServers([lab.turn_url], secret, ttl=600)
+    server, ca = (lab.turn_addr, TURN_PORT), lab.tmpdir / "turn.crt"
+    cred = servers.mint("probe")
+    with TurnTlsClient(lab.client_ns, server, ca) as client:
+        relayed = client.allocate(cred.username, cred.password)
+        assert relayed[0] == TURN_RELAY_SIDE
+        client.create_permission(lab.txr_addr)  # the media address: allowed
+        for peer in (
+            lab.client_addr,  # back into the client's network
+            TURN_RELAY_SIDE,  # coturn's own relay address
+            lab.turn_addr,  # coturn's listener
+            "198.18.41.3",  # a neighbour of the transceiver
+            "127.0.0.1",
+            "10.0.0.1",
+            "192.168.1.1",
+            "169.254.169.254",  # a cloud metadata service
+            "8.8.8.8",  # the Internet
+            "224.0.0.1",
+        ):
+            with pytest.raises(TurnRefused) as refused:
+                client.create_permission(peer)
+            assert refused.value.code == 403, peer
+    # Credentials: a wrong password, an expired one, one minted with another secret: 401.
+    past = f"{int(time.time()) - 5}:probe"
+    for username, password in (
+        (cred.username, "wrong"),
+        (past, turn.password(secret, past)),
+        (cred.username, turn.password(b"another-secret-0123456789", cred.username)),
+    ):
+        with TurnTlsClient(lab.client_ns, server, ca) as client:
+            with pytest.raises(TurnRefused) as refused:
+                client.allocate(username, password)
+            assert refused.value.code == 401, username
+    # Nothing but TLS on 443: no plain TURN port on the listener address.
+    for kind, port in ((socket.SOCK_STREAM, 3478), (socket.SOCK_STREAM, 5349)):
+        sock = netns.socket_in(lab.turn_ns, kind=kind)
+        sock.settimeout(2)
+        with sock, pytest.raises(ConnectionRefusedError):
+            sock.connect((lab.turn_addr, port))
+    listening = netns.run(lab.turn_ns, ["ss", "-Hlnu"]).stdout
+    assert "turnserver" not in listening and f"{lab.turn_addr}:" not in listening, listening
