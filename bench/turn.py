@@ -1,0 +1,115 @@
+"""Calls from a network without UDP: TURN over TLS on 443 (coturn) against the direct UDP path.
+
+In one TurnLab (lab/turn.py: a client namespace, a router namespace running coturn with TLS on
+443, a transceiver in direct mode), headless Chromium places echo calls from the demo page,
+alternating between
+
+- **UDP direct**: no firewall, no ICE servers: the host candidate's checks and media go straight
+  to the transceiver's UDP socket (forwarded by the router namespace);
+- **TURN/TLS 443**: the client's nftables ruleset drops every UDP datagram and lets out TCP to
+  443 only; the page asked `OPTIONS /v1/calls` for its ICE servers, Chromium allocates on coturn
+  over TLS and its media goes client -TLS/TCP-> coturn -UDP-> transceiver.
+
+Per call the page reports: gathering (createOffer -> candidates gathered; for TURN this holds
+the TCP and TLS handshakes and the Allocate exchange), set-up (offer POST -> connectionState
+"connected": ICE checks and DTLS, over TURN on the TURN path) and the selected candidate pair's
+STUN round trips (getStats totalRoundTripTime / responsesReceived, whose resolution is 1 ms).
+The lab's links have no delay: what this shows is the hop's own cost (coturn in userspace, TLS,
+TCP), not the distance a real TURN server adds (docs/architecture.md).
+
+    python -m bench.turn [--calls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from typing import Any
+
+from bench.table import Table
+from lab.turn import TurnLab
+
+CALLS = int(os.environ.get("BENCH_TURN_CALLS", "5"))
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _mean_rtt_ms(result: dict[str, Any]) -> float | None:
+    pair = result.get("pair") or {}
+    if not pair.get("responses") or pair.get("totalRtt") is None:
+        return None
+    return 1000.0 * pair["totalRtt"] / pair["responses"]
+
+
+def measure(calls: int = CALLS) -> dict[str, list[dict[str, Any]]]:
+    """Alternating calls on both paths in one lab (machine load hits both alike)."""
+    results: dict[str, list[dict[str, Any]]] = {"udp": [], "turn": []}
+    with TurnLab() as lab:
+        for _ in range(calls):
+            for path in ("udp", "turn"):
+                if path == "turn":
+                    lab.block_udp()
+                    r = lab.browser_call()
+                    lab.unblock_udp()
+                else:
+                    r = lab.browser_call("--no-ice-servers")
+                if r.get("state") != "connected":
+                    raise RuntimeError(f"{path} call failed: {r}\n{lab.coturn_text()}")
+                results[path].append(r)
+    return results
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> Table:
+    t = Table(
+        "Chromium echo calls: UDP direct vs TURN over TLS on 443 (same lab, alternating)",
+        ["path", "calls", "selected local candidate", "gather ms", "POST->connected ms",
+         "gather+set-up ms", "ICE RTT ms (mean)", "ICE RTT ms (last, median)",
+         "echoed packets"],
+    )  # fmt: skip
+    for path, label in (("udp", "UDP direct"), ("turn", "TURN/TLS 443 (UDP blocked)")):
+        rs = results[path]
+        pairs = {
+            f"{(r['pair'] or {}).get('local', {}).get('type')}/"
+            f"{(r['pair'] or {}).get('local', {}).get('relayProtocol') or 'udp'}"
+            for r in rs
+        }
+        gather = [float(r["gather_ms"]) for r in rs]
+        setup = [float(r["setup_ms"]) for r in rs]
+        both = [g + s for g, s in zip(gather, setup, strict=True)]
+        rtts = [x for r in rs if (x := _mean_rtt_ms(r)) is not None]
+        last = [1000.0 * r["pair"]["rtt"] for r in rs if (r["pair"] or {}).get("rtt") is not None]
+        t.add(label, len(rs), ", ".join(sorted(pairs)), f"{_median(gather):.0f}",
+              f"{_median(setup):.0f}", f"{_median(both):.0f}",
+              f"{statistics.fmean(rtts):.1f}" if rtts else "-",
+              f"{_median(last):.0f}" if last else "-",
+              f"{_median([float(r['packets']) for r in rs]):.0f}")  # fmt: skip
+    t.notes.append("gather/set-up: medians over the calls; ICE RTT mean: mean over the calls of "
+                   "each selected pair's totalRoundTripTime / responsesReceived (its first checks "
+                   "run while DTLS starts); last: currentRoundTripTime at ~1 s of echo, 1 ms "
+                   "resolution")  # fmt: skip
+    t.notes.append("the page waits at most 2 s for gathering before it POSTs (demo page)")
+    return t
+
+
+def run() -> Table:
+    return table(measure())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.turn",
+        description="Set-up time and RTT of Chromium calls, UDP direct vs TURN over TLS on 443 "
+        "(needs root: network namespaces, coturn, nftables, Chromium).",
+    )
+    ap.add_argument("--calls", type=int, default=CALLS, help="calls per path (default %(default)s)")
+    args = ap.parse_args(argv)
+    print(table(measure(args.calls)).render_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
