@@ -24,6 +24,10 @@ install: system-deps kernel-headers bpffs venv ## install everything: Debian pac
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+	@# Debian's coturn enables a system turnserver whose stock config has no authentication (an
+	@# open relay on every interface); the tests run their own in a namespace (lab/turn.py).
+	@if [ -e /lib/systemd/system/coturn.service ]; then \
+	  systemctl disable --now coturn.service >/dev/null 2>&1 || true; fi
 
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -121,3 +121,20 @@ def test_coturn_relays_to_the_transceiver_only(turn_lab: TurnLab) -> None:
             sock.connect((lab.turn_addr, port))
     listening = netns.run(lab.turn_ns, ["ss", "-Hlnu"]).stdout
     assert "turnserver" not in listening and f"{lab.turn_addr}:" not in listening, listening
+
+
+def test_coturn_takes_the_old_and_the_new_secret_while_one_rotates() -> None:
+    """Rotation (docs/operations.md): coturn holds both secrets; credentials minted with either
+    allocate, with any other they do not."""
+    old = "the-old-secret-0123456789abcdef"
+    with TurnLab(start_transceiver=False, old_secrets=[old]) as lab:
+        server, ca = (lab.turn_addr, TURN_PORT), lab.tmpdir / "turn.crt"
+        for secret, ok in ((lab.secret, True), (old, True), ("never-configured-0123456789", False)):
+            cred = turn.TurnServers([lab.turn_url], secret.encode(), ttl=600).mint()
+            with TurnTlsClient(lab.client_ns, server, ca) as client:
+                if ok:
+                    assert client.allocate(cred.username, cred.password)[0] == TURN_RELAY_SIDE
+                else:
+                    with pytest.raises(TurnRefused) as refused:
+                        client.allocate(cred.username, cred.password)
+                    assert refused.value.code == 401
