@@ -1,14 +1,14 @@
-"""Calls from a network without UDP: TURN over TLS on 443 (coturn) against the direct UDP path.
+"""Calls from a network without UDP: TURN over TLS on 443 (coturn) against UDP to the VIP.
 
-In one TurnLab (lab/turn.py: a client namespace, a router namespace running coturn with TLS on
-443, a transceiver in direct mode), headless Chromium places echo calls from the demo page,
+In one TurnLab (lab/turn.py: RelayLab's client, XDP relay and transceiver namespaces, plus coturn
+beside the relay with TLS on 443), headless Chromium places echo calls from the demo page,
 alternating between
 
-- **UDP direct**: no firewall, no ICE servers: the host candidate's checks and media go straight
-  to the transceiver's UDP socket (forwarded by the router namespace);
+- **UDP**: no firewall, no ICE servers: the host candidate's checks and media go to the VIP, the
+  XDP relay tunnels them to the transceiver;
 - **TURN/TLS 443**: the client's nftables ruleset drops every UDP datagram and lets out TCP to
   443 only; the page asked `OPTIONS /v1/calls` for its ICE servers, Chromium allocates on coturn
-  over TLS and its media goes client -TLS/TCP-> coturn -UDP-> transceiver.
+  over TLS and its media goes client -TLS/TCP-> coturn -UDP-> VIP -XDP-> transceiver.
 
 Per call the page reports: gathering (createOffer -> candidates gathered; for TURN this holds
 the TCP and TLS handshakes and the Allocate exchange), set-up (offer POST -> connectionState
@@ -65,12 +65,12 @@ def measure(calls: int = CALLS) -> dict[str, list[dict[str, Any]]]:
 
 def table(results: dict[str, list[dict[str, Any]]]) -> Table:
     t = Table(
-        "Chromium echo calls: UDP direct vs TURN over TLS on 443 (same lab, alternating)",
+        "Chromium calls through the XDP relay: UDP vs TURN over TLS on 443 (one lab, alternating)",
         ["path", "calls", "selected local candidate", "gather ms", "POST->connected ms",
          "gather+set-up ms", "ICE RTT ms (mean)", "ICE RTT ms (last, median)",
          "echoed packets"],
     )  # fmt: skip
-    for path, label in (("udp", "UDP direct"), ("turn", "TURN/TLS 443 (UDP blocked)")):
+    for path, label in (("udp", "UDP to the VIP"), ("turn", "TURN/TLS 443 (UDP blocked)")):
         rs = results[path]
         pairs = {
             f"{(r['pair'] or {}).get('local', {}).get('type')}/"
@@ -102,8 +102,8 @@ def run() -> Table:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.turn",
-        description="Set-up time and RTT of Chromium calls, UDP direct vs TURN over TLS on 443 "
-        "(needs root: network namespaces, coturn, nftables, Chromium).",
+        description="Set-up time and RTT of Chromium calls through the XDP relay, UDP vs TURN "
+        "over TLS on 443 (needs root: network namespaces, coturn, nftables, Chromium).",
     )
     ap.add_argument("--calls", type=int, default=CALLS, help="calls per path (default %(default)s)")
     args = ap.parse_args(argv)

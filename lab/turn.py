@@ -1,18 +1,22 @@
-"""TurnLab: a client whose network drops all UDP calls through coturn (TURN over TLS on 443).
+"""TurnLab: a client whose network drops all UDP calls through coturn (TURN over TLS on 443)
+and the XDP relay, as a client with UDP calls through the relay alone.
 
-    client ns                 turn ns (the client's router + coturn)        txr ns
-    cl 198.18.40.2/24 ------- tc 198.18.40.1/24  coturn TLS :443
-                              tx 198.18.41.1/24  relayed UDP from here ---- xt 198.18.41.2/24
-                                                                            transceiver serve:
-                                                                            HTTP :443, UDP :5000
+    client ns               relay ns (XDP, lab/topology.py)                     txr ns
+    cr 198.18.1.2/24 ------ rc 198.18.1.1/24     lo 198.18.100.1 (VIP:3478)
+                            rt 198.18.2.1/24 (tunnel) ------------------------- tr 198.18.2.2/24
+                            ru 198.18.4.1/24                                     transceiver serve:
+                               |                                                 HTTP :443,
+                            turn ns: ur 198.18.4.2/24, coturn TLS :443,          UDP :5000
+                                     relayed UDP to the VIP from here
 
-The turn namespace forwards, so without the firewall the client reaches the transceiver's UDP
-socket directly (the baseline). `block_udp()` loads an nftables ruleset into the client namespace
-that drops every UDP datagram in and out (counted) and lets out only TCP to port 443: signaling
-(the transceiver's HTTP is on 443 here) and TURN over TLS still pass, ICE over UDP cannot.
-coturn runs with a config generated in the lab's temp dir (docs/operations.md explains each
-line): TLS on 443 only, REST API credentials from the secret it shares with the transceiver, and
-relaying only to the transceiver's media address (the VIPs in production), so it is no open proxy.
+RelayLab's topology with one more namespace beside the relay: coturn, whose relayed datagrams
+enter the relay on its own link (`ru`, XDP loaded there too) like any client's. `block_udp()`
+loads an nftables ruleset into the client namespace that drops every UDP datagram in and out
+(counted) and lets out only TCP to port 443: signaling (the transceiver's HTTP is on 443 here)
+and TURN over TLS still pass (the relay namespace forwards TCP as a router does), ICE over UDP to
+the VIP cannot. coturn runs with a config generated in the lab's temp dir (docs/operations.md
+explains each line): TLS on 443 only, REST API credentials from the secret it shares with the
+transceiver, and relaying to the VIP alone, so it is no open proxy.
 
     python -m lab.turn --help     # build it, print the addresses, wait for Ctrl-C
 """
@@ -37,22 +41,19 @@ from pathlib import Path
 from typing import Any
 
 from lab import netns
-from lab.base import Lab
 from lab.peer import lab_key_file
+from lab.topology import RelayLab
 from lab.wait import wait_until
 
-CLIENT_ADDR = "198.18.40.2"
-TURN_CLIENT_SIDE = "198.18.40.1"  # where coturn listens (TLS on 443)
-TURN_RELAY_SIDE = "198.18.41.1"  # where relayed UDP leaves coturn
-TXR_ADDR = "198.18.41.2"
+TURN_ADDR = "198.18.4.2"  # coturn listens here (TLS on 443) and relays from here
+RELAY_TURN_SIDE = "198.18.4.1"
 TURN_PORT = 443
 HTTP_PORT = 443  # signaling too: the blocked client reaches nothing but TCP 443
-TXR_UDP_PORT = 5000
 RELAY_PORTS = (49152, 49407)  # coturn's relay port range
 REALM = "edge.lab"
 TURNSERVER = "/usr/bin/turnserver"
 NFT_TABLE = "edge_udp_block"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 30.0
 
 
 class TurnLabError(RuntimeError):
@@ -159,9 +160,10 @@ def coturn_config(
     return "\n".join(lines) + "\n"
 
 
-class TurnLab(Lab):
-    """`with TurnLab() as lab:` builds the namespaces, coturn and a transceiver; `block_udp()`
-    then cuts the client off UDP. Everything goes at exit, also on failure."""
+class TurnLab(RelayLab):
+    """`with TurnLab() as lab:` builds RelayLab's namespaces and relay, coturn beside the relay
+    and a transceiver behind it; `block_udp()` then cuts the client off UDP. Everything goes at
+    exit, also on failure."""
 
     def __init__(
         self,
@@ -170,13 +172,12 @@ class TurnLab(Lab):
         old_secrets: Sequence[str] = (),
         prefix: str | None = None,
     ) -> None:
-        super().__init__(prefix)
-        self.client_ns = f"{self.prefix}-client"
+        super().__init__(transceivers=1, load_relay=False, prefix=prefix)
+        self.relay_ifaces.append("ru")
         self.turn_ns = f"{self.prefix}-turn"
-        self.txr_ns = f"{self.prefix}-txr"
-        self.client_addr = CLIENT_ADDR
-        self.turn_addr = TURN_CLIENT_SIDE
-        self.txr_addr = TXR_ADDR
+        self.client_addr = self.client_addrs[0]
+        self.turn_addr = TURN_ADDR
+        self.txr_addr = self.txrs[0].addr
         self.secret = secrets.token_hex(32)  # the transceiver's (the new one in a rotation)
         self.old_secrets = list(old_secrets)  # coturn accepts these too
         self.turn_url = f"turns:{self.turn_addr}:{TURN_PORT}?transport=tcp"
@@ -195,18 +196,17 @@ class TurnLab(Lab):
         return f"http://{self.txr_addr}:{HTTP_PORT}"
 
     def build(self) -> None:
-        self.client_ns = self.namespace("client")
+        super().build()  # client, relay, transceiver namespaces (the relay not loaded yet)
         self.turn_ns = self.namespace("turn")
-        self.txr_ns = self.namespace("txr")
-        netns.veth(self.turn_ns, "tc", self.client_ns, "cl")
-        netns.add_addr(self.turn_ns, "tc", f"{TURN_CLIENT_SIDE}/24")
-        netns.add_addr(self.client_ns, "cl", f"{CLIENT_ADDR}/24")
-        netns.add_route(self.client_ns, "default", TURN_CLIENT_SIDE)
-        netns.veth(self.turn_ns, "tx", self.txr_ns, "xt")
-        netns.add_addr(self.turn_ns, "tx", f"{TURN_RELAY_SIDE}/24")
-        netns.add_addr(self.txr_ns, "xt", f"{TXR_ADDR}/24")
-        netns.add_route(self.txr_ns, "default", TURN_RELAY_SIDE)
-        netns.sysctl(self.turn_ns, "net.ipv4.ip_forward", "1")  # the client's router
+        netns.veth(self.relay_ns, "ru", self.turn_ns, "ur")
+        netns.add_addr(self.relay_ns, "ru", f"{RELAY_TURN_SIDE}/24")
+        netns.add_addr(self.turn_ns, "ur", f"{TURN_ADDR}/24")
+        netns.add_route(self.turn_ns, "default", RELAY_TURN_SIDE)
+        # As on the relay's other links: static neighbours, XDP_PASS on the peer (veth trap).
+        netns.add_neigh(self.relay_ns, "ru", TURN_ADDR, netns.mac(self.turn_ns, "ur"))
+        netns.add_neigh(self.turn_ns, "ur", RELAY_TURN_SIDE, netns.mac(self.relay_ns, "ru"))
+        netns.attach_xdp_pass(self.turn_ns, "ur")
+        self.load()  # relayctl load on rc, rt and ru; map sync
         self.keys_file = lab_key_file(self.tmpdir)
         self.secret_file.touch(mode=0o600)
         self.secret_file.write_text(self.secret + "\n")
@@ -226,8 +226,8 @@ class TurnLab(Lab):
             coturn_config(
                 listen=self.turn_addr,
                 port=TURN_PORT,
-                relay=TURN_RELAY_SIDE,
-                allowed_peers=[self.txr_addr],
+                relay=TURN_ADDR,
+                allowed_peers=[self.vip],
                 secrets=[self.secret, *self.old_secrets],
                 cert=cert,
                 key=key,
@@ -266,14 +266,21 @@ class TurnLab(Lab):
     # --- the transceiver --------------------------------------------------------------------
 
     def start_transceiver(self, *extra: str, turn: bool = True) -> None:
+        """`transceiver serve` behind the relay (the VIP its only candidate), signaling on 443."""
+        t = self.txrs[0]
+        key = self.tmpdir / "routing-key"
+        key.touch(mode=0o600)
+        key.write_text(self.key.hex())
         exe = str(Path(sys.executable).parent / "transceiver")
-        argv = [exe, "serve", f"--listen={self.txr_addr}:{HTTP_PORT}",
-                f"--udp={self.txr_addr}:{TXR_UDP_PORT}", f"--advertise={self.txr_addr}",
+        argv = [exe, "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
+                f"--vip={self.vip}:{self.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
+                f"--key-id={self.key_id}", f"--key-file={key}",
+                f"--relay-tunnel-port={self.tunnel_port}", f"--relay={self.tunnel_addr}",
                 f"--api-keys={self.keys_file}", "--log-level=info", *extra]  # fmt: skip
         if turn:
             argv += [f"--turn-url={self.turn_url}", f"--turn-secret-file={self.secret_file}"]
         with self.txr_log.open("ab") as err:
-            self.txr = self.spawn(self.txr_ns, argv, stdout=subprocess.PIPE, stderr=err)
+            self.txr = self.spawn(t.ns, argv, stdout=subprocess.PIPE, stderr=err)
         assert self.txr.stdout is not None
         ready, _, _ = select.select([self.txr.stdout], [], [], START_TIMEOUT)
         line = self.txr.stdout.readline() if ready else b""

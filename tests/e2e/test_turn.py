@@ -1,10 +1,12 @@
 """UDP blocked, a call still connects (issue 11): Chromium in a namespace whose nftables ruleset
-drops every UDP datagram calls through coturn, TURN over TLS on 443, with the short-lived
-credentials the transceiver announces on OPTIONS; the same client without TURN cannot; and coturn
-relays to the transceiver's media address only, so it is no open proxy (docs/security.md)."""
+drops every UDP datagram calls through coturn (TURN over TLS on 443, with the short-lived
+credentials the transceiver announces on OPTIONS) and the XDP relay to the transceiver; the same
+client without TURN cannot; and coturn relays to the VIP only, so it is no open proxy
+(docs/security.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab import netns
-from lab.turn import TURN_PORT, TURN_RELAY_SIDE, TXR_UDP_PORT, TurnLab, TurnRefused, TurnTlsClient
+from lab.turn import RELAY_TURN_SIDE, TURN_ADDR, TURN_PORT, TurnLab, TurnRefused, TurnTlsClient
 from transceiver import turn
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.timeout(180)]
@@ -46,14 +48,25 @@ def test_chromium_without_udp_calls_through_turn_over_tls(turn_lab: TurnLab) -> 
     lab = turn_lab
     lab.block_udp()
     assert lab.udp_dropped() == {"udp_out": 0, "udp_in": 0}
+    before = lab.stats()
     result = lab.browser_call()  # every candidate allowed, as a page in the wild
+    after = lab.stats()
     _connected(result, lab)
     assert result["ice_servers"] == [lab.turn_url]  # from OPTIONS, before gathering
     pair = result["pair"]
     assert pair["local"]["type"] == "relay" and pair["local"]["relayProtocol"] == "tls", pair
     assert pair["local"]["url"] == lab.turn_url
-    assert (pair["local"]["address"], pair["remote"]["address"]) == (TURN_RELAY_SIDE, lab.txr_addr)
-    assert pair["remote"]["port"] == TXR_UDP_PORT and pair["remote"]["type"] == "host"
+    assert pair["local"]["address"] == TURN_ADDR  # coturn's relayed address...
+    assert (pair["remote"]["address"], pair["remote"]["port"]) == (
+        lab.vip,
+        lab.vip_port,
+    )  # ...to the VIP
+    # Every echoed packet crossed the XDP relay, coturn being its client: the first check was
+    # routed by its ufrag, the rest by the flow, the replies decapsulated toward coturn.
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert delta["fwd_stun_new"] >= 1 and delta["fwd_flow"] >= ECHO_PACKETS, delta
+    assert delta["fwd_decap"] >= ECHO_PACKETS, delta
+    assert any(TURN_ADDR in json.dumps(f) for f in lab.flows()), lab.flows()
     # Chromium did try UDP (its host candidate's checks): the firewall dropped all of it.
     dropped = lab.udp_dropped()
     assert dropped["udp_out"] > 0, dropped
@@ -66,7 +79,7 @@ def test_without_turn_the_same_client_connects_only_while_udp_passes(turn_lab: T
     _connected(open_path, lab)
     pair = open_path["pair"]
     assert (pair["local"]["type"], pair["local"]["protocol"]) == ("host", "udp"), pair
-    assert pair["local"]["address"] == lab.client_addr
+    assert pair["local"]["address"] == lab.client_addr and pair["remote"]["address"] == lab.vip
     lab.block_udp()
     blocked = lab.browser_call("--no-ice-servers", "--timeout=60")
     assert blocked["state"] == "failed" and blocked["returncode"] == 1, blocked
@@ -75,7 +88,7 @@ def test_without_turn_the_same_client_connects_only_while_udp_passes(turn_lab: T
     assert lab.udp_dropped()["udp_out"] > 0
 
 
-def test_coturn_relays_to_the_transceiver_only(turn_lab: TurnLab) -> None:
+def test_coturn_relays_to_the_vip_only(turn_lab: TurnLab) -> None:
     """An allocation may not reach any other address: coturn is no open proxy."""
     lab = turn_lab
     lab.block_udp()  # the attacker is a client like any other: TCP 443 only
@@ -85,13 +98,15 @@ def test_coturn_relays_to_the_transceiver_only(turn_lab: TurnLab) -> None:
     cred = servers.mint("probe")
     with TurnTlsClient(lab.client_ns, server, ca) as client:
         relayed = client.allocate(cred.username, cred.password)
-        assert relayed[0] == TURN_RELAY_SIDE
-        client.create_permission(lab.txr_addr)  # the media address: allowed
+        assert relayed[0] == TURN_ADDR
+        client.create_permission(lab.vip)  # the VIP: allowed
         for peer in (
+            lab.txr_addr,  # the transceiver itself: only through the relay
+            lab.tunnel_addr,  # the relay's tunnel address
+            RELAY_TURN_SIDE,  # the relay's link to coturn
             lab.client_addr,  # back into the client's network
-            TURN_RELAY_SIDE,  # coturn's own relay address
-            lab.turn_addr,  # coturn's listener
-            "198.18.41.3",  # a neighbour of the transceiver
+            TURN_ADDR,  # coturn itself
+            "198.18.100.2",  # beside the VIP
             "127.0.0.1",
             "10.0.0.1",
             "192.168.1.1",
@@ -133,7 +148,7 @@ def test_coturn_takes_the_old_and_the_new_secret_while_one_rotates() -> None:
             cred = turn.TurnServers([lab.turn_url], secret.encode(), ttl=600).mint()
             with TurnTlsClient(lab.client_ns, server, ca) as client:
                 if ok:
-                    assert client.allocate(cred.username, cred.password)[0] == TURN_RELAY_SIDE
+                    assert client.allocate(cred.username, cred.password)[0] == TURN_ADDR
                 else:
                     with pytest.raises(TurnRefused) as refused:
                         client.allocate(cred.username, cred.password)
