@@ -16,7 +16,9 @@ The page asks `OPTIONS /v1/calls` for its ICE servers (TURN, with short-lived cr
 it gathers; `--relay-only` makes Chromium use TURN relay candidates alone (iceTransportPolicy
 "relay"), `--no-ice-servers` makes it ignore what OPTIONS announced (a control: no TURN at all).
 The JSON line then also has "pair" (the selected candidate pair: local/remote type, protocol,
-relayProtocol, RTT), "gather_ms" and "ice_servers" (the announced URLs, without credentials).
+relayProtocol, RTT), "steady_rtt_ms" and "steady_checks" (the mean STUN round trip of the pair's
+checks after the first 10 echoed packets, and how many), "gather_ms" and "ice_servers" (the
+URLs, without credentials).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def call(
         if no_ice_servers:
             page.evaluate("window.edgeIceServers = []")
         page.click("#call")
+        # The pair's STUN round trips once audio flows, so that the RTT of the checks after it
+        # (steady_rtt_ms) leaves out the first ones, which run while ICE and DTLS start.
+        early = min(packets, 10)
+        page.wait_for_function(
+            f"window.packetsReceived > {early} || window.callState === 'failed'",
+            timeout=timeout * 1000,
+        )
+        first = page.evaluate("window.selectedPair()")
         page.wait_for_function(
             f"window.packetsReceived > {packets} || window.callState === 'failed'",
             timeout=timeout * 1000,
@@ -107,7 +117,18 @@ def call(
                 " ice_servers: window.iceServers.map((s) => s.urls)})"
             )
         )
-        result["pair"] = page.evaluate("window.selectedPair()")
+        result["pair"] = pair = page.evaluate("window.selectedPair()")
+        result["steady_rtt_ms"], result["steady_checks"] = None, 0
+        if (
+            first
+            and pair
+            and pair.get("totalRtt") is not None
+            and first.get("totalRtt") is not None
+        ):
+            answered = pair["responses"] - first["responses"]
+            if answered > 0:
+                result["steady_rtt_ms"] = 1000 * (pair["totalRtt"] - first["totalRtt"]) / answered
+                result["steady_checks"] = answered
         if result["state"] == "failed":  # the page has torn the call down already
             return result
         page.click("#hangup")
