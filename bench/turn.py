@@ -64,7 +64,7 @@ def table(results: dict[str, list[dict[str, Any]]]) -> Table:
     t = Table(
         "Chromium calls through the XDP relay: UDP vs TURN over TLS on 443 (one lab, alternating)",
         ["path", "calls", "selected local candidate", "gather ms", "POST->connected ms",
-         "gather+set-up ms", "ICE RTT ms (mean)", "checks timed", "echoed packets"],
+         "gather+set-up ms", "ICE RTT ms", "checks timed", "echoed packets"],
     )  # fmt: skip
     for path, label in (("udp", "UDP to the VIP"), ("turn", "TURN/TLS 443 (UDP blocked)")):
         rs = results[path]
@@ -79,11 +79,11 @@ def table(results: dict[str, list[dict[str, Any]]]) -> Table:
         rtts = [float(r["steady_rtt_ms"]) for r in rs if r.get("steady_rtt_ms") is not None]
         t.add(label, len(rs), ", ".join(sorted(pairs)), f"{_median(gather):.0f}",
               f"{_median(setup):.0f}", f"{_median(both):.0f}",
-              f"{statistics.fmean(rtts):.2f}" if rtts else "-",
+              f"{_median(rtts):.2f}" if rtts else "-",
               sum(int(r.get("steady_checks") or 0) for r in rs),
               f"{_median([float(r['packets']) for r in rs]):.0f}")  # fmt: skip
-    t.notes.append("gather/set-up: medians over the calls; ICE RTT: mean over the calls of the "
-                   "selected pair's STUN round trips after the first 10 echoed packets "
+    t.notes.append("medians over the calls; a call's ICE RTT: the mean of its selected pair's "
+                   "STUN round trips after the first 10 echoed packets "
                    "(getStats totalRoundTripTime and responsesReceived deltas); checks timed: "
                    "summed")  # fmt: skip
     t.notes.append("the page waits at most 2 s for gathering before it POSTs (demo page)")
