@@ -88,6 +88,23 @@ def test_without_turn_the_same_client_connects_only_while_udp_passes(turn_lab: T
     assert lab.udp_dropped()["udp_out"] > 0
 
 
+def test_relay_only_uses_turn_even_where_udp_passes(turn_lab: TurnLab) -> None:
+    """iceTransportPolicy "relay" (the page's edgeIcePolicy, `lab.browsercall --relay-only`):
+    a TURN/TLS call on a network that has UDP, and one whose UDP is blocked, look the same."""
+    lab = turn_lab
+    for blocked in (False, True):
+        if blocked:
+            lab.block_udp()
+        result = lab.browser_call("--relay-only")
+        _connected(result, lab)
+        local = result["pair"]["local"]
+        assert (local["type"], local["relayProtocol"], local["address"]) == (
+            "relay",
+            "tls",
+            TURN_ADDR,
+        ), result["pair"]
+
+
 def test_coturn_relays_to_the_vip_only(turn_lab: TurnLab) -> None:
     """An allocation may not reach any other address: coturn is no open proxy."""
     lab = turn_lab
