@@ -352,7 +352,8 @@ def main() -> None:
     default=turn.DEFAULT_TTL,
     type=click.FloatRange(turn.MIN_TTL, turn.MAX_TTL),
     show_default=True,
-    help="Lifetime of a minted TURN credential (seconds); longer than the longest call.",
+    help="Lifetime of a minted TURN credential (seconds): how long a client may open new TURN "
+    "allocations with it (an ICE restart opens one); an allocation made in time outlives it.",
 )
 # --- end of signaling options ------------------------------------------------------------------
 @click.option(

@@ -32,7 +32,9 @@ ENV_SECRET = "TXR_TURN_SECRET"
 ENV_SECRET_FILE = "TXR_TURN_SECRET_FILE"
 MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 1024
-DEFAULT_TTL = 4 * 3600.0  # seconds; must outlast the longest call (docs/transceiver.md)
+# Seconds a credential opens new allocations; one made in time lives on past it (coturn checks
+# the expiry on Allocate only), but an ICE restart allocates again (docs/transceiver.md).
+DEFAULT_TTL = 4 * 3600.0
 MIN_TTL = 60.0
 MAX_TTL = 24 * 3600.0
 MAX_URLS = 8

@@ -16,6 +16,7 @@ import pytest
 
 from lab import netns
 from lab.turn import RELAY_TURN_SIDE, TURN_ADDR, TURN_PORT, TurnLab, TurnRefused, TurnTlsClient
+from lab.wait import wait_until
 from transceiver import turn
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.timeout(180)]
@@ -170,3 +171,24 @@ def test_coturn_takes_the_old_and_the_new_secret_while_one_rotates() -> None:
                     with pytest.raises(TurnRefused) as refused:
                         client.allocate(cred.username, cred.password)
                     assert refused.value.code == 401
+
+
+def test_a_credential_opens_allocations_until_its_expiry_only() -> None:
+    """coturn checks the expiry when an allocation is made; one made before it lives on
+    (refreshes and permissions go on), a new one after it is refused (docs/transceiver.md)."""
+    from aioice import stun
+
+    with TurnLab(start_transceiver=False) as lab:
+        server, ca = (lab.turn_addr, TURN_PORT), lab.tmpdir / "turn.crt"
+        expiry = int(time.time()) + 2
+        user = f"{expiry}:short"
+        password = turn.password(lab.secret.encode(), user)
+        with TurnTlsClient(lab.client_ns, server, ca) as client:
+            client.allocate(user, password)
+            wait_until(lambda: time.time() > expiry + 1, 10, "the credential's expiry")
+            assert client.request(stun.Method.REFRESH, {"LIFETIME": 600})["LIFETIME"] == 600
+            client.create_permission(lab.vip)
+            with TurnTlsClient(lab.client_ns, server, ca) as late:
+                with pytest.raises(TurnRefused) as refused:
+                    late.allocate(user, password)
+                assert refused.value.code == 401
