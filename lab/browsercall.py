@@ -18,7 +18,8 @@ it gathers; `--relay-only` makes Chromium use TURN relay candidates alone (iceTr
 The JSON line then also has "pair" (the selected candidate pair: local/remote type, protocol,
 relayProtocol, RTT), "steady_rtt_ms" and "steady_checks" (the mean STUN round trip of the pair's
 checks after the first 10 echoed packets, and how many), "gather_ms" and "ice_servers" (the
-URLs, without credentials).
+URLs, without credentials); with `--restart-ice`, "restart" ({ufrag, ms}) and
+"packets_after_restart".
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def call(
     no_ice_servers: bool = False,
     extra_args: tuple[str, ...] = (),
     timeout: float = 30.0,
+    restart_ice: bool = False,
 ) -> dict[str, Any]:
     with chromium_page(url, api_key, extra_args) as page:
         if relay_only:
@@ -117,6 +119,16 @@ def call(
                 " ice_servers: window.iceServers.map((s) => s.urls)})"
             )
         )
+        if restart_ice and result["state"] == "connected":
+            # window.restartIce() (PATCH), then as many echoed packets again on the new session
+            result["restart"] = page.evaluate("window.restartIce()")
+            page.wait_for_function(
+                f"window.packetsReceived > {result['packets'] + packets}"
+                " || window.callState === 'failed'",
+                timeout=timeout * 1000,
+            )
+            after = page.evaluate("({state: window.callState, packets: window.packetsReceived})")
+            result["state"], result["packets_after_restart"] = after["state"], after["packets"]
         result["pair"] = pair = page.evaluate("window.selectedPair()")
         result["steady_rtt_ms"], result["steady_checks"] = None, 0
         if (
@@ -164,6 +176,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the echo (default 30)"
     )
+    parser.add_argument(
+        "--restart-ice",
+        action="store_true",
+        help="then restart ICE (window.restartIce(), a PATCH) and wait for as many echoes again",
+    )
     args = parser.parse_args(argv)
     try:
         from lab.peer import read_api_key
@@ -177,6 +194,7 @@ def main(argv: list[str]) -> int:
             no_ice_servers=args.no_ice_servers,
             extra_args=tuple(args.chromium_arg),
             timeout=args.timeout,
+            restart_ice=args.restart_ice,
         )
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}

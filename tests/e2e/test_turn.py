@@ -106,6 +106,18 @@ def test_relay_only_uses_turn_even_where_udp_passes(turn_lab: TurnLab) -> None:
         ), result["pair"]
 
 
+def test_a_call_over_turn_survives_an_ice_restart(turn_lab: TurnLab) -> None:
+    """ICE restart (PATCH) with UDP blocked: Chromium gathers again (the page has handed it the
+    201's fresh TURN credentials for that), the new checks go over TURN, the echo goes on."""
+    lab = turn_lab
+    lab.block_udp()
+    result = lab.browser_call("--restart-ice")
+    _connected(result, lab)
+    assert result["restart"]["ufrag"] and result["packets_after_restart"] > 2 * ECHO_PACKETS
+    local = result["pair"]["local"]
+    assert (local["type"], local["relayProtocol"]) == ("relay", "tls"), result["pair"]
+
+
 def test_coturn_relays_to_the_vip_only(turn_lab: TurnLab) -> None:
     """An allocation may not reach any other address: coturn is no open proxy."""
     lab = turn_lab
