@@ -19,7 +19,7 @@ start, are left out; Chromium times each check to 1 ms).
 The lab's links have no delay: what this shows is the hop's own cost (coturn in userspace, TLS,
 TCP), not the distance a real TURN server adds (docs/architecture.md).
 
-    python -m bench.turn [--calls N]
+    python -m bench.turn [--calls N] [--packets N]   # or: python -m bench --only turn
 """
 
 from __future__ import annotations
