@@ -23,12 +23,23 @@ client is shown beside it: its ICE agent paces its checks (20 ms) and nominates 
 round, and its audio starts on its next 20 ms frame.
 
     .venv/bin/python -m bench.setup_rtts [--rtts 0,20,50] [--calls N] [--clients aiortc,chromium]
+
+Which round trips Chromium pays, read off the 50 ms rows (the longest RTT shows them best): the
+answer 1 RTT plus the server's POST work (about 8 ms, the 0 ms rows), ICE connected 1 RTT after
+the answer (ice-lite answers the first check, which carries USE-CANDIDATE), DTLS 1.2 two more,
+the greeting within a few ms of DTLS (the server sends it the moment its side is up), and the
+echo one more RTT plus Chromium's 20 ms frame clock and encoder. Which could go: the ICE round
+trip, with DTLS carried inside the STUN checks (Chromium 156's `WebRTC-IceHandshakeDtls` field
+trial; this server does not speak it yet), and one DTLS round trip with DTLS 1.3 (aiortc's DTLS
+is OpenSSL's 1.2 here). The answer's round trip stays (signaling), unless the client sends its
+offer on a connection it opened earlier, which this bench already does ("warm").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -146,6 +157,10 @@ def run(
         "1, DTLS 1.2 two, the echo one more).",
         "p50 above floor: the median minus floor x measured RTT: client and server work, the "
         "aiortc client's 20 ms check pacing and 20 ms frame clock.",
+        "load average {:.1f} / {:.1f} / {:.1f} at the end of the run (1/5/15 min): set-up time "
+        "is CPU time on the clients and the server, so a busy machine shows in p99.".format(
+            *os.getloadavg()
+        ),
     ]
     return table
 
