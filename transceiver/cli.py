@@ -249,7 +249,8 @@ def main() -> None:
     metavar="APP",
     default=defaults.APP,
     show_default=True,
-    help="The application: echo (Opus frames back), pcm-echo, or module:attr of your own.",
+    help="The application: echo (Opus frames back), pcm-echo, greet-echo (speaks first, then "
+    "echo), or module:attr of your own.",
 )
 @click.option(
     "--media-path",
