@@ -11,7 +11,7 @@ DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium
 # What only the tests' clients need (libnice: GStreamer's webrtcbin with Debian's python3-gi), kept
 # out of DEBS so that `make install` on an edge host (and the VM image) does not carry it.
 TEST_DEBS := python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base \
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad coturn nftables
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps test-deps kernel-headers bpffs venv test lint bench demo clean
@@ -24,6 +24,10 @@ install: system-deps kernel-headers bpffs venv ## install everything: Debian pac
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+	@# Debian's coturn enables a system turnserver whose stock config has no authentication (an
+	@# open relay on every interface); the tests run their own in a namespace (lab/turn.py).
+	@if [ -e /lib/systemd/system/coturn.service ]; then \
+	  systemctl disable --now coturn.service >/dev/null 2>&1 || true; fi
 
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

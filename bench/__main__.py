@@ -29,10 +29,12 @@ BENCHMARKS = (
     ("bench.relay_pps", "Relay throughput and latency"),
     ("bench.relay_mpps", "Relay forwarding limit"),
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
+    ("bench.setup_rtts", "Call set-up counted in round trips"),
     ("bench.calls", "Transceiver calls per core"),
     ("bench.datachannel", "Data channel messages"),
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),
+    ("bench.turn", "Calls without UDP: TURN over TLS on 443"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures

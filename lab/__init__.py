@@ -11,6 +11,8 @@
   `make demo`.
 - lab.callclient / lab.calldriver: aiortc calls in the client namespace, echoed RTP counted and
   gaps measured; lab.browsercall: one headless Chromium call.
+- lab.turn: TurnLab, RelayLab plus coturn (TURN over TLS on 443) and a client whose nftables
+  drops all UDP; a tiny TURN-over-TLS client (tests/e2e/test_turn.py, bench/turn.py).
 
 `python -m lab sweep --stale` removes labs whose process is gone (`--prefix P` removes one lab).
 """

@@ -1,6 +1,7 @@
 """One call from headless Chromium (the transceiver's demo page), run inside a client netns.
 
-    python -m lab.browsercall [--api-keys FILE] http://198.18.2.2:8080 [packets]
+    python -m lab.browsercall [--api-keys FILE] [--relay-only] [--no-ice-servers]
+        [--chromium-arg ARG ...] [--timeout S] http://198.18.2.2:8080 [packets]
 
 Loads the page the transceiver serves, clicks Call (fake microphone), waits until `packets`
 echoed audio packets came back, reads the call's state and hangs up. Prints one JSON line:
@@ -10,10 +11,20 @@ as secure (getUserMedia needs a secure context). With an API keys file (--api-ke
 TXR_API_KEYS_FILE) the page gets a fresh single-use client token for each call from
 `window.getEdgeToken()`, minted here with the file's first key, as an application server would
 mint one for its page (the key itself never reaches the browser).
+
+The page asks `OPTIONS /v1/calls` for its ICE servers (TURN, with short-lived credentials) before
+it gathers; `--relay-only` makes Chromium use TURN relay candidates alone (iceTransportPolicy
+"relay"), `--no-ice-servers` makes it ignore what OPTIONS announced (a control: no TURN at all).
+The JSON line then also has "pair" (the selected candidate pair: local/remote type, protocol,
+relayProtocol, RTT), "steady_rtt_ms" and "steady_checks" (the mean STUN round trip of the pair's
+checks after the first 10 echoed packets, and how many), "gather_ms" and "ice_servers" (the
+URLs, without credentials); with `--restart-ice`, "restart" ({ufrag, ms}) and
+"packets_after_restart".
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -48,12 +59,15 @@ def mint_token(url: str, api_key: str) -> str:
 
 
 @contextmanager
-def chromium_page(url: str, api_key: str | None = None) -> Iterator[Any]:
+def chromium_page(
+    url: str, api_key: str | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[Any]:
     """A page of headless Chromium on `url`'s origin (treated as secure) with a fresh profile;
-    with `api_key` the page's `window.getEdgeToken()` mints a client token for each call."""
+    with `api_key` the page's `window.getEdgeToken()` mints a client token for each call;
+    `extra_args` are more Chromium flags (a lab's TURN certificate pin)."""
     from playwright.sync_api import sync_playwright
 
-    args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}"]
+    args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}", *extra_args]
     with tempfile.TemporaryDirectory(prefix="edge-chromium-") as profile, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, headless=True, args=args
@@ -68,20 +82,67 @@ def chromium_page(url: str, api_key: str | None = None) -> Iterator[Any]:
             ctx.close()
 
 
-def call(url: str, packets: int, api_key: str | None = None) -> dict[str, Any]:
-    with chromium_page(url, api_key) as page:
+def call(
+    url: str,
+    packets: int,
+    api_key: str | None = None,
+    *,
+    relay_only: bool = False,
+    no_ice_servers: bool = False,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 30.0,
+    restart_ice: bool = False,
+) -> dict[str, Any]:
+    with chromium_page(url, api_key, extra_args) as page:
+        if relay_only:
+            page.evaluate("window.edgeIcePolicy = 'relay'")
+        if no_ice_servers:
+            page.evaluate("window.edgeIceServers = []")
         page.click("#call")
+        # The pair's STUN round trips once audio flows, so that the RTT of the checks after it
+        # (steady_rtt_ms) leaves out the first ones, which run while ICE and DTLS start.
+        early = min(packets, 10)
+        page.wait_for_function(
+            f"window.packetsReceived > {early} || window.callState === 'failed'",
+            timeout=timeout * 1000,
+        )
+        first = page.evaluate("window.selectedPair()")
         page.wait_for_function(
             f"window.packetsReceived > {packets} || window.callState === 'failed'",
-            timeout=30_000,
+            timeout=timeout * 1000,
         )
         result = dict(
             page.evaluate(
                 "({state: window.callState, error: window.callError,"
                 " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
-                " setup_ms: window.setupMs})"
+                " setup_ms: window.setupMs, gather_ms: window.gatherMs,"
+                " ice_servers: window.iceServers.map((s) => s.urls)})"
             )
         )
+        if restart_ice and result["state"] == "connected":
+            # window.restartIce() (PATCH), then as many echoed packets again on the new session
+            result["restart"] = page.evaluate("window.restartIce()")
+            page.wait_for_function(
+                f"window.packetsReceived > {result['packets'] + packets}"
+                " || window.callState === 'failed'",
+                timeout=timeout * 1000,
+            )
+            after = page.evaluate("({state: window.callState, packets: window.packetsReceived})")
+            result["state"], result["packets_after_restart"] = after["state"], after["packets"]
+        result["pair"] = pair = page.evaluate("window.selectedPair()")
+        result["steady_rtt_ms"], result["steady_checks"] = None, 0
+        if (
+            first
+            and pair
+            and pair.get("totalRtt") is not None
+            and first.get("totalRtt") is not None
+        ):
+            answered = pair["responses"] - first["responses"]
+            if answered > 0:
+                result["steady_rtt_ms"] = 1000 * (pair["totalRtt"] - first["totalRtt"]) / answered
+                result["steady_checks"] = answered
+        if result["state"] == "failed":  # the page has torn the call down already
+            return result
         page.click("#hangup")
         page.wait_for_function(
             "window.callState === 'ended' || window.callState === 'failed'", timeout=10_000
@@ -90,14 +151,51 @@ def call(url: str, packets: int, api_key: str | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    keys_file = os.environ.get("TXR_API_KEYS_FILE")
-    if argv[:1] == ["--api-keys"] and len(argv) >= 2:
-        keys_file, argv = argv[1], argv[2:]
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.browsercall",
+        description="One call from headless Chromium through the transceiver's demo page; "
+        "prints one JSON line, exits 1 if the call did not connect.",
+    )
+    parser.add_argument("url", help="the transceiver's base URL, e.g. http://198.18.2.2:8080")
+    parser.add_argument(
+        "packets", nargs="?", type=int, default=50, help="echoed packets to wait for"
+    )
+    parser.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        default=os.environ.get("TXR_API_KEYS_FILE"),
+        help="mint client tokens with this file's first key (env TXR_API_KEYS_FILE)",
+    )
+    parser.add_argument("--relay-only", action="store_true", help="TURN relay candidates only")
+    parser.add_argument(
+        "--no-ice-servers", action="store_true", help="ignore the ICE servers OPTIONS announces"
+    )
+    parser.add_argument(
+        "--chromium-arg", action="append", default=[], metavar="ARG", help="one more Chromium flag"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the echo (default 30)"
+    )
+    parser.add_argument(
+        "--restart-ice",
+        action="store_true",
+        help="then restart ICE (window.restartIce(), a PATCH) and wait for as many echoes again",
+    )
+    args = parser.parse_args(argv)
     try:
         from lab.peer import read_api_key
 
-        key = read_api_key(keys_file)
-        result = call(argv[0], int(argv[1]) if len(argv) > 1 else 50, key)
+        key = read_api_key(args.api_keys)
+        result = call(
+            args.url,
+            args.packets,
+            key,
+            relay_only=args.relay_only,
+            no_ice_servers=args.no_ice_servers,
+            extra_args=tuple(args.chromium_arg),
+            timeout=args.timeout,
+            restart_ice=args.restart_ice,
+        )
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result), flush=True)

@@ -18,6 +18,10 @@ candidates are the VIPs). It prints one JSON line per event and reads commands, 
     rtt I N        -> {"event": "rtt", "call": I, "ms": [...]}  N authenticated STUN Binding
                       round trips on call I's credentials, from a fresh port, to the VIP
     rttdirect I N ADDR:PORT -> the same, sent straight to a transceiver's UDP socket
+    setup URL      -> {"event": "setup", "answer_ms", "ice_ms", "dtls_ms", "greeting_ms",
+                      "echo_ms"}: one call on the warm HTTP connection, timed from the POST to
+                      the answer, ICE completed, DTLS connected, the first packet of the
+                      server's own audio (a greet-echo app) and the first echo; then hung up
     hangup         -> DELETE every call, final "stats", exit 0
 
 `--once` places one call, waits for FRAMES decoded frames of echo (default 50), hangs up and
@@ -124,6 +128,29 @@ class Client:
             await peer.hang_up(self.http)
 
 
+async def timed_setup(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """One call timed phase by phase (see the module doc), on `http`'s warm connection."""
+    async with http.get(url + "/healthz") as resp:  # the connection is open before the POST
+        await resp.read()
+    token = await token_for(http, url)
+    peer = ClientPeer(audio="opus", decode=False)
+    try:
+        await peer.start(http, url, token=token)
+        await asyncio.wait_for(peer.echoed.wait(), 10)
+        doc = {
+            "event": "setup",
+            "answer_ms": peer.answer_ms,
+            "ice_ms": peer.ice_ms,
+            "dtls_ms": peer.setup_ms,
+            "greeting_ms": peer.greeting_ms,
+            "echo_ms": peer.echo_ms,
+        }
+        await peer.hang_up(http)
+        return doc
+    finally:
+        await peer.close()
+
+
 def _check_answer(check: stun.Message, src: tuple[str, int], password: bytes) -> bytes:
     """The success response to the transceiver's connectivity check that came from `src`."""
     answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, check.transaction_id)
@@ -179,6 +206,11 @@ async def main(urls: list[str]) -> int:
                     dest = parse_addr_port(cmd[3]) if cmd[0] == "rttdirect" else None
                     ms = await client.rtt(int(cmd[1]), int(cmd[2]), dest)
                     emit({"event": "rtt", "call": int(cmd[1]), "ms": ms})
+                elif cmd[0] == "setup" and len(cmd) == 2:
+                    try:
+                        emit(await timed_setup(http, cmd[1]))
+                    except (OSError, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
+                        emit({"event": "setup", "error": str(exc) or type(exc).__name__})
                 elif cmd[0] == "hangup":
                     break
                 else:

@@ -54,6 +54,14 @@ class CallDriver:
             if doc.get("event") == "error":
                 raise LabError(f"callclient: {doc['error']}")
 
+    def setup(self, url: str, timeout: float = 40) -> dict[str, Any]:
+        """One call timed phase by phase (lab.callclient `setup`); raises if it failed."""
+        self._send(f"setup {url}")
+        doc = self.wait("setup", timeout)
+        if doc.get("error") or doc.get("echo_ms") is None:
+            raise LabError(f"timed call failed: {doc.get('error') or 'no echo'}")
+        return doc
+
     def wait_call(self, timeout: float = 40) -> dict[str, Any]:
         """The next call's outcome; raises if it failed."""
         doc = self.wait("call", timeout)

@@ -32,6 +32,7 @@ from typing import Any
 
 from lab import netns
 from lab.base import Lab, edge_host_sysctls, relayctl_path, stop_process
+from lab.delayline import Impairment, delayed_link
 from lab.peer import lab_key_file
 from lab.redis_server import RedisServer
 from lab.wait import wait_until
@@ -112,10 +113,14 @@ class EdgeLab(Lab):
         redis: RedisServer | None = None,
         mode: str = "native",
         txr_args: tuple[str, ...] = (),
+        client_link: Impairment | None = None,
     ) -> None:
+        """client_link: delay (jitter, loss) on the client's link, both ways (lab.delayline:
+        the lab's netem), so that set-up can be counted in round trips."""
         super().__init__(prefix)
         self.mode = mode
         self.txr_args = txr_args
+        self.client_link = client_link
         self.vip, self.vip_port = VIP, VIP_PORT
         self.client_addrs = CLIENT_ADDRS
         self.client_ns = f"{self.prefix}-client"
@@ -173,7 +178,12 @@ class EdgeLab(Lab):
                    *(t.ns for t in self.txrs)):  # fmt: skip
             self.namespace(ns.removeprefix(f"{self.prefix}-"))
         # The client: its addresses on its one link, a default route through the router.
-        netns.veth(self.client_ns, "eth0", self.router_ns, "cr")
+        if self.client_link is None:
+            netns.veth(self.client_ns, "eth0", self.router_ns, "cr")
+        else:
+            delayed_link(
+                self, self.client_ns, "eth0", self.router_ns, "cr", self.client_link, "wan"
+            )
         for a in self.client_addrs:
             netns.add_addr(self.client_ns, "eth0", f"{a}/24")
         netns.add_addr(self.router_ns, "cr", f"{CLIENT_GATEWAY}/24")

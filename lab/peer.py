@@ -35,6 +35,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from lab.tone import OpusToneTrack, ToneTrack
 from transceiver import aiortc_seam as seam
+from transceiver.app import GREETING_PAYLOAD
 
 CALLS_PATH = "/v1/calls"
 TOKENS_PATH = "/v1/tokens"
@@ -139,12 +140,19 @@ class ClientPeer:
         self.answer_ms: float | None = None
         self.ice_ms: float | None = None
         self.setup_ms: float | None = None
+        self._t0: float | None = None  # perf_counter() at the POST
         # echoed RTP, counted on arrival
         self.rtp_in = 0
         self.first_at = 0.0
         self.last_at = 0.0
         self.max_gap = 0.0
         self.first_audio = asyncio.Event()
+        # ms from the POST to the first packet of the server's own audio (a greet-echo app's
+        # greeting) and to the first echo of ours: set-up counted to what the user hears
+        self.greeting_ms: float | None = None
+        self.echo_ms: float | None = None
+        self.echoed = asyncio.Event()  # set with echo_ms
+        self.greeting_in = 0  # greeting packets received
         self.want_frames = want_frames
         self.frames: list[av.AudioFrame] = []
         self.got_frames = asyncio.Event()
@@ -269,6 +277,13 @@ class ClientPeer:
 
     def _arrived(self, packet: object) -> None:
         now = time.monotonic()
+        if getattr(packet, "payload", None) == GREETING_PAYLOAD:
+            self.greeting_in += 1
+            if self.greeting_ms is None and self._t0 is not None:
+                self.greeting_ms = (time.perf_counter() - self._t0) * 1000
+        elif self.echo_ms is None and self._t0 is not None:
+            self.echo_ms = (time.perf_counter() - self._t0) * 1000
+            self.echoed.set()
         if self.rtp_in:
             self.max_gap = max(self.max_gap, now - self.last_at)
         else:

@@ -226,16 +226,56 @@ class PcmEchoApp(EchoApp):
     media: MediaFormat = "pcm"
 
 
-BUILTIN_APPS: dict[str, type] = {"echo": EchoApp, "pcm-echo": PcmEchoApp}
+# An Opus frame of silence (RFC 6716: TOC 0xF8 = CELT fullband 20 ms, mono, one frame; then
+# the two bytes libopus writes for a silent frame): what GreetEchoApp says first.
+GREETING_PAYLOAD = bytes([0xF8, 0xFF, 0xFE])
+GREETING_FRAMES = 25  # 0.5 s
+
+
+class GreetEchoApp(EchoApp):
+    """Speaks first, as a voice model greeting its user does: 0.5 s of Opus frames
+    (GREETING_PAYLOAD, silence) from the moment the call connects, until the client's first
+    frame arrives (barge-in); then echo, re-timed onto the call's one timeline. So a client can
+    time set-up to the first audio the server sends on its own and to its first echo
+    (bench.setup_rtts)."""
+
+    async def handle_call(self, call: Call) -> None:
+        greeting = asyncio.ensure_future(self.greet(call))
+        messages = asyncio.ensure_future(self.echo_messages(call))
+        try:
+            async for frame in call:
+                greeting.cancel()
+                assert isinstance(frame, OpusFrame)
+                call.send(OpusFrame(frame.payload))
+        finally:
+            greeting.cancel()
+            messages.cancel()
+
+    async def greet(self, call: Call) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n in range(GREETING_FRAMES):  # paced from the start: no drift, no burst
+            call.send(OpusFrame(GREETING_PAYLOAD))
+            await asyncio.sleep(
+                max(0.0, start + (n + 1) * OPUS_FRAME_TICKS / OPUS_CLOCK - loop.time())
+            )
+
+
+BUILTIN_APPS: dict[str, type] = {
+    "echo": EchoApp,
+    "pcm-echo": PcmEchoApp,
+    "greet-echo": GreetEchoApp,
+}
 
 
 def load_app(spec: str) -> CallApp:
-    """`echo`, `pcm-echo`, or `package.module:attr` naming an app class/factory or instance."""
+    """`echo`, `pcm-echo`, `greet-echo`, or `package.module:attr` naming an app class/factory
+    or instance."""
     if spec in BUILTIN_APPS:
         return BUILTIN_APPS[spec]()
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"app must be echo, pcm-echo or module:attr, got {spec!r}")
+        raise ValueError(f"app must be {', '.join(BUILTIN_APPS)} or module:attr, got {spec!r}")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
         # A class also passes isinstance(obj, CallApp) (it has the attributes), so test for

@@ -254,6 +254,16 @@ class Authenticator:
             raise Unauthorized("client token expired", "expired")
         return kid, jti, left
 
+    def verify(self, cred: str | None) -> Identity:
+        """Who a credential is, without spending a token (OPTIONS before the POST that spends
+        it: transceiver/turn.py); raises Unauthorized."""
+        if not self.enabled:
+            return Identity("", "none")
+        if cred is None or not cred.startswith(TOKEN_PREFIX):
+            return self.api_key(cred)
+        kid, _jti, _left = self._token(cred)
+        return Identity(kid, "token")
+
     async def caller(self, cred: str | None) -> Identity:
         """Who may place a call: an API key, or a client token (spent by this call)."""
         if not self.enabled:

@@ -9,7 +9,7 @@ import signal
 
 import click
 
-from transceiver import auth, defaults, limits
+from transceiver import auth, defaults, limits, turn
 from transceiver.aiortc_seam import SeamError
 from transceiver.config import Settings
 from transceiver.relays import parse_relays
@@ -78,6 +78,13 @@ def _redis(url: str | None, url_file: str | None, password_file: str | None) -> 
     for w in warnings:
         click.echo(f"transceiver: warning: {w}", err=True)
     return full
+
+
+def _turn_urls(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    try:
+        return [turn.parse_url(u) for v in value for u in v.split()]
+    except turn.TurnConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _relays(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
@@ -242,7 +249,8 @@ def main() -> None:
     metavar="APP",
     default=defaults.APP,
     show_default=True,
-    help="The application: echo (Opus frames back), pcm-echo, or module:attr of your own.",
+    help="The application: echo (Opus frames back), pcm-echo, greet-echo (speaks first, then "
+    "echo), or module:attr of your own.",
 )
 @click.option(
     "--media-path",
@@ -319,6 +327,35 @@ def main() -> None:
     show_default=True,
     help="POSTs per client address at once, before --post-rate applies.",
 )
+# --- TURN for clients without UDP (transceiver/turn.py) -------------------------------------
+@click.option(
+    "--turn-url",
+    "turn_urls",
+    metavar="URL",
+    multiple=True,
+    callback=_turn_urls,
+    envvar="TXR_TURN_URLS",
+    help="A TURN server to announce to clients (Link rel=ice-server on OPTIONS and POST "
+    "/v1/calls), e.g. turns:turn.example.net:443?transport=tcp (repeatable; env TXR_TURN_URLS, "
+    "space separated).",
+)
+@click.option(
+    "--turn-secret-file",
+    metavar="PATH",
+    envvar=turn.ENV_SECRET_FILE,
+    type=click.Path(dir_okay=False),
+    help="The secret shared with the TURN server (coturn static-auth-secret), from this file "
+    f"(env {turn.ENV_SECRET_FILE}, or the secret itself in env {turn.ENV_SECRET}); never on "
+    "the command line.",
+)
+@click.option(
+    "--turn-ttl",
+    default=turn.DEFAULT_TTL,
+    type=click.FloatRange(turn.MIN_TTL, turn.MAX_TTL),
+    show_default=True,
+    help="Lifetime of a minted TURN credential (seconds): how long a client may open new TURN "
+    "allocations with it (an ICE restart opens one); an allocation made in time outlives it.",
+)
 # --- end of signaling options ------------------------------------------------------------------
 @click.option(
     "--log-level",
@@ -328,8 +365,9 @@ def main() -> None:
     help="How much to log (stderr).",
 )
 def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) -> None:
-    """Serve calls: POST /v1/calls, POST /v1/tokens, DELETE /v1/calls/<id>, GET /healthz,
-    GET /readyz, GET /metrics, GET /. POSTs need an API key (--api-keys) or a client token.
+    """Serve calls: OPTIONS and POST /v1/calls, POST /v1/tokens, DELETE /v1/calls/<id>,
+    GET /healthz, GET /readyz, GET /metrics, GET /. POSTs need an API key (--api-keys) or a
+    client token; OPTIONS hands out TURN credentials (--turn-url) to the same callers.
 
     SIGTERM drains: new offers get 503, running calls go on until they end or --drain-timeout
     passes, then the process deregisters and exits. A second signal skips the wait.
@@ -345,6 +383,13 @@ def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) ->
     )
     if opts["key"] is not None and opts["key_id"] is None:
         raise click.UsageError("--key-file needs --key-id")
+    turn_secret_file = opts.pop("turn_secret_file")
+    turn_secret = None
+    if opts["turn_urls"]:
+        try:
+            turn_secret = turn.read_secret(turn_secret_file)  # type: ignore[arg-type]
+        except turn.TurnConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--turn-secret-file'") from None
     url_file, password_file = opts.pop("redis_url_file"), opts.pop("redis_password_file")
     redis_url = _redis(redis_url, url_file, password_file)  # type: ignore[arg-type]
     settings = Settings(
@@ -353,6 +398,7 @@ def serve(log_level: str, txr_id: int, redis_url: str | None, **opts: object) ->
         vips=list(opts.pop("vip")),  # type: ignore[call-overload]
         txr_id=txr_id,
         redis_url=redis_url,
+        turn_secret=turn_secret,
         **opts,  # type: ignore[arg-type]
     )
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transceiver import auth, defaults, limits
+from transceiver import auth, defaults, limits, turn
 from transceiver.paths import Addr
 
 
@@ -44,3 +44,8 @@ class Settings:
     body_timeout: float = limits.BODY_TIMEOUT
     post_rate: float = limits.POST_RATE  # per client address; 0 = unlimited
     post_burst: int = limits.POST_BURST
+    # TURN for clients without UDP (transceiver/turn.py): URLs announced in Link headers, the
+    # secret shared with the TURN server (from a file or env, never argv), credential lifetime
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: bytes | None = field(default=None, repr=False)
+    turn_ttl: float = turn.DEFAULT_TTL

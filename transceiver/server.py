@@ -36,6 +36,7 @@ from transceiver.sdp import (
     OfferError,
     parse_ice_fragment,
 )
+from transceiver.turn import TurnServers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ _MANAGER = web.AppKey("manager", CallManager)
 _METRICS = web.AppKey("metrics", Metrics)
 _AUTH = web.AppKey("auth", Authenticator)
 _SIGNALING = web.AppKey("signaling", object)
+ALLOW = "OPTIONS, POST"
 
 
 def _text(status: int, reason: str, **headers: str) -> web.Response:
@@ -66,8 +68,10 @@ class Signaling:
         guard: ConnectionGuard | None,
         rate: RateLimiter | None,
         body_timeout: float,
+        turn: TurnServers | None = None,
     ) -> None:
         self.guard = guard
+        self.turn = turn  # TURN servers announced in Link headers (transceiver/turn.py)
         self.rate = rate
         self.body_timeout = body_timeout
         # Resource secrets are HMAC(process key, call id): nothing to store or clean up.
@@ -148,12 +152,41 @@ async def post_call(request: web.Request) -> web.Response:
         return _text(exc.status, exc.reason, **{"Retry-After": str(defaults.RETRY_AFTER)})
     except OfferError as exc:
         return _text(400, exc.reason)
-    return web.Response(
+    resp = web.Response(
         status=201,
         body=answer.encode(),
         content_type="application/sdp",
         headers={"Location": sig.resource(session.id)},
     )
+    if sig.turn is not None:  # for a later ICE restart; a client asks OPTIONS before gathering
+        for link in sig.turn.link_headers(session.id):
+            resp.headers.add("Link", link)
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def options_calls(request: web.Request) -> web.Response:
+    """The ICE servers a client should gather with, before its offer (RFC 9725 §4.4): one
+    `Link: <turns:...>; rel="ice-server"; username=...; credential=...` per TURN URL, with a
+    fresh short-lived credential. Only for a caller who may place a call (an API key or a client
+    token, which is checked but not spent: the POST spends it); without a credential (a CORS
+    preflight never carries one) the answer has no Link headers; a wrong one is a 401."""
+    sig = _sig(request)
+    headers = {"Allow": ALLOW}
+    # No POST budget taken: nothing here costs more than an HMAC, and a call is OPTIONS + POST.
+    cred = bearer(request.headers)
+    auth = request.app[_AUTH]
+    resp = web.Response(status=204, headers=headers)
+    if sig.turn is None or (cred is None and auth.enabled):
+        return resp
+    try:
+        auth.verify(cred)
+    except Unauthorized as exc:
+        return _unauthorized(sig, exc)
+    for link in sig.turn.link_headers():
+        resp.headers.add("Link", link)
+    resp.headers["Cache-Control"] = "no-store"  # a credential: no cache may keep or share it
+    return resp
 
 
 async def post_token(request: web.Request) -> web.Response:
@@ -339,17 +372,19 @@ def make_app(
     guard: ConnectionGuard | None = None,
     rate: RateLimiter | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    turn: TurnServers | None = None,
 ) -> web.Application:
     """`auth=None` is --no-auth (anyone may place calls): callers must choose it explicitly."""
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[_track])
     app[_MANAGER] = manager
     app[_METRICS] = metrics_
     app[_AUTH] = auth if auth is not None else Authenticator(None)
-    sig = Signaling(metrics_, guard=guard, rate=rate, body_timeout=body_timeout)
+    sig = Signaling(metrics_, guard=guard, rate=rate, body_timeout=body_timeout, turn=turn)
     app[_SIGNALING] = sig
     if guard is not None:
         guard.on_refuse = sig.count
     app.router.add_post(CALLS_PATH, post_call)
+    app.router.add_route("OPTIONS", CALLS_PATH, options_calls)
     app.router.add_post(TOKENS_PATH, post_token)
     app.router.add_delete(CALLS_PATH + "/{resource}", delete_call)
     app.router.add_patch(CALLS_PATH + "/{resource}", patch_call)

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from transceiver import aiortc_seam, auth, defaults, limits
+from transceiver import aiortc_seam, auth, defaults, limits, turn
 from transceiver.app import CallApp, load_app
 from transceiver.calls import CallManager
 from transceiver.config import Settings
@@ -61,6 +61,17 @@ class TransceiverService:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self.turn: turn.TurnServers | None = None
+        if settings.turn_urls:
+            try:
+                secret = settings.turn_secret
+                self.turn = turn.TurnServers(
+                    settings.turn_urls,
+                    secret if secret is not None else turn.read_secret(None),
+                    settings.turn_ttl,
+                )
+            except turn.TurnConfigError as exc:
+                raise ConfigError(str(exc)) from None
         self.keyring = Keyring()
         if settings.key is not None:
             kid = 0 if settings.key_id is None else settings.key_id
@@ -183,6 +194,7 @@ class TransceiverService:
                 guard=guard,
                 rate=limits.RateLimiter(s.post_rate, s.post_burst),
                 body_timeout=s.body_timeout,
+                turn=self.turn,
             )
             self._runner = web.AppRunner(
                 http_app, access_log=None, keepalive_timeout=s.header_timeout

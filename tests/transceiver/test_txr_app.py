@@ -11,7 +11,7 @@ import pytest
 
 from lab.peer import call
 from lab.tone import TONE_HZ, dominant_hz, rms
-from transceiver.app import Call, OpusFrame, load_app
+from transceiver.app import GREETING_FRAMES, Call, OpusFrame, load_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,5 +161,29 @@ async def test_app_hangs_up_by_returning_or_failing(start_txr, http, fail, reaso
         await asyncio.wait_for(session.ended.wait(), 10)
         assert session.end_reason == reason and app.ended == [reason]
         assert await client.wait_state("closed", "failed") in ("closed", "failed")
+    finally:
+        await client.close()
+
+
+async def test_greet_echo_speaks_first_then_echoes(start_txr, http: aiohttp.ClientSession):
+    """greet-echo (the app bench.setup_rtts times against): its greeting frames reach the
+    client before any echo, it stops greeting once the client talks (barge-in: every greeting
+    packet was sent before the first echo, on the same path), and the client's frames come
+    back."""
+    txr = await start_txr(app=load_app("greet-echo"))
+    client = await call(http, txr.http_url, want_frames=0)
+    try:
+        await client.wait_state("connected")
+        await asyncio.wait_for(client.echoed.wait(), 10)
+        assert client.greeting_ms is not None and client.echo_ms is not None
+        assert client.greeting_ms <= client.echo_ms
+        greeted = client.greeting_in
+        assert 1 <= greeted <= GREETING_FRAMES
+        seen = client.rtp_in
+        for _ in range(500):  # 30 more packets: echoes only (polling state, not timing it)
+            if client.rtp_in >= seen + 30:
+                break
+            await asyncio.sleep(0.01)
+        assert client.rtp_in >= seen + 30 and client.greeting_in == greeted
     finally:
         await client.close()

@@ -1,0 +1,508 @@
+"""TurnLab: a client whose network drops all UDP calls through coturn (TURN over TLS on 443)
+and the XDP relay, as a client with UDP calls through the relay alone.
+
+    client ns               relay ns (XDP, lab/topology.py)                     txr ns
+    cr 198.18.1.2/24 ------ rc 198.18.1.1/24     lo 198.18.100.1 (VIP:3478)
+                            rt 198.18.2.1/24 (tunnel) ------------------------- tr 198.18.2.2/24
+                            ru 198.18.4.1/24                                     transceiver serve:
+                               |                                                 HTTP :443,
+                            turn ns: ur 198.18.4.2/24, coturn TLS :443,          UDP :5000
+                                     relayed UDP to the VIP from here
+
+RelayLab's topology with one more namespace beside the relay: coturn, whose relayed datagrams
+enter the relay on its own link (`ru`, XDP loaded there too) like any client's. `block_udp()`
+loads an nftables ruleset into the client namespace that drops every UDP datagram in and out
+(counted) and lets out only TCP to port 443: signaling (the transceiver's HTTP is on 443 here)
+and TURN over TLS still pass (the relay namespace forwards TCP as a router does), ICE over UDP to
+the VIP cannot. coturn runs with a config generated in the lab's temp dir (docs/operations.md
+explains each line): TLS on 443 only, REST API credentials from the secret it shares with the
+transceiver, and relaying to the VIP alone, so it is no open proxy.
+
+    python -m lab.turn --help     # build it, print the addresses, wait for Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import hashlib
+import ipaddress
+import json
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lab import netns
+from lab.peer import lab_key_file
+from lab.topology import RelayLab
+from lab.wait import wait_until
+
+TURN_ADDR = "198.18.4.2"  # coturn listens here (TLS on 443) and relays from here
+RELAY_TURN_SIDE = "198.18.4.1"
+TURN_PORT = 443
+HTTP_PORT = 443  # signaling too: the blocked client reaches nothing but TCP 443
+RELAY_PORTS = (49152, 49407)  # coturn's relay port range
+REALM = "edge.lab"
+TURNSERVER = "/usr/bin/turnserver"
+NFT_TABLE = "edge_udp_block"
+START_TIMEOUT = 30.0
+
+
+class TurnLabError(RuntimeError):
+    """The lab could not be built or a part of it did not start."""
+
+
+def self_signed(directory: Path, ip: str) -> tuple[Path, Path, str]:
+    """A throwaway certificate for `ip` (key mode 0600): (cert, key, base64 SHA-256 of its
+    SubjectPublicKeyInfo, what Chromium's --ignore-certificate-errors-spki-list takes)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edge-lab-turn {ip}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "turn.crt", directory / "turn.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return cert_path, key_path, base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def coturn_config(
+    *,
+    listen: str,
+    port: int,
+    relay: str,
+    allowed_peers: Sequence[str],
+    secrets: Sequence[str],
+    cert: Path,
+    key: Path,
+    workdir: Path,
+    realm: str = REALM,
+    relay_ports: tuple[int, int] = RELAY_PORTS,
+) -> str:
+    """A locked-down turnserver.conf (coturn 4.6): TLS on one TCP port only, REST API secrets,
+    UDP relays only, and relaying to `allowed_peers` alone. Every secret in `secrets` is
+    accepted (a rotation: new and old until the old one's credentials have expired)."""
+    lines = [
+        "# generated by lab/turn.py; docs/operations.md explains every line",
+        f"listening-ip={listen}",
+        f"tls-listening-port={port}",
+        # the plain port is never opened: no-udp/no-tcp below; coturn still wants a number
+        f"listening-port={port}",
+        "no-udp",
+        "no-tcp",
+        "no-dtls",
+        "no-tlsv1",
+        "no-tlsv1_1",
+        f"cert={cert}",
+        f"pkey={key}",
+        f"relay-ip={relay}",
+        f"min-port={relay_ports[0]}",
+        f"max-port={relay_ports[1]}",
+        "no-tcp-relay",  # RFC 6062 TCP allocations: media is UDP to the VIP, nothing else
+        f"realm={realm}",
+        "use-auth-secret",
+        *(f"static-auth-secret={s}" for s in secrets),
+        "fingerprint",
+        "secure-stun",
+        "stale-nonce=600",
+        "no-multicast-peers",
+        "denied-peer-ip=0.0.0.0-255.255.255.255",
+        "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        *(f"allowed-peer-ip={p}" for p in allowed_peers),
+        "user-quota=4",
+        "total-quota=1000",
+        "max-bps=256000",
+        "no-cli",
+        "no-rfc5780",
+        "no-stun-backward-compatibility",
+        "no-software-attribute",
+        f"userdb={workdir / 'turndb'}",
+        f"pidfile={workdir / 'turnserver.pid'}",
+        f"log-file={workdir / 'turnserver.log'}",
+        "simple-log",
+        "no-stdout-log",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class TurnLab(RelayLab):
+    """`with TurnLab() as lab:` builds RelayLab's namespaces and relay, coturn beside the relay
+    and a transceiver behind it; `block_udp()` then cuts the client off UDP. Everything goes at
+    exit, also on failure."""
+
+    def __init__(
+        self,
+        *,
+        start_transceiver: bool = True,
+        old_secrets: Sequence[str] = (),
+        prefix: str | None = None,
+    ) -> None:
+        super().__init__(transceivers=1, load_relay=False, prefix=prefix)
+        self.relay_ifaces.append("ru")
+        self.turn_ns = f"{self.prefix}-turn"
+        self.client_addr = self.client_addrs[0]
+        self.turn_addr = TURN_ADDR
+        self.txr_addr = self.txrs[0].addr
+        self.secret = secrets.token_hex(32)  # the transceiver's (the new one in a rotation)
+        self.old_secrets = list(old_secrets)  # coturn accepts these too
+        self.turn_url = f"turns:{self.turn_addr}:{TURN_PORT}?transport=tcp"
+        self.spki = ""
+        self._start_txr = start_transceiver
+        self.coturn: subprocess.Popen[bytes] | None = None
+        self.txr: subprocess.Popen[bytes] | None = None
+        self.txr_log = self.tmpdir / "transceiver.log"
+        self.coturn_log = self.tmpdir / "turnserver.log"
+        self.keys_file = self.tmpdir / "api-keys"
+        self.secret_file = self.tmpdir / "turn-secret"
+
+    @property
+    def url(self) -> str:
+        """The transceiver's signaling base URL (the demo page is at url + "/")."""
+        return f"http://{self.txr_addr}:{HTTP_PORT}"
+
+    def build(self) -> None:
+        super().build()  # client, relay, transceiver namespaces (the relay not loaded yet)
+        self.turn_ns = self.namespace("turn")
+        netns.veth(self.relay_ns, "ru", self.turn_ns, "ur")
+        netns.add_addr(self.relay_ns, "ru", f"{RELAY_TURN_SIDE}/24")
+        netns.add_addr(self.turn_ns, "ur", f"{TURN_ADDR}/24")
+        netns.add_route(self.turn_ns, "default", RELAY_TURN_SIDE)
+        # As on the relay's other links: static neighbours, XDP_PASS on the peer (veth trap).
+        netns.add_neigh(self.relay_ns, "ru", TURN_ADDR, netns.mac(self.turn_ns, "ur"))
+        netns.add_neigh(self.turn_ns, "ur", RELAY_TURN_SIDE, netns.mac(self.relay_ns, "ru"))
+        netns.attach_xdp_pass(self.turn_ns, "ur")
+        self.load()  # relayctl load on rc, rt and ru; map sync
+        self.keys_file = lab_key_file(self.tmpdir)
+        self.secret_file.touch(mode=0o600)
+        self.secret_file.write_text(self.secret + "\n")
+        self.start_coturn()
+        if self._start_txr:
+            self.start_transceiver()
+
+    # --- coturn -----------------------------------------------------------------------------
+
+    def start_coturn(self) -> None:
+        if not Path(TURNSERVER).exists():
+            raise TurnLabError(f"{TURNSERVER} is missing: `make test-deps` (Debian package coturn)")
+        cert, key, self.spki = self_signed(self.tmpdir, self.turn_addr)
+        conf = self.tmpdir / "turnserver.conf"
+        conf.touch(mode=0o600)  # it holds the shared secret
+        conf.write_text(
+            coturn_config(
+                listen=self.turn_addr,
+                port=TURN_PORT,
+                relay=TURN_ADDR,
+                allowed_peers=[self.vip],
+                secrets=[self.secret, *self.old_secrets],
+                cert=cert,
+                key=key,
+                workdir=self.tmpdir,
+            )
+        )
+        self.coturn = self.spawn(
+            self.turn_ns,
+            [TURNSERVER, "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._coturn_listening, START_TIMEOUT, "coturn listening on TLS 443")
+
+    def _coturn_listening(self) -> bool:
+        assert self.coturn is not None
+        if self.coturn.poll() is not None:
+            raise TurnLabError(f"turnserver exited {self.coturn.returncode}:\n{self.coturn_text()}")
+        sock = netns.socket_in(self.turn_ns, kind=socket.SOCK_STREAM)
+        sock.settimeout(1.0)
+        try:
+            sock.connect((self.turn_addr, TURN_PORT))
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def coturn_text(self) -> str:
+        """The end of coturn's log."""
+        if not self.coturn_log.exists():
+            return ""
+        return self.coturn_log.read_text(errors="replace")[-4000:]
+
+    # --- the transceiver --------------------------------------------------------------------
+
+    def start_transceiver(self, *extra: str, turn: bool = True) -> None:
+        """`transceiver serve` behind the relay (the VIP its only candidate), signaling on 443."""
+        t = self.txrs[0]
+        key = self.tmpdir / "routing-key"
+        key.touch(mode=0o600)
+        key.write_text(self.key.hex())
+        exe = str(Path(sys.executable).parent / "transceiver")
+        argv = [exe, "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
+                f"--vip={self.vip}:{self.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
+                f"--key-id={self.key_id}", f"--key-file={key}",
+                f"--relay-tunnel-port={self.tunnel_port}", f"--relay={self.tunnel_addr}",
+                f"--api-keys={self.keys_file}", "--log-level=info", *extra]  # fmt: skip
+        if turn:
+            argv += [f"--turn-url={self.turn_url}", f"--turn-secret-file={self.secret_file}"]
+        with self.txr_log.open("ab") as err:
+            self.txr = self.spawn(t.ns, argv, stdout=subprocess.PIPE, stderr=err)
+        assert self.txr.stdout is not None
+        ready, _, _ = select.select([self.txr.stdout], [], [], START_TIMEOUT)
+        line = self.txr.stdout.readline() if ready else b""
+        if b"transceiver ready" not in line:
+            raise TurnLabError(f"transceiver did not start: {line!r}\n{self.txr_text()}")
+
+    def txr_text(self) -> str:
+        return self.txr_log.read_text(errors="replace")[-4000:] if self.txr_log.exists() else ""
+
+    # --- the client's firewall --------------------------------------------------------------
+
+    def block_udp(self) -> None:
+        """nftables in the client namespace: every UDP datagram in or out dropped and counted;
+        out, only TCP to port 443 (and replies to it); loopback untouched."""
+        rules = f"""
+table inet {NFT_TABLE} {{
+    counter udp_out {{}}
+    counter udp_in {{}}
+    chain output {{
+        type filter hook output priority filter; policy drop;
+        oif "lo" accept
+        meta l4proto udp counter name "udp_out" drop
+        ct state established,related accept
+        tcp dport {TURN_PORT} accept
+    }}
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        meta l4proto udp counter name "udp_in" drop
+        ct state established,related accept
+    }}
+}}
+"""
+        path = self.tmpdir / "client.nft"
+        path.write_text(rules)
+        netns.run(self.client_ns, ["nft", "-f", str(path)])
+
+    def unblock_udp(self) -> None:
+        netns.run(self.client_ns, ["nft", "delete", "table", "inet", NFT_TABLE])
+
+    def udp_dropped(self) -> dict[str, int]:
+        """Packets the client's firewall dropped: {"udp_out": n, "udp_in": n}."""
+        out = {}
+        for name in ("udp_out", "udp_in"):
+            doc = json.loads(
+                netns.run(
+                    self.client_ns, ["nft", "-j", "list", "counter", "inet", NFT_TABLE, name]
+                ).stdout
+            )
+            found = [o["counter"] for o in doc["nftables"] if "counter" in o]
+            out[name] = int(found[0]["packets"])
+        return out
+
+    # --- clients ----------------------------------------------------------------------------
+
+    def spawn_client(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return self.spawn(self.client_ns, argv, **kwargs)
+
+    def browser_call(
+        self, *flags: str, packets: int = 50, pin: bool = True, timeout: float = 120
+    ) -> dict[str, Any]:
+        """`python -m lab.browsercall` in the client namespace against the transceiver. Chromium
+        checks a TURNS server's certificate; `pin` tells it to accept this lab's self-signed one
+        (that key only: --ignore-certificate-errors-spki-list, not every certificate error)."""
+        argv = [sys.executable, "-m", "lab.browsercall", "--api-keys", str(self.keys_file)]
+        if pin:
+            argv.append(f"--chromium-arg=--ignore-certificate-errors-spki-list={self.spki}")
+        argv += [*flags, self.url, str(packets)]
+        proc = self.spawn_client(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            self.forget(proc)
+        lines = out.decode().strip().splitlines()
+        if not lines:
+            raise TurnLabError(f"browsercall printed nothing: {err.decode()[-2000:]}")
+        result = dict(json.loads(lines[-1]))
+        result["returncode"] = proc.returncode
+        result["stderr"] = err.decode()[-2000:]
+        return result
+
+
+class TurnRefused(Exception):
+    """A TURN error response: `code` (401, 403, ...) and its reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class TurnTlsClient:
+    """A tiny TURN client over TLS (RFC 8656 on a stream, STUN messages from aioice): enough to
+    ask coturn for an allocation and permissions and see what it refuses. Blocking; one
+    request at a time; the socket lives in `ns`."""
+
+    def __init__(self, ns: str, server: tuple[str, int], cafile: Path, timeout: float = 5) -> None:
+        import ssl
+
+        raw = netns.socket_in(ns, kind=socket.SOCK_STREAM)
+        raw.settimeout(timeout)
+        try:
+            raw.connect(server)
+            ctx = ssl.create_default_context(cafile=str(cafile))
+            self.sock = ctx.wrap_socket(raw, server_hostname=server[0])
+        except BaseException:
+            raw.close()
+            raise
+        self.username = ""
+        self.key = b""
+        self.realm = ""
+        self.nonce = b""
+        self._last_attrs: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TurnTlsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("TURN server closed the connection")
+            data += chunk
+        return data
+
+    def _exchange(self, request: Any) -> Any:
+        from aioice import stun
+
+        self.sock.sendall(bytes(request))
+        while True:
+            head = self._read(20)
+            length = int.from_bytes(head[2:4], "big")
+            msg = stun.parse_message(head + self._read(length))
+            if msg.transaction_id == request.transaction_id:
+                self._last_attrs = dict(msg.attributes)
+                return msg
+
+    def request(self, method: Any, attrs: dict[str, Any]) -> dict[str, Any]:
+        """One request, authenticated once a nonce is known (a stale nonce, 438, is renewed
+        once); the success response's attributes, or TurnRefused."""
+        from aioice import stun
+
+        for attempt in range(2):
+            req = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
+            req.attributes.update(attrs)
+            if self.nonce:
+                req.attributes.update(USERNAME=self.username, REALM=self.realm, NONCE=self.nonce)
+                req.add_message_integrity(self.key)
+            req.add_fingerprint()
+            resp = self._exchange(req)
+            if resp.message_class == stun.Class.RESPONSE:
+                return dict(resp.attributes)
+            code, reason = resp.attributes.get("ERROR-CODE", (0, "no ERROR-CODE"))
+            if code == 438 and attempt == 0 and "NONCE" in resp.attributes:
+                self.nonce = resp.attributes["NONCE"]
+                continue
+            raise TurnRefused(code, reason)
+        raise AssertionError("unreachable")
+
+    def allocate(self, username: str, password: str) -> tuple[str, int]:
+        """An allocation for UDP relaying (the first, unauthenticated request fetches realm and
+        nonce, RFC 8489 §9.2); the relayed address (XOR-RELAYED-ADDRESS)."""
+        from aioice import stun
+
+        transport = {"REQUESTED-TRANSPORT": 17 << 24}
+        try:
+            attrs = self.request(stun.Method.ALLOCATE, transport)
+        except TurnRefused as exc:
+            if exc.code != 401:
+                raise
+            challenge = self._last_attrs
+        else:
+            raise TurnRefused(0, f"an allocation without credentials was granted: {attrs}")
+        self.username = username
+        self.realm, self.nonce = challenge["REALM"], challenge["NONCE"]
+        self.key = hashlib.md5(f"{username}:{self.realm}:{password}".encode()).digest()
+        attrs = self.request(stun.Method.ALLOCATE, transport)
+        return tuple(attrs["XOR-RELAYED-ADDRESS"])  # type: ignore[return-value]
+
+    def create_permission(self, peer: str) -> None:
+        """Ask to relay to and from `peer`; TurnRefused(403) if the server forbids it."""
+        from aioice import stun
+
+        self.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (peer, 0)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.turn",
+        description="Build the TURN lab (client, coturn, transceiver in namespaces), print its "
+        "addresses, and remove everything on Ctrl-C.",
+    )
+    parser.add_argument("--block-udp", action="store_true", help="load the client's firewall")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, f: stop.set())
+    with TurnLab() as lab:
+        if args.block_udp:
+            lab.block_udp()
+        print(
+            json.dumps(
+                {
+                    "client_ns": lab.client_ns,
+                    "url": lab.url,
+                    "turn": lab.turn_url,
+                    "spki": lab.spki,
+                    "udp_blocked": args.block_udp,
+                }
+            ),
+            flush=True,
+        )
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
