@@ -32,6 +32,7 @@ BENCHMARKS = (
     ("bench.datachannel", "Data channel messages"),
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),
+    ("bench.ice_restart", "ICE restart after a network change"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures

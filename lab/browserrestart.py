@@ -12,14 +12,16 @@ audio and prints one JSON line per event; reads one command per line:
                  at most DETECT_TIMEOUT s), call the page's window.restartIce() (new offer,
                  PATCH, answer applied), wait for RESUMED echoed packets on the new path, then
                  {"event": "restart", "state", "dtls", "url", "local", "remote", "ufrag",
-                  "detect_ms", "restart_ms", "switch_ms", "gap_ms", "packets_after",
-                  "ice_states"}
+                  "detect_ms", "restart_ms", "answered_ms", "switch_ms", "gap_ms",
+                  "packets_after", "ice_states"}
                  detect_ms: command -> ICE state change (null: none seen, restarted anyway);
                  `restart now` skips the wait (an app told of the change by the OS);
-                 restart_ms: restartIce() -> answer applied; switch_ms: command -> Chromium's
-                 selected candidate pair changed (sampled); gap_ms: the longest silence in
-                 the echo since the command (getStats' lastPacketReceivedTimestamp, sampled
-                 every SAMPLE_MS: the last packet before the change -> the first after)
+                 restart_ms: restartIce() -> answer applied; answered_ms: command -> a new
+                 candidate pair's check answered (through the relay); switch_ms: command ->
+                 Chromium's selected candidate pair changed (both sampled); gap_ms: the
+                 longest silence in the echo since the command (getStats'
+                 lastPacketReceivedTimestamp, sampled every SAMPLE_MS: the last packet before
+                 the change -> the first after)
     hangup    -> {"event": "hangup", "state"}, exit 0
 
 A failure is {"event": ..., "state": "failed", "error": ...}, never a traceback.
@@ -43,7 +45,8 @@ RESUMED = 50  # echoed packets on the new path (1 s of audio)
 SAMPLE_MS = 20
 
 # Installed once the call is up: a getStats sampler (time, packets received, the last one's
-# arrival time, the selected candidate pair) and the ICE state changes, on window.
+# arrival time, the selected candidate pair, the pairs that got a check answered) and the ICE
+# state changes, on window.
 # `pc` is the demo page's peer connection (a top-level binding of its script).
 _INSTALL = f"""() => {{
   window.edgeSamples = [];
@@ -54,14 +57,16 @@ _INSTALL = f"""() => {{
     if (!pc) return;
     const stats = await pc.getStats();
     let packets = 0, last = 0, pair = null;
+    const answered = [];
     stats.forEach((r) => {{
+      if (r.type === "candidate-pair" && r.responsesReceived > 0) answered.push(r.id);
       if (r.type === "inbound-rtp" && r.kind === "audio") {{
         packets += r.packetsReceived || 0;
         last = Math.max(last, r.lastPacketReceivedTimestamp || 0);
       }}
       if (r.type === "transport") pair = r.selectedCandidatePairId || null;
     }});
-    window.edgeSamples.push([performance.now(), packets, last, pair]);
+    window.edgeSamples.push([performance.now(), packets, last, pair, answered]);
   }}, {SAMPLE_MS});
 }}"""
 
@@ -87,7 +92,7 @@ def _gap_ms(samples: list[list[float]], since: float) -> float | None:
     """The longest time between two successive echoed packets seen after `since` (page ms)."""
     gap = None
     prev = None
-    for at, packets, last, _ in samples:
+    for at, packets, last, *_ in samples:
         if prev is not None and at >= since and packets > prev[1] and last and prev[2]:
             d = last - prev[2]
             gap = d if gap is None else max(gap, d)
@@ -100,8 +105,18 @@ def _switch_ms(samples: list[list[Any]], since: float) -> float | None:
     before = [s[3] for s in samples if s[0] < since]
     if not before:
         return None
-    for at, _, _, pair in samples:
+    for at, _, _, pair, _ in samples:
         if at >= since and pair and pair != before[-1]:
+            return round(at - since, 1)
+    return None
+
+
+def _answered_ms(samples: list[list[Any]], since: float) -> float | None:
+    """ms from `since` until a candidate pair new since then had a check answered (sampled):
+    the new path's first check through the relay, and the transceiver's answer."""
+    old = {p for s in samples if s[0] < since for p in s[4]}
+    for at, *_, answered in samples:
+        if at >= since and set(answered) - old:
             return round(at - since, 1)
     return None
 
@@ -162,6 +177,7 @@ def restart(page: Any, detect: bool = True) -> dict[str, Any]:
         "restart_ms": restarted["ms"],
         "gap_ms": _gap_ms(samples, t0),
         "switch_ms": _switch_ms(samples, t0),
+        "answered_ms": _answered_ms(samples, t0),
         "packets_after": _packets(page) - base,
         "ice_states": [s for t, s in states if t >= t0],
     }
