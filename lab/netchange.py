@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from types import TracebackType
 from typing import Self
@@ -43,21 +44,24 @@ def client_addrs(lab: EdgeLab) -> list[str]:
     return re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
 
 
-def move_client(lab: EdgeLab, old: list[str] | str, new: str) -> None:
+def move_client(lab: EdgeLab, old: list[str] | str, new: str) -> float:
     """The client's network changes: `new` appears on its link, then `old` (one address or
-    several) is removed. The new address comes first so the subnet's route and the default
-    route never go away; promote_secondaries keeps the other addresses when the primary goes
-    (without it the kernel deletes every secondary address with the primary)."""
+    several) is removed; returns time.monotonic() just before the removal (the old path's
+    end). The new address comes first so the subnet's route and the default route never go
+    away; promote_secondaries keeps the other addresses when the primary goes (without it the
+    kernel deletes every secondary address with the primary)."""
     olds = [old] if isinstance(old, str) else list(old)
     netns.sysctl(lab.client_ns, "net.ipv4.conf.eth0.promote_secondaries", "1")
     netns.add_addr(lab.client_ns, "eth0", f"{new}/24")
     # As for the lab's own client addresses: no packet of the call waits on ARP at the router.
     netns.add_neigh(lab.router_ns, "cr", new, netns.mac(lab.client_ns, "eth0"))
+    gone = time.monotonic()
     for a in olds:
         lab.ip(lab.client_ns, "addr", "del", f"{a}/24", "dev", "eth0")
     left = client_addrs(lab)
     if new not in left or any(a in left for a in olds):
         raise netns.NetnsError(f"client addresses after the move: {left} (wanted {new} only)")
+    return gone
 
 
 class DtlsRecords:

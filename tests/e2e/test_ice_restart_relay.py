@@ -139,9 +139,28 @@ def test_chromium_changes_network_and_the_call_goes_on(lab: EdgeLab) -> None:
             relay=relay,
             detect_ms=r["detect_ms"],
             restart_ms=r["restart_ms"],
+            answered_ms=r["answered_ms"],
             switch_ms=r["switch_ms"],
             gap_ms=r["gap_ms"],
             ice=r["ice_states"],
+        )
+
+        # Again, the page restarting at once (an app told of the change by the OS).
+        mid = _totals(lab)
+        third = moved_addr(1)
+        move_client(lab, new_addr, third)
+        r2 = b.restart(detect=False)
+        assert r2["local"][0] == third and r2["ufrag"] not in (old_ufrag, r["ufrag"])
+        assert r2["url"] == call["url"] and r2["dtls"] == "connected"
+        assert r2["detect_ms"] is None and r2["packets_after"] >= 50
+        assert dtls.handshake() == hs
+        _assert_same_call_restarted(lab, 1, 2)
+        _assert_new_flow(lab, mid, tuple(r2["local"]), txr.id)
+        report(
+            "ice restart chromium (at once)",
+            restart_ms=r2["restart_ms"],
+            answered_ms=r2["answered_ms"],
+            gap_ms=r2["gap_ms"],
         )
         assert b.hangup()["state"] == "ended"
     m = txr_metrics(lab, 1)
