@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 
 from bench.table import Table
 from lab.browserrestart import BrowserDriver
 from lab.calldriver import CallDriver
-from lab.edge import EdgeLab
+from lab.edge import EdgeLab, LabError
 from lab.netchange import client_addrs, move_client, moved_addr
 
 RESTARTS = int(os.environ.get("BENCH_RESTARTS", "8"))
@@ -55,8 +56,14 @@ def _aiortc(lab: EdgeLab, addrs: Iterator[str]) -> list[dict[str, float]]:
             new = next(addrs)
             gone = move_client(lab, client_addrs(lab), new)
             told = (time.monotonic() - gone) * 1000
-            r = driver.restart(0, new)
-            s = driver.wait_rtp(0, 50)
+            try:
+                r = driver.restart(0, new)
+                s = driver.wait_rtp(0, 50)
+            except LabError as exc:  # counted in the table; the next change restarts again
+                print(f"ice_restart: aiortc restart failed: {exc}", file=sys.stderr)
+                print(f"  client: {driver.stats()}, relays: {_drops(lab)}", file=sys.stderr)
+                out.append({"failed": 1})
+                continue
             out.append({"patch": r["ms"], "gap": s["max_gap_ms"], "told": told})
         driver.hangup()
     finally:
@@ -70,11 +77,23 @@ def _chromium(lab: EdgeLab, addrs: Iterator[str], detect: bool) -> list[dict[str
         b.wait_call()
         for _ in range(RESTARTS):
             move_client(lab, client_addrs(lab), next(addrs))
-            r = b.restart(detect=detect)
+            try:
+                r = b.restart(detect=detect)
+            except LabError as exc:  # counted; the page has ended the call (its 'failed')
+                print(f"ice_restart: Chromium restart failed: {exc}", file=sys.stderr)
+                print(f"  relays: {_drops(lab)}", file=sys.stderr)
+                out.append({"failed": 1})
+                return out
             keys = ("detect", "restart", "answered", "switch", "gap")
             out.append({k: r[f"{k}_ms"] for k in keys})
         b.hangup()
     return out
+
+
+def _drops(lab: EdgeLab) -> list[dict[str, int]]:
+    """Each relay's drop counters that are not zero (for a failed restart's report)."""
+    stats = [lab.stats(r.index) for r in lab.relays]
+    return [{k: v for k, v in s.items() if k.startswith("drop_") and v} for s in stats]
 
 
 def _p50(runs: list[dict[str, float]], key: str) -> str:
@@ -98,14 +117,15 @@ def run() -> Table:
     table = Table(
         f"Audio gap across an ICE restart after a network change, via the XDP relays "
         f"({RESTARTS} restarts per row, one call each)",
-        ["client", "restart", "restarts", "detect ms p50", "PATCH / restartIce ms p50",
+        ["client", "restart", "restarts", "failed", "detect ms p50", "PATCH / restartIce ms p50",
          "new pair answered ms p50", "switch ms p50", "gap ms p50", "gap ms max"],
     )  # fmt: skip
     for client, when, runs in rows:
         patch = "patch" if client == "aiortc" else "restart"
-        table.add(client, when, len(runs), _p50(runs, "detect"), _p50(runs, patch),
-                  _p50(runs, "answered"), _p50(runs, "switch"), _p50(runs, "gap"),
-                  _max(runs, "gap"))  # fmt: skip
+        ok = [r for r in runs if not r.get("failed")]
+        table.add(client, when, len(ok), len(runs) - len(ok), _p50(runs, "detect"),
+                  _p50(runs, patch), _p50(runs, "answered"), _p50(runs, "switch"),
+                  _p50(runs, "gap"), _max(runs, "gap"))  # fmt: skip
     table.notes.append(
         "aiortc: PATCH sent -> new path connected; Chromium: restartIce() -> answer applied"
         " (new offer, PATCH round trip); switch: change -> Chromium's selected pair moved"

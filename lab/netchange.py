@@ -60,7 +60,7 @@ def move_client(lab: EdgeLab, old: list[str] | str, new: str) -> float:
         lab.ip(lab.client_ns, "addr", "del", f"{a}/24", "dev", "eth0")
     left = client_addrs(lab)
     if new not in left or any(a in left for a in olds):
-        raise netns.NetnsError(f"client addresses after the move: {left} (wanted {new} only)")
+        raise netns.NetnsError(f"client addresses after the move: {left}, not {new} alone")
     return gone
 
 
@@ -70,7 +70,7 @@ class DtlsRecords:
 
     def __init__(self, lab: EdgeLab) -> None:
         self.lab = lab
-        # Unique per lab: another lab's table in another namespace never collides anyway.
+        # nftables tables live in the namespace: every lab's client has its own, no collision.
         self.table = "edgelab_dtls"
 
     def __enter__(self) -> Self:
