@@ -35,6 +35,7 @@ BENCHMARKS = (
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),
     ("bench.turn", "Calls without UDP: TURN over TLS on 443"),
+    ("bench.ice_restart", "ICE restart after a network change"),
 )
 INTRO = """\
 Numbers from `make bench` (`python -m bench`), which rewrites this file. Every benchmark measures

@@ -22,6 +22,11 @@ candidates are the VIPs). It prints one JSON line per event and reads commands, 
                       "echo_ms"}: one call on the warm HTTP connection, timed from the POST to
                       the answer, ICE completed, DTLS connected, the first packet of the
                       server's own audio (a greet-echo app) and the first echo; then hung up
+    restart I HOST -> {"event": "restart", "call": I, "state", "ms", "local", "remote", "ufrag",
+                      "location", "dtls"}  the client's network changed to HOST (its old
+                      address gone): ICE restart by PATCH onto HOST (lab.peer.restart_ice);
+                      ms is PATCH -> connected; call I's max_gap_ms starts over, so the next
+                      stats show the gap across the restart
     hangup         -> DELETE every call, final "stats", exit 0
 
 `--once` places one call, waits for FRAMES decoded frames of echo (default 50), hangs up and
@@ -76,7 +81,7 @@ class Client:
                 "event": "call", "call": index, "state": "connected", "url": url,
                 "local": list(local), "remote": list(remote),
                 "setup_ms": round((time.monotonic() - t0) * 1000, 1),
-                "ufrag": peer.credentials()[0],
+                "ufrag": peer.credentials()[0], "location": peer.location,
             })  # fmt: skip
         except Exception as exc:  # reported, not raised: the other calls go on
             emit({"event": "call", "call": index, "state": "failed", "error": str(exc)})
@@ -122,6 +127,27 @@ class Client:
                     continue  # a lost probe: not a sample
                 out.append(round((time.perf_counter() - t0) * 1000, 3))
         return out
+
+    async def restart(self, index: int, host: str) -> dict[str, Any]:
+        """ICE restart of call `index` onto `host` after a network change (reported, not
+        raised: the other calls go on)."""
+        peer = self.calls[index]
+        # Connections of the old network are dead (their address is gone): as an HTTP stack
+        # does on a network change, drop them rather than wait for TCP to time them out.
+        await self.http.close()
+        self.http = aiohttp.ClientSession(timeout=self.http.timeout)
+        peer.max_gap = 0.0  # the next arrival's gap reaches back to the last one before the move
+        try:
+            ms = await peer.restart_ice(self.http, host)
+            local, remote = peer.nominated()
+        except Exception as exc:
+            return {"event": "restart", "call": index, "state": "failed", "error": str(exc)}
+        dtls = peer.pc.getTransceivers()[0].receiver.transport
+        return {
+            "event": "restart", "call": index, "state": peer.pc.connectionState,
+            "ms": round(ms, 1), "local": list(local), "remote": list(remote),
+            "ufrag": peer.credentials()[0], "location": peer.location, "dtls": dtls.state,
+        }  # fmt: skip
 
     async def hangup(self) -> None:
         for peer in self.calls:
@@ -211,6 +237,8 @@ async def main(urls: list[str]) -> int:
                         emit(await timed_setup(http, cmd[1]))
                     except (OSError, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
                         emit({"event": "setup", "error": str(exc) or type(exc).__name__})
+                elif cmd[0] == "restart" and len(cmd) == 3:
+                    emit(await client.restart(int(cmd[1]), cmd[2]))
                 elif cmd[0] == "hangup":
                     break
                 else:
@@ -218,6 +246,7 @@ async def main(urls: list[str]) -> int:
         finally:
             stats = client.stats()
             await client.hangup()
+            await client.http.close()  # a session made by a restart (the first closes below)
             emit({"event": "stats", "final": True, "calls": stats})
     return 0
 

@@ -89,6 +89,15 @@ class CallDriver:
         self._send(f"rttdirect {call} {n} {direct}" if direct else f"rtt {call} {n}")
         return list(self.wait("rtt", 10 + 2 * n)["ms"])
 
+    def restart(self, call: int, host: str) -> dict[str, Any]:
+        """ICE restart of `call` onto the client address `host` (lab.netchange.move_client made
+        it); raises if it failed. The call's max_gap_ms starts over with it."""
+        self._send(f"restart {call} {host}")
+        doc = self.wait("restart", 40)
+        if doc["state"] != "connected":
+            raise LabError(f"call {call}: ICE restart failed: {doc.get('error') or doc['state']}")
+        return doc
+
     def wait_rtp(self, call: int, more: int, timeout: float = 20) -> dict[str, Any]:
         """Until call `call` has received `more` echoed RTP packets beyond its count now."""
         start = self.stats()[call]["rtp"]

@@ -538,27 +538,30 @@ async def restart_client_ice(
     """
     transport = pc.getTransceivers()[0].receiver.transport.transport
     old = transport._connection
-    agent.remote_is_lite = old.remote_is_lite
-    agent.remote_username = remote_username
-    agent.remote_password = remote_password
-    for candidate in remote_candidates:
-        await agent.add_remote_candidate(candidate)
-    await agent.add_remote_candidate(None)
-    # The old network is gone: no more consent checks, its sockets close. Their loss is
-    # reported to the new agent, so the pending read on the shared queue is not ended.
-    stop_consent_checks(old)
-    old._query_consent_task = None
-    for protocol in old._protocols:
-        protocol.receiver = agent
-        await protocol.close()
-    old._protocols.clear()
-    agent._queue = old._queue
-    agent._event_waiter, old._event_waiter = old._event_waiter, None
-    transport._connection = agent  # closing the peer now closes the new agent
-    transport.iceGatherer._connection = agent
-    transport._send = _dropped  # until the new path is up (aiortc stops a sender that raises)
+    # Nothing is sent on the old network from here until the new path is up: aiortc stops a
+    # sender that raises, and a send on an old socket closed below raises (asyncio's transport
+    # has dropped its socket once closed), so the sender must not get there while we await.
+    transport._send = _dropped
     try:
+        agent.remote_is_lite = old.remote_is_lite
+        agent.remote_username = remote_username
+        agent.remote_password = remote_password
+        for candidate in remote_candidates:
+            await agent.add_remote_candidate(candidate)
+        await agent.add_remote_candidate(None)
+        # The old network is gone: no more consent checks, its sockets close. Their loss is
+        # reported to the new agent, so the pending read on the shared queue is not ended.
+        stop_consent_checks(old)
+        old._query_consent_task = None
+        for protocol in old._protocols:
+            protocol.receiver = agent
+            await protocol.close()
+        old._protocols.clear()
+        agent._queue = old._queue
+        agent._event_waiter, old._event_waiter = old._event_waiter, None
+        transport._connection = agent  # closing the peer now closes the new agent
+        transport.iceGatherer._connection = agent
         await agent.connect()
     finally:
-        transport._send = agent.send
+        transport._send = transport._connection.send  # the new agent's, once swapped in
     transport._recv = agent.recv

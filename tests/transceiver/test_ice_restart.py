@@ -323,3 +323,33 @@ def test_agent_restart_forgets_old_credentials_and_checks_in_flight() -> None:
     check = probe_of(moved)
     assert check.attributes["USERNAME"] == f"newc:{new_ufrag}"
     assert check.check_message_integrity(b"n" * 24)
+
+
+async def test_client_sender_survives_sends_while_the_old_sockets_close(
+    txr: TransceiverService, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's RTP sender sends every 20 ms, also while restart_client_ice closes the old
+    agent's sockets one by one. A send through a socket closed already raised (asyncio's
+    transport drops its socket) and aiortc ended the sender for good: a 'connected' call with
+    no audio (1 in ~30 restarts through the XDP relay). Each close here is followed by 60 ms in
+    which the sender runs, so such a send happens on every run."""
+    from aioice.ice import StunProtocol
+
+    close = StunProtocol.close
+
+    async def slow_close(self: StunProtocol) -> None:
+        await close(self)
+        await asyncio.sleep(0.06)  # three packet times with this socket closed
+
+    monkeypatch.setattr(StunProtocol, "close", slow_close)
+    client = await _connected(http, txr.http_url)
+    try:
+        await _restart_and_measure(http, client, NEW_HOST)
+        sent, echoed = client.sent, client.rtp_in
+        assert sent is not None
+        await wait_for(
+            lambda: (client.sent or 0) >= sent + 25 and client.rtp_in >= echoed + 25,
+            "the client still sending, and its echo, after the restart",
+        )
+    finally:
+        await client.close()
