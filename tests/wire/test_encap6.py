@@ -42,8 +42,16 @@ def test_ipv6_udp_round_trip(
 
 
 @settings(deadline=None)
-@given(src=addrs6, sport=ports, vip=addrs6, vport=ports, payload=st.binary(max_size=200),
-       relay=addrs4, txr=addrs4, tport=ports)  # fmt: skip
+@given(
+    src=addrs6,
+    sport=ports,
+    vip=addrs6,
+    vport=ports,
+    payload=st.binary(max_size=200),
+    relay=addrs4,
+    txr=addrs4,
+    tport=ports,
+)
 def test_encapsulate_decapsulate6(
     src: str, sport: int, vip: str, vport: int, payload: bytes, relay: str, txr: str, tport: int
 ) -> None:
@@ -90,8 +98,14 @@ def test_truncated_headers(cut: int) -> None:
 
 def test_bad_inputs() -> None:
     _bad(b"\x45" + GOOD[1:], "not_ipv6")
-    for nh, reason in ((0, "ext_headers"), (43, "ext_headers"), (60, "ext_headers"),
-                       (44, "fragment"), (6, "not_udp"), (58, "not_udp")):  # fmt: skip
+    for nh, reason in (
+        (0, "ext_headers"),
+        (43, "ext_headers"),
+        (60, "ext_headers"),
+        (44, "fragment"),
+        (6, "not_udp"),
+        (58, "not_udp"),
+    ):
         _bad(GOOD[:6] + bytes([nh]) + GOOD[7:], reason)
     _bad(GOOD[:4] + (100).to_bytes(2, "big") + GOOD[6:], "truncated")
     _bad(GOOD[:4] + (7).to_bytes(2, "big") + GOOD[6:47], "bad_ip_len")
