@@ -1,10 +1,12 @@
 """IPv6 clients through the XDP relay (issue 11): an aiortc client calls over IPv6 through the
 real kernel program to a transceiver behind the IPv4 backbone, while another calls over IPv4
-through the same dual-stack relay (lab.dualstack: both VIPs in one `relayctl load`)."""
+through the same dual-stack relay (lab.dualstack: both VIPs in one `relayctl load`); then
+headless Chromium calls over IPv6."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import subprocess
@@ -31,6 +33,15 @@ def lab() -> Iterator[DualStackLab]:
     with DualStackLab(transceivers=2, load_relay=True) as lab:
         yield lab
     assert not [ns for ns in netns.list_namespaces(lab.prefix)], "lab namespaces left behind"
+
+
+@pytest.fixture(scope="module")
+def served(lab: DualStackLab, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Transceiver 0 offers the IPv4 VIP, transceiver 1 the IPv6 VIP: (url4, url6)."""
+    tmp = tmp_path_factory.mktemp("txrs")
+    url4 = serve(lab, lab.txrs[0], [format_addr_port(lab.vip, lab.vip_port)], tmp)
+    url6 = serve(lab, lab.txrs[1], [format_addr_port(lab.vip6, lab.vip_port)], tmp)
+    return url4, url6
 
 
 def serve(lab: DualStackLab, t: Transceiver, vips: list[str], tmp: Path) -> str:
@@ -78,11 +89,10 @@ def result_of(proc: subprocess.Popen[bytes]) -> dict:
     return json.loads(lab_lines[-1])
 
 
-def test_ipv6_and_ipv4_calls_at_once(lab: DualStackLab, tmp_path: Path) -> None:
+def test_ipv6_and_ipv4_calls_at_once(lab: DualStackLab, served: tuple[str, str]) -> None:
     v4 = format_addr_port(lab.vip, lab.vip_port)
     v6 = format_addr_port(lab.vip6, lab.vip_port)
-    url4 = serve(lab, lab.txrs[0], [v4], tmp_path)
-    url6 = serve(lab, lab.txrs[1], [v6], tmp_path)
+    url4, url6 = served
     shown = json.loads(lab.relayctl("map", "show", "--json"))
     assert shown["vips"] == [v4, v6]  # dual stack: one load, both families
     before = lab.stats()
@@ -124,3 +134,26 @@ def test_ipv6_and_ipv4_calls_at_once(lab: DualStackLab, tmp_path: Path) -> None:
     flows = {(f["client"].rsplit(":", 1)[0], f["vip"]) for f in lab.flows()}
     assert (f"[{r6['local'][0]}]", v6) in flows
     assert (r4["local"][0], v4) in flows
+
+
+@pytest.mark.browser
+def test_chromium_call_over_ipv6(lab: DualStackLab, served: tuple[str, str]) -> None:
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.fail("/usr/bin/chromium is missing: run `make install` (Debian package chromium)")
+    before, flows_before = lab.stats(), {(f["client"], f["vip"]) for f in lab.flows()}
+    argv = [sys.executable, "-m", "lab.browsercall", "--api-keys", str(lab_key_file(lab.tmpdir))]
+    proc = lab.spawn(
+        lab.client_ns, [*argv, served[1], "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = proc.communicate(timeout=120)
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0 and result["state"] == "connected", (result, err[-2000:])
+    assert result["packets"] > 50 and result["energy"] > 0
+    after = lab.stats()
+    # every echoed packet crossed the XDP program both ways; the only VIP offered was the VIP6
+    assert after["fwd_flow"] - before["fwd_flow"] >= 50
+    assert after["fwd_decap"] - before["fwd_decap"] >= 50
+    assert after["fwd_stun_new"] - before["fwd_stun_new"] >= 1
+    new = {(f["client"], f["vip"]) for f in lab.flows()} - flows_before
+    v6 = format_addr_port(lab.vip6, lab.vip_port)
+    assert {c.rsplit(":", 1)[0] for c, v in new if v == v6} == {f"[{lab.client_addrs6[0]}]"}
