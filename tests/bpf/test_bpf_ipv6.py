@@ -10,6 +10,7 @@ import pytest
 from control.reasons import Reason
 from lab.fibsandbox import (
     CLIENT_LINK,
+    CLIENT_LINK6,
     NEAR_TXR,
     SMALL_MTU6,
     TXR_LINK,
@@ -451,6 +452,13 @@ def _bad_inner() -> dict[str, bytes]:
         "a reply to a client without a route",
         reply6("2001:db8:ed03::9"),
         decapsulated(tunnel_frame(reply6("2001:db8:ed03::9")), via=None),
+        XDP_DROP,
+        Reason.DROP_FIB,
+    ),
+    decap6(
+        "another local address of the relay: the FIB refuses it",
+        reply6(CLIENT_LINK6[0]),
+        decapsulated(tunnel_frame(reply6(CLIENT_LINK6[0])), via=None),
         XDP_DROP,
         Reason.DROP_FIB,
     ),
