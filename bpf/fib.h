@@ -139,10 +139,9 @@ static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_h
 static __always_inline __u32 fib_forward6(struct xdp_md *ctx, const struct next_hop *hop,
 					  __u32 fwd_reason, int *same_port)
 {
-	struct bpf_fib_lookup fib = {};
+	struct bpf_fib_lookup fib = {.family = AF_INET6};
 	int rc;
 
-	fib.family = AF_INET6;
 	fib.flowinfo = edge_htonl((__u32)hop->tos << 20);
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.sport = hop->sport;

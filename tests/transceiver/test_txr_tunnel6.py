@@ -5,13 +5,14 @@ answers with an IPv6 candidate and IPv6 inner packets. A real aiortc client call
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import aiohttp
 import aioice.ice
 import pytest
 
-from lab.peer import call
+from lab.peer import CALLS_PATH, call, make_offer
 from lab.tone import TONE_HZ, dominant_hz, rms
 from lab.tunnelrelay import TunnelRelay
 from wire import encap
@@ -77,3 +78,24 @@ async def _wait(cond, timeout: float = 5.0) -> None:
     while not cond():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_dual_stack_answer_has_a_host_candidate_per_vip(
+    start_txr, http: aiohttp.ClientSession
+) -> None:
+    """Both families' VIPs in one answer, in --vip order (the first the highest priority); the
+    answer is read, not applied, so the client sends nothing."""
+    vips = [("127.0.0.1", 3478), ("::1", 3478), ("::1", 443)]
+    txr = await start_txr(vips=vips, relays=["127.0.0.1"])
+    peer = await make_offer()
+    try:
+        sent = {"Content-Type": "application/sdp"}
+        async with http.post(f"{txr.http_url}{CALLS_PATH}", data=peer.offer_sdp, headers=sent) as r:
+            assert r.status == 201
+            answer = await r.text()
+    finally:
+        await peer.close()
+    cands = re.findall(r"a=candidate:\S+ 1 udp (\d+) (\S+) (\d+) typ host", answer)
+    assert [(h, int(p)) for _, h, p in cands] == vips
+    priorities = [int(p) for p, _, _ in cands]
+    assert priorities == sorted(priorities, reverse=True) and len(set(priorities)) == 3
