@@ -9,8 +9,8 @@ KREL := $(shell uname -r)
 STAMP := $(VENV)/.stamp
 DEBS := python3-bpfcc python3-venv redis-server iproute2 ethtool chromium
 # What only the tests need (libnice: GStreamer's webrtcbin with Debian's python3-gi; coturn: the
-# TURN/TLS lab; nftables: the UDP-blocked client and the e2e tests' packet counters), kept out of DEBS so that `make install` on an edge host (and the VM
-# image) does not carry it.
+# TURN/TLS lab; nftables: the UDP-blocked client and the e2e tests' packet counters), kept out of
+# DEBS so that `make install` on an edge host (and the VM image) does not carry it.
 TEST_DEBS := python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad coturn nftables
 PYTEST_ARGS ?=

@@ -15,6 +15,12 @@ as the median of single runs, each on a fresh packet, next to the XDP_PASS singl
 those carry the per-call timer overhead and colder caches, and are not comparable with the
 repeat rows. Every row checks the counters: each run was counted under the row's reasons.
 
+IPv6 rows (issue 11; "v6" in the name, no baseline figure where the baseline has no IPv6 path)
+run the same way: an IPv6 client's packet to the VIP6 is encapsulated into the IPv4 tunnel, and
+with the client's [address]:port a VIP6 it decapsulates back to itself by an AF_INET6 FIB
+lookup, so "v6 flow hit" and "v6 decap" alternate; the prologue gives the IPv6 client's packets
+hop limit 64 back (no checksum covers it).
+
     .venv/bin/python -m bench.bpf_paths [--repeat N] [--samples N] [--baseline REV]
 """
 
@@ -50,7 +56,7 @@ from lab.fibsandbox import (
     prog_test_run,
 )
 from wire.defaults import RELAY_TUNNEL_PORT
-from wire.encap import flow_entropy, ipv4_udp
+from wire.encap import flow_entropy, ipv4_udp, ipv6_udp
 from wire.stun import build_binding_request
 from wire.ufrag import compute_tag, mint
 
@@ -66,6 +72,8 @@ TRIALS = 5
 CLOCK_MONOTONIC_COARSE = 6  # linux/time.h: the clock of bpf_ktime_get_coarse_ns
 FLOW_SEEN_SHIFT = 30  # bpf/constants.h
 ENTRY = "int xdp_relay(struct xdp_md *ctx)"
+VIP6, CLIENT6 = "2001:db8:ed80::10", "2001:db8:ed40::5"  # lab.fibsandbox's IPv6 routes
+ETH_P_IPV6 = 0x86DD
 
 
 def _be32(addr: str) -> int:
@@ -79,6 +87,23 @@ def _eth(payload: bytes, dst: str, src: str) -> bytes:
 def client(payload: bytes, port: int = CLIENT_PORT, ttl: int = 64, src: str = CLIENT) -> bytes:
     packet = ipv4_udp(src, port, VIP, VIP_PORT, payload, ttl=ttl)
     return _eth(packet, CLIENT_LINK.mac, CLIENT_LINK.gateway_mac)
+
+
+def client6(
+    payload: bytes, port: int = CLIENT_PORT, hops: int = 64, nh: int = 17, src: str = CLIENT6
+) -> bytes:
+    """An IPv6 client's datagram to the VIP6 (`nh`: another next header, same bytes after)."""
+    packet = ipv6_udp(src, port, VIP6, VIP_PORT, payload, hop_limit=hops)
+    packet = packet[:6] + bytes([nh]) + packet[7:]
+    head = bytes.fromhex((CLIENT_LINK.mac + CLIENT_LINK.gateway_mac).replace(":", ""))
+    return head + ETH_P_IPV6.to_bytes(2, "big") + packet
+
+
+def binding6(
+    key: bytes = KEY, port: int = CLIENT_PORT, nonce: bytes = b"\x01\x02\x03\x04"
+) -> bytes:
+    ufrag = mint(KEY_ID, key, CLUSTER, TXR_ID, nonce)
+    return client6(build_binding_request(ufrag + ":cl1E"), port)
 
 
 def binding(
@@ -106,6 +131,7 @@ NOT_OURS = _eth(
     ipv4_udp(CLIENT, 1, "198.19.0.1", 53, b"q"), CLIENT_LINK.mac, CLIENT_LINK.gateway_mac
 )
 REPLY = tunnel(ipv4_udp(VIP, VIP_PORT, CLIENT, CLIENT_PORT, RTP))
+REPLY6 = tunnel(ipv6_udp(VIP6, VIP_PORT, CLIENT6, CLIENT_PORT, RTP))
 STRAY_REPLY = tunnel(ipv4_udp(VIP, VIP_PORT, "198.19.64.6", CLIENT_PORT, RTP))
 
 
@@ -133,11 +159,24 @@ int xdp_relay(struct xdp_md *ctx)
         sum = (sum & 0xffff) + (sum >> 16);
         ip->check = (__u16)~sum;
         ip->ttl = 64;
+    }} else {{
+        /* an IPv6 client's packet ({CLIENT6} -> {VIP6}, told by the last words): hop limit 64 */
+        __u8 *p = (void *)(long)ctx->data;
+
+        if ((void *)(p + 14 + 40) <= (void *)(long)ctx->data_end && p[12] == 0x86 &&
+            p[13] == 0xdd && *(__u32 *)(p + 14 + 20) == {_last_word(CLIENT6)}U &&
+            *(__u32 *)(p + 14 + 36) == {_last_word(VIP6)}U)
+            p[14 + 7] = 64;
     }}
     return xdp_relay_body(ctx);
 }}
 """
     )
+
+
+def _last_word(addr6: str) -> int:
+    """An IPv6 address's last 32 bits as the u32 whose memory holds them (network order)."""
+    return int.from_bytes(socket.inet_pton(socket.AF_INET6, addr6)[12:], "little")
 
 
 def _baseline_dir(rev: str, into: Path) -> Path | None:
@@ -171,6 +210,7 @@ class Bench:
         self.base_fd = base_fd
         self.checks = hasattr(relay[b"config"].Leaf, "wall_offset_ns")  # issue 8's build
         self.caches = hasattr(relay[b"flows"].Leaf, "txr_cache")  # issue 12's build
+        self.v6 = _has_table(relay, b"flows6")  # issue 11's build
         self.setup()
 
     def _set(self, table: str, key: object, value: object) -> None:
@@ -187,6 +227,8 @@ class Bench:
             cfg.ufrag_flow_limit = 1024
         self._set("config", ct.c_uint32(0), cfg)
         self.add_vip(VIP, VIP_PORT)
+        if self.v6:
+            self.add_vip6(VIP6, VIP_PORT)
         if self.caches:  # as relayctl load starts it: flows cache their transceiver's endpoint
             self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(1))
         k0, k1 = int.from_bytes(KEY[:8], "little"), int.from_bytes(KEY[8:], "little")
@@ -207,6 +249,33 @@ class Bench:
         self._set(
             "vips", self.relay[b"vips"].Key(_be32(addr), socket.htons(port), 0), ct.c_uint32(0)
         )
+
+    def add_vip6(self, addr: str, port: int) -> None:
+        """A VIP6 and its address entry (port 0), as relayctl load writes them."""
+        vips6 = self.relay[b"vips6"]
+        for p in (port, 0):
+            key = vips6.Key()
+            key.addr = _in6(addr)
+            key.port = socket.htons(p)
+            vips6[key] = ct.c_uint32(0)
+
+    def add_flow6(self, client: tuple[str, int], vip: tuple[str, int], txr_id: int) -> None:
+        flows6 = self.relay[b"flows6"]
+        key = flows6.Key()
+        key.client_addr, key.vip_addr = _in6(client[0]), _in6(vip[0])
+        key.client_port, key.vip_port = socket.htons(client[1]), socket.htons(vip[1])
+        val = flows6.Leaf()
+        val.cluster, val.id, val.created_ns = CLUSTER, txr_id, 1
+        val.seen = (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
+        flows6[key] = val
+
+    def learn6(self) -> None:
+        """Route one IPv6 Binding request so that the IPv6 client's flow exists (the ufrag's
+        budget reset: a row before may have used it up)."""
+        self.clear()
+        self.run(self.fd, binding6())
+        if len(self.relay[b"flows6"].items()) != 1:
+            raise RuntimeError("the IPv6 STUN request did not create the flow")
 
     def add_flow(self, client: tuple[str, int], vip: tuple[str, int], txr_id: int) -> None:
         flows = self.relay[b"flows"]
@@ -244,6 +313,8 @@ class Bench:
 
     def clear(self) -> None:
         self.relay[b"flows"].clear()
+        if self.v6:
+            self.relay[b"flows6"].clear()
         if self.checks:
             self.relay[b"ufrag_rates"].clear()
 
@@ -274,6 +345,18 @@ class Bench:
         got = {r: self.count(r) - before[r] for r in expect}
         if got != expect:
             raise RuntimeError(f"expected {expect}, counted {got}: the row measured another path")
+
+
+def _has_table(bpf: BPF, name: bytes) -> bool:
+    try:
+        bpf[name]
+    except KeyError:
+        return False
+    return True
+
+
+def _in6(addr: str) -> ct.Array:
+    return (ct.c_uint32 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET6, addr))
 
 
 @dataclass(frozen=True)
@@ -307,6 +390,29 @@ def _repeat_rows(n: int) -> list[Row]:
                     return b.best(b.fd, b.frame(frame), n)
             finally:
                 for name in (b"vips", b"txr_addrs", b"transceivers"):
+                    b.relay[name].clear()
+                b.clear()
+                b.setup()
+
+        return measure
+
+    def cycle6(frame: Frame, fwd: Reason) -> Callable[[Bench], float]:
+        """The IPv6 twin of cycle: the client's [address]:port a VIP6, its reverse flow in
+        flows6 to the relay itself."""
+
+        def measure(b: Bench) -> float:
+            b.learn6()
+            b.setup(tunnel=(TXR_ADDR, TXR_PORT))
+            b.add_vip6(CLIENT6, CLIENT_PORT)
+            entropy = flow_entropy(CLIENT6, CLIENT_PORT, VIP_PORT)
+            b.add_txr(RETURN_ID, TXR_ADDR, entropy)
+            b.add_flow6((VIP6, VIP_PORT), (CLIENT6, CLIENT_PORT), RETURN_ID)
+            try:
+                half = n // 2 * TRIALS
+                with b.counted({fwd: half, Reason.FWD_DECAP: half}):
+                    return b.best(b.fd, b.frame(frame), n)
+            finally:
+                for name in (b"vips", b"vips6", b"txr_addrs", b"transceivers"):
                     b.relay[name].clear()
                 b.clear()
                 b.setup()
@@ -379,6 +485,43 @@ def _repeat_rows(n: int) -> list[Row]:
             steady(lambda b: b.binding(port=39999), Reason.DROP_UFRAG_FLOOD, flooded),
             new=True,
         ),
+        Row(
+            "v6 flow hit <-> v6 decap, mean",
+            "fwd_flow + fwd_decap",
+            cycle6(client6(RTP), Reason.FWD_FLOW),
+            new=True,
+        ),
+        Row(
+            "v6 STUN known <-> v6 decap, mean",
+            "fwd_stun_known + fwd_decap",
+            cycle6(binding6(), Reason.FWD_STUN_KNOWN),
+            new=True,
+        ),
+        Row(
+            "v6 pass: ICMPv6 to the VIP6",
+            "pass_not_ours",
+            steady(client6(RTP, nh=58), Reason.PASS_NOT_OURS),
+            new=True,
+        ),
+        Row(
+            "v6 drop: no flow",
+            "drop_no_flow",
+            steady(client6(RTP), Reason.DROP_NO_FLOW, Bench.clear),
+            new=True,
+        ),
+        Row(
+            "v6 drop: extension header",
+            "drop_ipv6_ext_headers",
+            steady(client6(RTP, nh=0), Reason.DROP_IPV6_EXT_HEADERS),
+            new=True,
+        ),
+        Row(
+            "v6 drop: hop limit 1",
+            "drop_ttl_expired",
+            # another client: the prologue gives CLIENT6's packets hop limit 64 back
+            steady(client6(RTP, hops=1, src="2001:db8:ed40::7"), Reason.DROP_TTL_EXPIRED),
+            new=True,
+        ),
     ]
 
 
@@ -403,6 +546,10 @@ def _single_rows(n: int) -> list[Row]:
     def new_flows(b: Bench) -> list[bytes]:
         nonces = [(i + 1).to_bytes(4, "big") for i in range(n)]
         return [b.binding(port=1024 + i % 60000, nonce=x) for i, x in enumerate(nonces)]
+
+    def new_flows6(b: Bench) -> list[bytes]:
+        nonces = [(i + 1).to_bytes(4, "big") for i in range(n)]
+        return [binding6(port=1024 + i % 60000, nonce=x) for i, x in enumerate(nonces)]
 
     return [
         Row(
@@ -434,6 +581,24 @@ def _single_rows(n: int) -> list[Row]:
             "decap: tunnel -> client",
             "fwd_decap",
             single(lambda b: [REPLY] * n, Reason.FWD_DECAP, TXR_LINK.name, Bench.learn),
+        ),
+        Row(
+            "v6 flow hit: encap + fib",
+            "fwd_flow",
+            single(lambda b: [client6(RTP)] * n, Reason.FWD_FLOW, prepare=Bench.learn6),
+            new=True,
+        ),
+        Row(
+            "v6 STUN new flow",
+            "fwd_stun_new",
+            single(new_flows6, Reason.FWD_STUN_NEW, prepare=clear),
+            new=True,
+        ),
+        Row(
+            "v6 decap: tunnel -> client (FIB, uncached)",
+            "fwd_decap",
+            single(lambda b: [REPLY6] * n, Reason.FWD_DECAP, TXR_LINK.name, Bench.learn6),
+            new=True,
         ),
     ]
 
@@ -499,7 +664,9 @@ def run(samples: int = 20_000, repeat: int = 1_000_000, baseline: str = "main") 
         "median rows: one packet per call; they include the kernel's timer and cold caches.",
         "FIB paths run in a veth sandbox netns with permanent neighbours (XDP_REDIRECT verdicts).",
         "bpf_fib_lookup is about half of a forwarded packet's time here (measured by stubbing it);",
-        "its answers are cached per CPU for 250 ms (bpf/fib.h), so these rows run on cache hits.",
+        "its answers are cached per CPU for 250 ms (bpf/fib.h), so these rows run on cache hits;",
+        "the IPv6 decap's AF_INET6 lookup is not cached (the cache is keyed by IPv4 addresses).",
+        "v6 rows: an IPv6 client through the same program (issue 11); the baseline has no IPv6.",
     ]
     return table
 

@@ -28,6 +28,9 @@
 #ifndef AF_INET /* not in the uapi headers the program includes */
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 /* ---- wire constants ---------------------------------------------------------------------- */
 
@@ -39,6 +42,14 @@
 #define IP_OFFMASK 0x1fff
 /* Where a UDP payload starts in a frame the relay accepts (no VLAN tag, no IP options). */
 #define PAYLOAD_OFF (ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN)
+/* IPv6 (§3): the fixed header; the relay takes no extension headers, so a payload's offset is
+ * fixed too. The next headers the relay recognises and refuses on traffic of its own: */
+#define IPV6_HDR_LEN 40
+#define PAYLOAD_OFF6 (ETH_HDR_LEN + IPV6_HDR_LEN + UDP_HDR_LEN)
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
 
 /* §2 STUN (RFC 8489) */
 #define STUN_HDR_LEN 20

@@ -132,4 +132,37 @@ static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_h
 	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason, same_port);
 }
 
+/* The IPv6 twin of fib_forward for a decapsulated reply to an IPv6 client (hop->v6): an AF_INET6
+ * lookup, answered only when the receiving interface forwards IPv6
+ * (net.ipv6.conf.<if>.forwarding=1). Not cached: the next-hop cache is keyed by IPv4 addresses,
+ * and only this one path is IPv6 (the tunnel is IPv4). */
+static __always_inline __u32 fib_forward6(struct xdp_md *ctx, const struct next_hop *hop,
+					  __u32 fwd_reason, int *same_port)
+{
+	struct bpf_fib_lookup fib = {.family = AF_INET6};
+	int rc;
+
+	fib.flowinfo = edge_htonl((__u32)hop->tos << 20);
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.sport = hop->sport;
+	fib.dport = hop->dport;
+	fib.tot_len = hop->tot_len;
+	__builtin_memcpy(fib.ipv6_src, hop->saddr6, 16);
+	__builtin_memcpy(fib.ipv6_dst, hop->daddr6, 16);
+	fib.ifindex = ctx->ingress_ifindex;
+
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		break;
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		return REASON_PASS_FIB_NO_NEIGH;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		return REASON_DROP_TOO_BIG;
+	default:
+		return REASON_DROP_FIB;
+	}
+	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason, same_port);
+}
+
 #endif

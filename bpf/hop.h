@@ -51,4 +51,32 @@ static __always_inline __u32 addr_class(__be32 addr)
 	return REASON_DROP_DECAP_RESERVED; /* 0/8, 240/4, 169.254/16 */
 }
 
+/* The IPv6 twin of addr_class: REASON_CONTINUE for an address a client can have, else
+ * multicast ff00::/8, loopback ::1, or reserved: unspecified ::, link-local fe80::/10 (never
+ * forwarded) and IPv4-mapped ::ffff:0:0/96 (an IPv4 address in disguise: never on the wire). */
+static __always_inline __u32 addr6_class(const __be32 *a)
+{
+	__u32 w0 = edge_ntohl(a[0]);
+
+	/* the common case: a global or unique-local address (first word not 0, not fe80/10, ff) */
+	if (w0 && (w0 >> 24) != 0xff && (w0 >> 22) != (0xfe80U >> 6))
+		return REASON_CONTINUE;
+	if ((w0 >> 24) == 0xff)
+		return REASON_DROP_DECAP_MULTICAST;
+	if (w0)
+		return REASON_DROP_DECAP_RESERVED; /* fe80::/10 */
+	if (a[1] == 0 && a[2] == 0 && a[3] == edge_htonl(1))
+		return REASON_DROP_DECAP_LOOPBACK;
+	if (a[1] == 0 && a[2] == 0 && a[3] == 0)
+		return REASON_DROP_DECAP_RESERVED;
+	if (a[1] == 0 && a[2] == edge_htonl(0xffff))
+		return REASON_DROP_DECAP_RESERVED;
+	return REASON_CONTINUE; /* 0::/8 otherwise: not special here */
+}
+
+static __always_inline int addr6_eq(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 #endif

@@ -62,6 +62,17 @@ EDGE_MAP("lru_hash", struct flow_key, struct flow_val, flows, MAX_FLOWS);
  * the program on every flow hit and decap. Pinned. */
 EDGE_MAP("array", __u32, __u32, txr_gen, 1);
 
+/* vips6: key an IPv6 VIP address:port (and, port 0, each VIP6 address alone); value its index in
+ * relayctl load's --vip list. Written by relayctl load. Read by the program as `vips` is, for
+ * IPv6 client traffic and IPv6 tunnel inner sources. Pinned. */
+EDGE_MAP("hash", struct vip6_key, __u32, vips6, 2 * MAX_VIPS);
+
+/* flows6: key an IPv6 client's (address, port) -> (VIP6 address, port); value the transceiver it
+ * goes to (struct flow_val: the same rules as `flows`, txr_cache included). Written by the
+ * program (route_stun); the slow path is IPv4-only and writes none. Read by the program, relayctl
+ * run (exports) and relayctl flows. LRU. Pinned. */
+EDGE_MAP("lru_hash", struct flow6_key, struct flow_val, flows6, MAX_FLOWS);
+
 /* counters: key an exit reason (reasons.h, §5); value per CPU the packets and bytes counted
  * under it. Written by the program only, once per packet (count_packet in counters.h). Read by
  * relayctl stats and relayctl run's metrics, which sum the CPUs. COUNTER_SLOTS > the number of

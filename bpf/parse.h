@@ -52,6 +52,47 @@ static __always_inline __u32 parse_udp4(void *data, void *data_end, struct udp4 
 	return REASON_CONTINUE;
 }
 
+/* Reads an IPv6 packet's fixed header (and, next header UDP, its ports) into *d: REASON_CONTINUE,
+ * pass_not_ipv4 for an ethertype that is neither (the IPv4 parser said it is not IPv4),
+ * pass_not_ours for a frame too short for the header (and UDP ports) or another version. The
+ * next header is left to the caller: only UDP is read further. */
+static __always_inline __u32 parse_udp6(void *data, void *data_end, struct udp6 *d)
+{
+	struct ethhdr *eth = data;
+	struct edge_ipv6hdr *ip6 = data + ETH_HDR_LEN;
+	struct udphdr *udp = data + ETH_HDR_LEN + IPV6_HDR_LEN;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != edge_htons(ETH_P_IPV6))
+		return REASON_PASS_NOT_IPV4;
+	if ((void *)(ip6 + 1) > data_end || (edge_ntohl(ip6->vtc_flow) >> 28) != 6)
+		return REASON_PASS_NOT_OURS;
+	__builtin_memcpy(d->saddr, ip6->saddr, 16);
+	__builtin_memcpy(d->daddr, ip6->daddr, 16);
+	d->nexthdr = ip6->nexthdr;
+	d->hop_limit = ip6->hop_limit;
+	d->tclass = (__u8)(edge_ntohl(ip6->vtc_flow) >> 20);
+	d->plen = edge_ntohs_len(ip6->payload_len);
+	if (d->nexthdr != IPPROTO_UDP)
+		return REASON_CONTINUE;
+	if ((void *)(udp + 1) > data_end)
+		return REASON_PASS_NOT_OURS;
+	d->sport = udp->source;
+	d->dport = udp->dest;
+	d->udp_len = edge_ntohs_len(udp->len);
+	return REASON_CONTINUE;
+}
+
+/* The IPv6 twin of check_udp4, for an IPv6/UDP datagram to a VIP6: the payload within the frame
+ * (l3_len bytes after Ethernet), and a UDP length that is the payload length. */
+static __always_inline __u32 check_udp6(const struct udp6 *d, __u32 l3_len)
+{
+	if ((__u32)d->plen + IPV6_HDR_LEN > l3_len)
+		return REASON_DROP_TRUNCATED;
+	if (d->udp_len < UDP_HDR_LEN || d->udp_len != d->plen)
+		return REASON_DROP_BAD_UDP_LEN;
+	return REASON_CONTINUE;
+}
+
 /* The checks every datagram the relay owns must pass (VIP and tunnel traffic alike): the drop
  * reason, or REASON_CONTINUE for a plain, complete IPv4/UDP datagram. */
 static __always_inline __u32 check_udp4(const struct udp4 *d, __u32 l3_len)
@@ -98,6 +139,34 @@ static __always_inline __u32 check_inner_udp4(void *inner, void *data_end, __u32
 	if (edge_ntohs(ip->tot_len) != len || edge_ntohs(udp->len) != len - IPV4_HDR_LEN)
 		return REASON_DROP_TUNNEL_BAD_INNER;
 	if (ipv4_csum_fold(ip) != 0)
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	return REASON_CONTINUE;
+}
+
+/* Whether a tunnel payload that is no good IPv4 is IPv6 (first nibble 6): asked only after
+ * check_inner_udp4 refused it, so the IPv4 decap path pays nothing for IPv6. */
+static __always_inline int inner_is_ipv6(void *inner, void *data_end)
+{
+	__u8 *first = inner;
+
+	return (void *)(first + 1) <= data_end && (*first >> 4) == 6;
+}
+
+/* The IPv6 tunnel payload (len bytes at inner) must be a complete IPv6/UDP packet without
+ * extension headers, with agreeing lengths (40 + payload length = len = 40 + UDP length); the UDP
+ * checksum is the transceiver's (the relay changes only the hop limit, which it does not cover).
+ * REASON_CONTINUE when it is, else drop_tunnel_bad_inner. */
+static __always_inline __u32 check_inner_udp6(void *inner, void *data_end, __u32 len)
+{
+	struct edge_ipv6hdr *ip6 = inner;
+	struct udphdr *udp = inner + IPV6_HDR_LEN;
+
+	if (len < IPV6_HDR_LEN + UDP_HDR_LEN || (void *)(udp + 1) > data_end)
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	if ((edge_ntohl(ip6->vtc_flow) >> 28) != 6 || ip6->nexthdr != IPPROTO_UDP)
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	if (edge_ntohs(ip6->payload_len) + IPV6_HDR_LEN != len ||
+	    edge_ntohs(udp->len) != len - IPV6_HDR_LEN)
 		return REASON_DROP_TUNNEL_BAD_INNER;
 	return REASON_CONTINUE;
 }

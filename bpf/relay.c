@@ -66,6 +66,18 @@ static __always_inline struct flow_key flow_key_of(const struct udp4 *d)
 	return fk;
 }
 
+static __always_inline struct flow6_key flow6_key_of(const struct udp6 *d)
+{
+	struct flow6_key fk = {
+		.client_port = d->sport,
+		.vip_port = d->dport,
+	};
+
+	__builtin_memcpy(fk.client_addr, d->saddr, 16);
+	__builtin_memcpy(fk.vip_addr, d->daddr, 16);
+	return fk;
+}
+
 /* A client packet within the idle time (mod 2^16 units: a flow idle for a multiple of ~19.5
  * hours looks live again for the idle time, which only delays its move). */
 static __always_inline int flow_live(const struct flow_val *fv, __u16 seen,
@@ -135,16 +147,23 @@ static __always_inline __u32 ufrag_rate_take(__u64 tag, const struct relay_confi
 	return REASON_CONTINUE;
 }
 
-/* May this Binding request create a flow for fk (or move fk's idle flow)? The source must be a
- * unicast address that is not ours, the ufrag young enough and within its flow budget. */
-static __always_inline __u32 may_create(const struct flow_key *fk, const struct ufrag_hint *hint,
+/* May this Binding request create a flow for fk or fk6, whichever is given (or move its idle
+ * flow)? The source must be a unicast address that is not ours, the ufrag young enough and
+ * within its flow budget. */
+static __always_inline __u32 may_create(const struct flow_key *fk, const struct flow6_key *fk6,
+					const struct ufrag_hint *hint,
 					const struct relay_config *cfg, __u64 now)
 {
 	__u32 max_age = cfg->ufrag_max_age ? cfg->ufrag_max_age : UFRAG_MAX_AGE;
 
-	if (addr_class(fk->client_addr) != REASON_CONTINUE || fk->client_addr == cfg->tunnel_addr ||
-	    fk->client_addr == fk->vip_addr)
+	if (fk6) {
+		if (addr6_class(fk6->client_addr) != REASON_CONTINUE ||
+		    addr6_eq(fk6->client_addr, fk6->vip_addr))
+			return REASON_DROP_BAD_CLIENT_ADDR;
+	} else if (addr_class(fk->client_addr) != REASON_CONTINUE ||
+		   fk->client_addr == cfg->tunnel_addr || fk->client_addr == fk->vip_addr) {
 		return REASON_DROP_BAD_CLIENT_ADDR;
+	}
 	if (!cfg->wall_offset_ns)
 		return REASON_DROP_NO_CONFIG;
 	if (!ufrag_epoch_fresh(hint->epoch, now + cfg->wall_offset_ns, max_age))
@@ -153,15 +172,17 @@ static __always_inline __u32 may_create(const struct flow_key *fk, const struct 
 }
 
 /* A STUN Binding request: route by ufrag, and create or move the flow only when it changes, and
- * only as may_create allows. A live flow to a transceiver still in the map never moves. */
+ * only as may_create allows. A live flow to a transceiver still in the map never moves. The flow
+ * is fk's in `flows`, or (an IPv6 client: fk6 given, fk NULL) fk6's in `flows6`; the callers
+ * pass constants, so each inlined copy keeps one family. */
 static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
-					struct flow_val *fv, __u32 msg_end,
-					const struct relay_config *cfg, __u64 *clock,
-					struct txr_val *out)
+					struct flow6_key *fk6, struct flow_val *fv,
+					__u32 msg_end, const struct relay_config *cfg,
+					__u64 *clock, struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	void *pl = data + PAYLOAD_OFF;
+	void *pl = data + (fk6 ? PAYLOAD_OFF6 : PAYLOAD_OFF);
 	struct ufrag_hint hint = {};
 	struct txr_key tk = {};
 	struct txr_val *txr;
@@ -193,7 +214,7 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 		if (transceivers.lookup(&old)) /* a transceiver that left frees its flows at once */
 			return REASON_DROP_FLOW_LIVE;
 	}
-	reason = may_create(fk, &hint, cfg, now);
+	reason = may_create(fk, fk6, &hint, cfg, now);
 	if (reason != REASON_CONTINUE)
 		return reason;
 	{
@@ -204,33 +225,43 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 			.created_ns = bpf_ktime_get_ns(),
 		};
 
-		flows.update(fk, &nv);
+		if (fk6)
+			flows6.update(fk6, &nv);
+		else
+			flows.update(fk, &nv);
 	}
 	return REASON_FWD_STUN_NEW;
 }
 
-/* Which transceiver gets a client datagram: by ufrag for a Binding request, else by its flow fv
- * (NULL: none; the entry point looked it up). */
+/* Which transceiver gets a client datagram d (or, an IPv6 client, d6: the other NULL): by ufrag
+ * for a Binding request, else by its flow fv (NULL: none; the entry point looked it up). */
 static __always_inline __u32 pick_transceiver(struct xdp_md *ctx, const struct udp4 *d,
-					      struct flow_val *fv, const struct relay_config *cfg,
-					      __u64 *clock, struct txr_val *out)
+					      const struct udp6 *d6, struct flow_val *fv,
+					      const struct relay_config *cfg, __u64 *clock,
+					      struct txr_val *out)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 plen = d->udp_len - UDP_HDR_LEN, reason;
+	__u32 plen = (d6 ? d6->udp_len : d->udp_len) - UDP_HDR_LEN, reason;
 	int live;
 	__u16 seen;
 
 	if (plen) {
 		__u32 binding_end = 0;
 
-		reason = stun_classify(data + PAYLOAD_OFF, data_end, plen, &binding_end);
+		reason = stun_classify(data + (d6 ? PAYLOAD_OFF6 : PAYLOAD_OFF), data_end, plen,
+				       &binding_end);
 		if (reason != REASON_CONTINUE)
 			return reason;
+		if (binding_end && d6) {
+			struct flow6_key fk6 = flow6_key_of(d6);
+
+			return route_stun(ctx, NULL, &fk6, fv, binding_end, cfg, clock, out);
+		}
 		if (binding_end) {
 			struct flow_key fk = flow_key_of(d);
 
-			return route_stun(ctx, &fk, fv, binding_end, cfg, clock, out);
+			return route_stun(ctx, &fk, NULL, fv, binding_end, cfg, clock, out);
 		}
 	}
 
@@ -262,7 +293,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 		return REASON_DROP_BAD_IP_CSUM;
 	if (ip->ttl <= 1)
 		return REASON_DROP_TTL_EXPIRED;
-	reason = pick_transceiver(ctx, d, fv, cfg, clock, &txr);
+	reason = pick_transceiver(ctx, d, NULL, fv, cfg, clock, &txr);
 	if (!reason_is_forward(reason))
 		return reason;
 	ipv4_decrement_ttl(ip); /* only now: a packet passed to the kernel keeps its TTL */
@@ -272,7 +303,38 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = txr.port;
 	hop->tos = d->tos;
 	hop->tot_len = d->tot_len + ENCAP_LEN;
-	step = encap_udp4(ctx, d, hop->saddr, hop->daddr, hop->sport, hop->dport);
+	step = encap_udp4(ctx, d->tos, d->tot_len, hop->saddr, hop->daddr, hop->sport, hop->dport);
+	return step == REASON_CONTINUE ? reason : step;
+}
+
+/* An IPv6 client's datagram to one of our VIP6s: into the (IPv4) tunnel, hop limit one less (no
+ * checksum covers it). */
+static __always_inline __u32 from_client6(struct xdp_md *ctx, const struct udp6 *d,
+					  struct flow_val *fv, const struct relay_config *cfg,
+					  __u64 *clock, struct next_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct edge_ipv6hdr *ip6 = data + ETH_HDR_LEN;
+	struct txr_val txr = {};
+	__u32 reason, step;
+	__u16 inner_len = IPV6_HDR_LEN + d->plen;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return REASON_DROP_TRUNCATED;
+	if (d->hop_limit <= 1)
+		return REASON_DROP_TTL_EXPIRED;
+	reason = pick_transceiver(ctx, NULL, d, fv, cfg, clock, &txr);
+	if (!reason_is_forward(reason))
+		return reason;
+	ip6->hop_limit--; /* only now: a packet passed to the kernel keeps its hop limit */
+	hop->saddr = cfg->tunnel_addr;
+	hop->daddr = txr.addr;
+	hop->sport = flow_entropy6(d->saddr, d->sport, d->dport);
+	hop->dport = txr.port;
+	hop->tos = d->tclass;
+	hop->tot_len = inner_len + ENCAP_LEN;
+	step = encap_udp4(ctx, d->tclass, inner_len, hop->saddr, hop->daddr, hop->sport, hop->dport);
 	return step == REASON_CONTINUE ? reason : step;
 }
 
@@ -305,6 +367,70 @@ static __always_inline __u32 tunnel_refusal(const struct udp4 *d, const struct f
 	return reason;
 }
 
+/* tunnel_refusal for an IPv6 reply: the inner source must be a VIP6 (port 0 is never one). */
+static __always_inline __u32 tunnel_refusal6(const struct udp4 *d, const struct flow6_key *fk,
+					     __u32 reason)
+{
+	struct vip_key peer = {.addr = d->saddr, .port = d->sport};
+	struct vip6_key src = {.port = fk->vip_port};
+
+	__builtin_memcpy(src.addr, fk->vip_addr, 16);
+	if (!txr_addrs.lookup(&peer))
+		return REASON_DROP_TUNNEL_STRANGER;
+	if (!fk->vip_port || !vips6.lookup(&src))
+		return REASON_DROP_TUNNEL_FOREIGN_SRC;
+	return reason;
+}
+
+/* A tunnel datagram carrying an IPv6 reply (§3): the twin of from_tunnel's checks, then the
+ * outer header stripped and the frame's ethertype IPv6's, hop limit one less. */
+static __always_inline __u32 from_tunnel6(struct xdp_md *ctx, const struct udp4 *d,
+					  const struct relay_config *cfg, __u64 *clock,
+					  struct next_hop *hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct edge_ipv6hdr *ip6 = data + PAYLOAD_OFF;
+	struct udphdr *udp = data + PAYLOAD_OFF + IPV6_HDR_LEN;
+	struct flow6_key fk = {};
+	struct txr_val txr = {};
+	struct flow_val *fv;
+	__u32 step;
+
+	step = check_inner_udp6(ip6, data_end, d->udp_len - UDP_HDR_LEN);
+	if (step != REASON_CONTINUE)
+		return step;
+	if ((void *)(udp + 1) > data_end) /* checked above; for the verifier after the call */
+		return REASON_DROP_TUNNEL_BAD_INNER;
+	step = addr6_class(ip6->daddr);
+	if (step != REASON_CONTINUE)
+		return step;
+	if (addr6_eq(ip6->daddr, ip6->saddr))
+		return REASON_DROP_DECAP_SELF;
+	__builtin_memcpy(fk.client_addr, ip6->daddr, 16);
+	__builtin_memcpy(fk.vip_addr, ip6->saddr, 16);
+	fk.client_port = udp->dest;
+	fk.vip_port = udp->source;
+	fv = flows6.lookup(&fk);
+	if (!fv)
+		return tunnel_refusal6(d, &fk, REASON_DROP_DECAP_NO_FLOW);
+	step = flow_transceiver(fv, flow_live(fv, seen_of(clock_now(clock)), cfg), &txr);
+	if (step != REASON_CONTINUE || txr.addr != d->saddr || txr.port != d->sport)
+		return tunnel_refusal6(d, &fk, REASON_DROP_DECAP_WRONG_TXR);
+	if (ip6->hop_limit <= 1)
+		return REASON_DROP_TTL_EXPIRED;
+	ip6->hop_limit--;
+	hop->v6 = 1;
+	__builtin_memcpy(hop->saddr6, fk.vip_addr, 16);
+	__builtin_memcpy(hop->daddr6, fk.client_addr, 16);
+	hop->sport = fk.vip_port;
+	hop->dport = fk.client_port;
+	hop->tos = (__u8)(edge_ntohl(ip6->vtc_flow) >> 20);
+	hop->tot_len = d->udp_len - UDP_HDR_LEN; /* = 40 + the inner payload length, checked */
+	step = decap_udp4(ctx, ETH_P_IPV6);
+	return step == REASON_CONTINUE ? REASON_FWD_DECAP : step;
+}
+
 /* A tunnel datagram: a transceiver's reply, on a tunnel link, from one of our VIPs, to a client
  * with a flow on this relay for that VIP that goes to this very transceiver, one hop less. */
 static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *d,
@@ -323,8 +449,11 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	if (!tunnel_link(cfg, ctx->ingress_ifindex))
 		return REASON_DROP_TUNNEL_WRONG_LINK;
 	step = check_inner_udp4(ip, data_end, d->udp_len - UDP_HDR_LEN);
-	if (step != REASON_CONTINUE)
+	if (step != REASON_CONTINUE) {
+		if (inner_is_ipv6(ip, data_end)) /* only a refused IPv4 payload pays this */
+			return from_tunnel6(ctx, d, cfg, clock, hop);
 		return step;
+	}
 	step = addr_class(ip->daddr);
 	if (step != REASON_CONTINUE)
 		return step;
@@ -350,36 +479,82 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	hop->dport = udp->dest;
 	hop->tos = ip->tos;
 	hop->tot_len = d->udp_len - UDP_HDR_LEN; /* = the inner tot_len, checked, already host order */
-	step = decap_udp4(ctx);
+	step = decap_udp4(ctx, ETH_P_IP);
 	return step == REASON_CONTINUE ? REASON_FWD_DECAP : step;
 }
 
-/* The whole path of one packet: its reason, with *same_port set when a forwarded packet leaves
- * by the port it came in on. */
-static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
+/* An IPv6 packet that is not UDP: ours only if it goes to a VIP6 address (the port-0 entry of
+ * vips6) with an extension header (refused by name, §3), else the kernel's. */
+static __always_inline __u32 ipv6_not_udp(const struct udp6 *d)
+{
+	struct vip6_key addr = {};
+
+	if (d->nexthdr != NEXTHDR_HOP && d->nexthdr != NEXTHDR_ROUTING &&
+	    d->nexthdr != NEXTHDR_DEST && d->nexthdr != NEXTHDR_FRAGMENT)
+		return REASON_PASS_NOT_OURS;
+	__builtin_memcpy(addr.addr, d->daddr, 16);
+	if (!vips6.lookup(&addr))
+		return REASON_PASS_NOT_OURS;
+	return d->nexthdr == NEXTHDR_FRAGMENT ? REASON_DROP_FRAGMENT : REASON_DROP_IPV6_EXT_HEADERS;
+}
+
+/* The path of an IPv6 packet (the IPv4 parser found no IPv4): a client datagram to a VIP6, or
+ * the kernel's. Its reason; a forward reason with *hop filled. The slow path is IPv4-only: an
+ * IPv6 datagram without a flow is drop_no_flow whatever the flags. */
+static __always_inline __u32 relay6(struct xdp_md *ctx, struct next_hop *hop, __u64 *now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct relay_config *cfg;
+	struct flow_val *fv;
+	struct udp6 d = {};
+	__u32 zero = 0, reason;
+
+	reason = parse_udp6(data, data_end, &d);
+	if (reason != REASON_CONTINUE)
+		return reason;
+	if (d.nexthdr != IPPROTO_UDP)
+		return ipv6_not_udp(&d);
+	{
+		/* the flow first, as for IPv4 */
+		struct flow6_key fk = flow6_key_of(&d);
+		struct vip6_key vip = {.port = d.dport};
+
+		__builtin_memcpy(vip.addr, d.daddr, 16);
+		fv = flows6.lookup(&fk);
+		if (!fv && (!d.dport || !vips6.lookup(&vip))) /* port 0: the address entry */
+			return REASON_PASS_NOT_OURS;
+	}
+	cfg = config.lookup(&zero);
+	if (!cfg || !cfg->tunnel_addr || !cfg->tunnel_port)
+		return REASON_DROP_NO_CONFIG;
+	reason = check_udp6(&d, data_end - data - ETH_HDR_LEN);
+	if (reason == REASON_CONTINUE)
+		reason = trim_frame(ctx, ETH_HDR_LEN + IPV6_HDR_LEN + d.plen);
+	if (reason != REASON_CONTINUE)
+		return reason;
+	return from_client6(ctx, &d, fv, cfg, now, hop);
+}
+
+/* The path of an IPv4 packet parsed into *d. */
+static __always_inline __u32 relay4(struct xdp_md *ctx, const struct udp4 *d, struct next_hop *hop,
+				    __u64 *now)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct relay_config *cfg;
 	struct flow_val *fv = NULL;
-	struct next_hop hop = {};
-	struct udp4 d = {};
 	__u32 zero = 0, reason;
-	__u64 now = 0; /* clock_now() */
 	int tunnel;
 
-	reason = parse_udp4(data, data_end, &d);
-	if (reason != REASON_CONTINUE)
-		return reason;
-
 	cfg = config.lookup(&zero);
-	tunnel = cfg && cfg->tunnel_port && d.daddr == cfg->tunnel_addr &&
-		 d.dport == cfg->tunnel_port;
+	tunnel = cfg && cfg->tunnel_port && d->daddr == cfg->tunnel_addr &&
+		 d->dport == cfg->tunnel_port;
 	if (!tunnel) {
 		/* The flow first: a flow's VIP is ours (relayctl load deletes the flows of a VIP it
 		 * removes), so a flow hit needs no VIP lookup; only a miss asks whether it is ours. */
-		struct flow_key fk = flow_key_of(&d);
-		struct vip_key vip = {.addr = d.daddr, .port = d.dport};
+		struct flow_key fk = flow_key_of(d);
+		struct vip_key vip = {.addr = d->daddr, .port = d->dport};
 
 		fv = flows.lookup(&fk);
 		if (!fv && !vips.lookup(&vip))
@@ -388,19 +563,40 @@ static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
 	if (!cfg || !cfg->tunnel_addr || !cfg->tunnel_port)
 		return REASON_DROP_NO_CONFIG;
 
-	reason = check_udp4(&d, data_end - data - ETH_HDR_LEN);
+	reason = check_udp4(d, data_end - data - ETH_HDR_LEN);
 	if (reason == REASON_CONTINUE)
-		reason = trim_frame(ctx, ETH_HDR_LEN + d.tot_len);
+		reason = trim_frame(ctx, ETH_HDR_LEN + d->tot_len);
 	if (reason != REASON_CONTINUE)
 		return reason;
-	reason = tunnel ? from_tunnel(ctx, &d, cfg, &now, &hop)
-			: from_client(ctx, &d, fv, cfg, &now, &hop);
+	reason = tunnel ? from_tunnel(ctx, d, cfg, now, hop)
+			: from_client(ctx, d, fv, cfg, now, hop);
 	/* A flow this relay never saw (a failover): the controller's socket on the VIP asks the
 	 * registry where it lives. Only when a controller said it listens, else it is a drop. */
 	if (reason == REASON_DROP_NO_FLOW && (cfg->flags & CONFIG_F_SLOW_PATH))
 		return REASON_PASS_SLOW_PATH;
+	return reason;
+}
+
+/* The whole path of one packet: its reason, with *same_port set when a forwarded packet leaves
+ * by the port it came in on. One FIB tail for both families (each fib_forward inlined once). */
+static __always_inline __u32 relay(struct xdp_md *ctx, int *same_port)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct next_hop hop = {};
+	struct udp4 d = {};
+	__u32 reason;
+	__u64 now = 0; /* clock_now() */
+
+	reason = parse_udp4(data, data_end, &d);
+	if (reason == REASON_CONTINUE)
+		reason = relay4(ctx, &d, &hop, &now);
+	else if (reason == REASON_PASS_NOT_IPV4)
+		reason = relay6(ctx, &hop, &now);
 	if (!reason_is_forward(reason))
 		return reason;
+	if (hop.v6)
+		return fib_forward6(ctx, &hop, reason, same_port);
 	return fib_forward(ctx, &hop, reason, clock_now(&now), same_port);
 }
 

@@ -32,6 +32,15 @@ struct vip_key {
 	__u16 pad;
 };
 
+/* An IPv6 VIP address:port in `vips6`. Port 0 is the address alone (relayctl load writes one
+ * per VIP6 address): a packet to it whose port the relay does not read (an extension header, a
+ * fragment) is ours, and dropped by name rather than passed. */
+struct vip6_key {
+	__be32 addr[4];
+	__be16 port;
+	__u16 pad;
+};
+
 /* A SipHash-2-4 key (§1): k0 and k1 are its 16 bytes read as two little-endian u64. */
 struct routing_key {
 	__u64 k0;
@@ -58,6 +67,14 @@ struct txr_val {
 struct flow_key {
 	__be32 client_addr;
 	__be32 vip_addr;
+	__be16 client_port;
+	__be16 vip_port;
+};
+
+/* An IPv6 client's 4-tuple toward a VIP6 (flows6; the value is struct flow_val). */
+struct flow6_key {
+	__be32 client_addr[4];
+	__be32 vip_addr[4];
 	__be16 client_port;
 	__be16 vip_port;
 };
@@ -141,7 +158,32 @@ struct udp4 {
 	__u8 tos;
 };
 
-/* The IPv4/UDP packet that now follows the Ethernet header at ctx, as the FIB sees it. */
+/* The IPv6 header, spelled without bitfields or unions (uapi's ipv6hdr has both). */
+struct edge_ipv6hdr {
+	__be32 vtc_flow; /* version 4 bits, traffic class 8, flow label 20 */
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+/* An IPv6 client datagram's fields, copied out as struct udp4's are. */
+struct udp6 {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u16 plen;    /* IPv6 payload length, host order */
+	__u16 udp_len; /* host order */
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 tclass;
+	__u8 pad;
+};
+
+/* The packet that now follows the Ethernet header at ctx, as the FIB sees it: IPv4/UDP, or
+ * with v6 set an IPv6/UDP one (a decapsulated reply to an IPv6 client: saddr6/daddr6). */
 struct next_hop {
 	__be32 saddr;
 	__be32 daddr;
@@ -149,6 +191,9 @@ struct next_hop {
 	__be16 dport;
 	__u16 tot_len; /* host order: the helper checks it against the route MTU */
 	__u8 tos;
+	__u8 v6;
+	__be32 saddr6[4];
+	__be32 daddr6[4];
 };
 
 #endif

@@ -17,27 +17,34 @@ import click
 from control import defaults
 from control.errors import RelayctlError
 from datapath import DatapathError
-from wire.addr import parse_addr_port
+from wire.addr import format_addr_port, parse_addr_port
 from wire.defaults import REDIS_PREFIX
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class AddrPort(click.ParamType):
-    """ADDR:PORT, IPv4."""
+    """ADDR:PORT, IPv4; with ipv6 also [IPV6]:PORT (VIPs)."""
 
     name = "ADDR:PORT"
+
+    def __init__(self, ipv6: bool = False) -> None:
+        self.ipv6 = ipv6
+        if ipv6:
+            self.name = "ADDR:PORT|[V6]:PORT"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, int]:
         if isinstance(value, tuple):
             return value
         try:
-            return parse_addr_port(value, what=param.opts[0] if param else "value")
+            what = param.opts[0] if param else "value"
+            return parse_addr_port(value, what=what, ipv6=self.ipv6)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
 ADDR_PORT = AddrPort()
+VIP_ADDR_PORT = AddrPort(ipv6=True)
 
 
 class Cli(click.Group):
@@ -172,10 +179,11 @@ def main() -> None:
 @click.option(
     "--vip",
     "vips",
-    type=ADDR_PORT,
+    type=VIP_ADDR_PORT,
     multiple=True,
     required=True,
-    help="A VIP address:port clients send to (repeat for several, at most 64).",
+    help="A VIP address:port clients send to, IPv4 or [IPv6]:port (repeat for several, both "
+    "families at once for dual stack; at most 64).",
 )
 @click.option(
     "--tunnel",
@@ -252,7 +260,8 @@ def load(
     where = ", ".join(r.ifaces)
     click.echo(
         f"loaded relay {r.name!r} on {where} ({r.mode}): program {r.prog_id}{replaced}; "
-        f"VIPs {', '.join(f'{a}:{p}' for a, p in r.vips)}; tunnel {r.tunnel[0]}:{r.tunnel[1]}"
+        f"VIPs {', '.join(format_addr_port(a, p) for a, p in r.vips)}; "
+        f"tunnel {r.tunnel[0]}:{r.tunnel[1]}"
     )
 
 

@@ -19,9 +19,12 @@ from datapath.maps import (
     Limits,
     PinnedMap,
     RelayMaps,
+    Vip6Key,
+    VipKey,
     fd_info,
     init_txr_gen,
     obj_get,
+    vip6_key,
     vip_key,
     write_config,
     write_limits,
@@ -130,22 +133,41 @@ def configure(
     write_limits(maps, limits or Limits(), tunnel_ifindexes or [])
     write_wall_clock(maps)
     init_txr_gen(maps)
-    wanted = {(k.addr, k.port): (k, i) for i, k in enumerate(vip_key(a, p) for a, p in vips)}
-    vmap = maps["vips"]
+    forgotten = 0
+    for family in (4, 6):
+        # each family's VIPs in its own map (bpf/maps.h); the index is the --vip position
+        mine = [(i, a, p) for i, (a, p) in enumerate(vips) if (":" in a) == (family == 6)]
+        forgotten += _replace_vips(maps, family, mine)
+    return forgotten
+
+
+def _replace_vips(maps: RelayMaps, family: int, vips: list[tuple[int, str, int]]) -> int:
+    """Make `vips` or `vips6` exactly these (index, addr, port); IPv6 also gets one address
+    entry (port 0) per address. Deletes the flows of the VIPs removed; returns how many."""
+    if family == 4:
+        vmap, keyf = maps["vips"], vip_key
+    else:
+        vmap, keyf = maps["vips6"], vip6_key
+    wanted = {bytes(k): (k, i) for i, k in ((i, keyf(a, p)) for i, a, p in vips)}
+    if family == 6:  # the address entries: first index of each address
+        for i, a, _ in reversed(vips):
+            k = vip6_key(a, 0)
+            wanted[bytes(k)] = (k, i)
     removed = set()
     for key in list(vmap.keys()):
-        if (key.addr, key.port) not in wanted:
+        if bytes(key) not in wanted:
             vmap.delete(key)
-            removed.add((key.addr, key.port))
+            removed.add(bytes(key))
     for key, index in wanted.values():
         vmap.update(key, ct.c_uint32(index))
-    return _forget_flows(maps, removed) if removed else 0
+    return _forget_flows(maps, family, removed) if removed else 0
 
 
-def _forget_flows(maps: RelayMaps, vips: set[tuple[int, int]]) -> int:
-    """Delete the flows to these (be32 addr, be16 port) VIPs (one walk of the flow map)."""
-    flows = maps["flows"]
-    doomed = [k for k in flows.keys() if (k.vip_addr, k.vip_port) in vips]
+def _forget_flows(maps: RelayMaps, family: int, vips: set[bytes]) -> int:
+    """Delete the flows to these VIPs (their key bytes; one walk of the family's flow map)."""
+    flows = maps["flows" if family == 4 else "flows6"]
+    keyf = VipKey if family == 4 else Vip6Key
+    doomed = [k for k in flows.keys() if bytes(keyf(k.vip_addr, k.vip_port, 0)) in vips]
     return sum(1 for k in doomed if flows.delete(k))
 
 
@@ -166,7 +188,7 @@ def load(
     from control.program import ProgramError, compile_relay, load_xdp_fn
 
     if not vips:
-        raise RelayctlError("give at least one --vip ADDR:PORT")
+        raise RelayctlError("give at least one --vip ADDR:PORT or [IPV6]:PORT")
     vips = list(dict.fromkeys(vips))
     if len(vips) > MAX_VIPS:
         raise RelayctlError(f"at most {MAX_VIPS} VIPs")

@@ -9,7 +9,8 @@ from typing import Any
 
 from control.reasons import Reason
 from control.sync import key_fingerprint, read_state
-from datapath.maps import RelayMaps, from_be16, from_be32
+from datapath.maps import RelayMaps, from_be16, from_be32, from_in6
+from wire.addr import format_addr_port
 
 
 def stats(maps: RelayMaps) -> dict[str, dict[str, int]]:
@@ -35,29 +36,43 @@ def stats(maps: RelayMaps) -> dict[str, dict[str, int]]:
 def flows(maps: RelayMaps, limit: int | None = None) -> list[dict[str, Any]]:
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
     txrs = read_state(maps).transceivers
-    out = []
-    for key, val in maps["flows"].items():
+    out: list[dict[str, Any]] = []
+    # IPv4 flows, then IPv6 ones ("[addr]:port")
+    entries = ((key, val, from_be32) for key, val in maps["flows"].items())
+    entries6 = ((key, val, from_in6) for key, val in maps["flows6"].items())
+    for key, val, addr in _chain(entries, entries6):
+        if limit is not None and len(out) >= limit:
+            break
         tunnel = txrs.get((val.cluster, val.id))
         out.append(
             {
-                "client": f"{from_be32(key.client_addr)}:{from_be16(key.client_port)}",
-                "vip": f"{from_be32(key.vip_addr)}:{from_be16(key.vip_port)}",
+                "client": format_addr_port(addr(key.client_addr), from_be16(key.client_port)),
+                "vip": format_addr_port(addr(key.vip_addr), from_be16(key.vip_port)),
                 "cluster": val.cluster,
                 "transceiver": val.id,
                 "tunnel": f"{tunnel[0]}:{tunnel[1]}" if tunnel else None,
                 "age_s": round(max(0, now - val.created_ns) / 1e9, 3),
             }
         )
-        if limit is not None and len(out) >= limit:
-            break
     return out
+
+
+def _chain(*its: Any) -> Any:
+    """The iterators one after the other, lazily (a --limit walks no more than it shows)."""
+    for it in its:
+        yield from it
 
 
 def map_contents(maps: RelayMaps) -> dict[str, Any]:
     state = read_state(maps)
     cfg = maps["config"].lookup(ct.c_uint32(0))
     vips = sorted(
-        (v.value, f"{from_be32(k.addr)}:{from_be16(k.port)}") for k, v in maps["vips"].items()
+        [(v.value, f"{from_be32(k.addr)}:{from_be16(k.port)}") for k, v in maps["vips"].items()]
+        + [
+            (v.value, format_addr_port(from_in6(k.addr), from_be16(k.port)))
+            for k, v in maps["vips6"].items()
+            if k.port  # port 0: the address entry, not a VIP
+        ]
     )
     return {
         "config": {"tunnel": f"{from_be32(cfg.tunnel_addr)}:{from_be16(cfg.tunnel_port)}"},

@@ -44,6 +44,11 @@ class VipKey(ct.Structure):
     _fields_ = (("addr", ct.c_uint32), ("port", ct.c_uint16), ("pad", ct.c_uint16))
 
 
+class Vip6Key(ct.Structure):
+    # port 0: the VIP6 address alone (bpf/structs.h)
+    _fields_ = (("addr", ct.c_uint8 * 16), ("port", ct.c_uint16), ("pad", ct.c_uint16))
+
+
 class RoutingKey(ct.Structure):
     _fields_ = (
         ("k0", ct.c_uint64),
@@ -65,6 +70,15 @@ class FlowKey(ct.Structure):
     _fields_ = (
         ("client_addr", ct.c_uint32),
         ("vip_addr", ct.c_uint32),
+        ("client_port", ct.c_uint16),
+        ("vip_port", ct.c_uint16),
+    )
+
+
+class Flow6Key(ct.Structure):
+    _fields_ = (
+        ("client_addr", ct.c_uint8 * 16),
+        ("vip_addr", ct.c_uint8 * 16),
         ("client_port", ct.c_uint16),
         ("vip_port", ct.c_uint16),
     )
@@ -106,6 +120,8 @@ SPECS: dict[str, MapSpec] = {
     "flows": MapSpec(FlowKey, FlowVal, MAP_LRU_HASH, 0),
     "counters": MapSpec(ct.c_uint32, Counter, MAP_PERCPU_ARRAY, 0),
     "txr_gen": MapSpec(ct.c_uint32, ct.c_uint32, MAP_ARRAY, 1),
+    "vips6": MapSpec(Vip6Key, ct.c_uint32, MAP_HASH, 0),
+    "flows6": MapSpec(Flow6Key, FlowVal, MAP_LRU_HASH, 0),
 }
 
 
@@ -128,6 +144,20 @@ def from_be16(value: int) -> int:
 
 def vip_key(addr: str, port: int) -> VipKey:
     return VipKey(be32(addr), be16(port), 0)
+
+
+def in6(addr: str) -> ct.Array:
+    """An IPv6 address as the 16 bytes of an `addr[16]` field (network order)."""
+    return (ct.c_uint8 * 16)(*ipaddress.IPv6Address(addr).packed)
+
+
+def from_in6(value: ct.Array) -> str:
+    return str(ipaddress.IPv6Address(bytes(value)))
+
+
+def vip6_key(addr: str, port: int) -> Vip6Key:
+    """A vips6 key; port 0 is the address entry (bpf/structs.h)."""
+    return Vip6Key(in6(addr), be16(port), 0)
 
 
 class MapError(DatapathError):

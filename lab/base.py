@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from lab import netns
+from wire.addr import format_addr_port
 
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -155,10 +156,11 @@ class Lab:
 
     # --- namespaces and processes --------------------------------------------------------------
 
-    def namespace(self, suffix: str) -> str:
-        """A new namespace `<prefix>-<suffix>`, deleted at teardown."""
+    def namespace(self, suffix: str, *, ipv6: bool = False) -> str:
+        """A new namespace `<prefix>-<suffix>` (IPv6 disabled unless `ipv6`), deleted at
+        teardown."""
         name = f"{self.prefix}-{suffix}"
-        netns.create(name)
+        netns.create(name, ipv6=ipv6)
         self._namespaces.append(name)
         return name
 
@@ -203,7 +205,7 @@ class Lab:
         for iface in ifaces:
             args += ["--iface", iface]
         for addr, port in vips:
-            args += ["--vip", f"{addr}:{port}"]
+            args += ["--vip", format_addr_port(addr, port)]  # [v6]:port for an IPv6 VIP
         args += ["--tunnel", f"{tunnel[0]}:{tunnel[1]}", "--mode", mode]
         self._relays[(ns, name)] = True  # first: a half-done load is unloaded too
         self.relayctl_in(ns, name, *args)

@@ -83,6 +83,16 @@ UNREACHABLE_NET = "198.19.3.0/24"
 SMALL_MTU_NET, SMALL_MTU = "198.19.4.0/24", 600  # via the transceiver gateway
 
 
+# IPv6 (the documentation range, never routed anywhere): the client link's address and its
+# gateway, the clients behind it, an unresolved on-link neighbour, an unreachable prefix and a
+# small-MTU route (IPv6's minimum, 1280).
+CLIENT_LINK6 = ("2001:db8:ed00::1", "2001:db8:ed00::2")  # ours, the gateway (gateway_mac)
+CLIENT_NET6 = "2001:db8:ed40::/48"
+UNRESOLVED6 = "2001:db8:ed00::11"
+UNREACHABLE_NET6 = "2001:db8:ed03::/48"
+SMALL_MTU_NET6, SMALL_MTU6 = "2001:db8:ed04::/48", 1280
+
+
 @dataclass(frozen=True)
 class Sandbox:
     name: str
@@ -111,6 +121,16 @@ def _script() -> str:
         ]
     for (addr, mac), link in ((NEAR_TXR, TXR_LINK), (TX_TXR, CLIENT_LINK)):
         cmds.append(f"neigh replace {addr} lladdr {mac} nud permanent dev {link.name}")
+    ours6, gw6 = CLIENT_LINK6
+    gw_mac = CLIENT_LINK.gateway_mac
+    cmds += [
+        f"addr add {ours6}/64 dev {CLIENT_LINK.name} nodad",
+        f"neigh replace {gw6} lladdr {gw_mac} nud permanent dev {CLIENT_LINK.name}",
+        f"route add {CLIENT_NET6} via {gw6} dev {CLIENT_LINK.name}",
+        f"route add unreachable {UNREACHABLE_NET6}",
+        f"route add {SMALL_MTU_NET6} via {gw6} dev {CLIENT_LINK.name} mtu lock {SMALL_MTU6}",
+        f"route add default via {gw6} dev {CLIENT_LINK.name}",  # the peer is in here too
+    ]
     cmds += [
         f"route add {CLIENT_NET} via {CLIENT_LINK.gateway}",
         f"route add default via {TXR_LINK.gateway}",
@@ -127,9 +147,11 @@ def fib_sandbox(prefix: str = "edgebpf") -> Iterator[Sandbox]:
     _ip("netns", "add", name)
     try:
         _ip("-batch", "-", ns=name, script=_script())
-        # bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards.
+        # bpf_fib_lookup answers FWD_DISABLED unless the ingress device forwards (each family).
         sysctl = ["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]
         subprocess.run(sysctl, check=True, capture_output=True)
+        sysctl6 = ["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]
+        subprocess.run(sysctl6, check=True, capture_output=True)
         links = json.loads(_ip("-j", "link", "show", ns=name))
         yield Sandbox(name, f"/run/netns/{name}", {i["ifname"]: i["ifindex"] for i in links})
     finally:

@@ -1,9 +1,10 @@
 """A stand-in for the XDP relay in the transceiver tests: plain UDP sockets doing the tunnel of
 wire-format §3 (no ufrag routing: one VIP, one transceiver, several relay addresses).
 
-Client -> VIP socket: wrap as IPv4/UDP (src client, dst VIP) and send from the relay's tunnel
-socket to the transceiver. Transceiver -> tunnel socket: check the inner packet (checksums,
-source is our VIP) and emit its payload from the VIP socket to the inner destination.
+Client -> VIP socket: wrap as IPv4/UDP (src client, dst VIP; IPv6/UDP for an IPv6 VIP) and send
+from the relay's tunnel socket (always IPv4) to the transceiver. Transceiver -> tunnel socket:
+check the inner packet (checksums, source is our VIP) and emit its payload from the VIP socket to
+the inner destination.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class TunnelRelay:
         """Bind the sockets; set `txr` to the transceiver's UDP address before traffic flows."""
         loop = asyncio.get_running_loop()
         relay = cls(vip=(vip_host, 0), txr=("0.0.0.0", 0))
+        family = socket.AF_INET6 if ":" in vip_host else socket.AF_INET
         _, relay.vip_proto = await loop.create_datagram_endpoint(
-            lambda: _Proto(relay._from_client), local_addr=(vip_host, 0)
+            lambda: _Proto(relay._from_client), local_addr=(vip_host, 0), family=family
         )
         relay.vip = relay.vip_proto.transport.get_extra_info("sockname")[:2]
         # Every relay address shares one tunnel port, as the fleet-wide setting requires.
@@ -83,8 +85,8 @@ class TunnelRelay:
         if self.paused:
             self.counts["held"] += 1
             return
-        addr = self.nat.get(addr, addr)
-        inner = encap.ipv4_udp(addr[0], addr[1], self.vip[0], self.vip[1], data)
+        addr = self.nat.get(addr[:2], addr[:2])  # an IPv6 socket's address has 4 fields
+        inner = encap.udp_packet(addr, self.vip, data)
         self.counts[f"up:{self.via}"] += 1
         self.tunnels[self.via].transport.sendto(inner, self.txr)
 
@@ -93,10 +95,11 @@ class TunnelRelay:
         try:
             if src != self.txr:
                 raise ValueError(f"tunnel datagram from stranger {src}")
-            d = encap.parse_ipv4_udp(data, verify_checksums=True)
+            d = encap.parse_udp(data, verify_checksums=True)
             if (d.src, d.sport) != self.vip:
                 raise ValueError(f"inner source {d.src}:{d.sport} is not our VIP")
-            if len(data) != 28 + len(d.payload):
+            head = 48 if encap.ip_version(data) == 6 else 28
+            if len(data) != head + len(d.payload):
                 raise ValueError("inner lengths disagree")
         except ValueError as exc:
             self.errors.append(str(exc))

@@ -31,7 +31,7 @@ def _bind_addr(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 
 def _vips(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list:
     try:
-        return [parse_addr_port(v, what="--vip") for v in value]
+        return [parse_addr_port(v, what="--vip", ipv6=True) for v in value]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -159,8 +159,8 @@ def main() -> None:
     multiple=True,
     callback=_vips,
     envvar="TXR_VIPS",
-    help="A relay VIP ADDR:PORT to offer as the ICE candidate (repeatable; env TXR_VIPS, "
-    "space separated); none: direct mode.",
+    help="A relay VIP ADDR:PORT or [IPV6]:PORT to offer as an ICE candidate (repeatable, "
+    "both families for dual stack; env TXR_VIPS, space separated); none: direct mode.",
 )
 @click.option(
     "--advertise",

@@ -1,9 +1,9 @@
 """The one shared UDP socket: finds each datagram's call, and nothing more.
 
 Like pion's UDP mux, it only demultiplexes; the call's ICE agent (transceiver/ice.py) parses,
-authenticates and answers. A datagram arrives either from a relay (first byte 0x45: the tunnel
-layer, transceiver/tunnel.py, takes it only from a known relay and unwraps it) or straight from
-a client, and then:
+authenticates and answers. A datagram arrives either from a relay (first byte 0x45, or 0x60..0x6F
+for an IPv6 client's packet: the tunnel layer, transceiver/tunnel.py, takes it only from a known
+relay and unwraps it) or straight from a client, and then:
 
 1. a path some call has bound (tables by client address, and by tunnel path key) takes it:
    DTLS/SRTP/SRTCP go to the route (paths.Route: the call's fast path or aiortc), STUN to the
@@ -35,7 +35,7 @@ from transceiver import defaults
 from transceiver.drops import BAD_STUN, NO_ROUTE, NO_USERNAME, NOT_WEBRTC, UNKNOWN_UFRAG
 from transceiver.ice import AUTHENTICATED, IGNORED, OTHER_CALL, PROBING, IceLiteAgent
 from transceiver.paths import Addr, DirectRoute, Path, Route
-from transceiver.tunnel import TUNNEL_FIRST_BYTE, TunnelLayer
+from transceiver.tunnel import IS_TUNNEL, TunnelLayer
 from wire import stun as wstun
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class SocketMux(asyncio.DatagramProtocol):
         try:
             if not data:
                 self.drop(NOT_WEBRTC)
-            elif data[0] == TUNNEL_FIRST_BYTE:
+            elif IS_TUNNEL[data[0]]:
                 self._tunnel_received(data, addr[0])
             else:
                 route = self._direct.get(addr)

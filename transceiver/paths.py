@@ -41,8 +41,12 @@ class Path:
     vip: Addr | None = None
 
     def __str__(self) -> str:
-        c = f"{self.client[0]}:{self.client[1]}"
-        return c if self.vip is None else f"{c} via {self.vip[0]}:{self.vip[1]}"
+        c = _text(self.client)
+        return c if self.vip is None else f"{c} via {_text(self.vip)}"
+
+
+def _text(addr: Addr) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 class Route:

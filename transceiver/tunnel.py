@@ -1,15 +1,16 @@
 """The relay tunnel as a layer under the socket mux (docs/wire-format.md §3).
 
 Only relays this transceiver knows may deliver (`relays`: the registry's relay entries and/or a
-configured list, kept in step by transceiver/relays.py); a 0x45 datagram from any other source
-is the counted drop `tunnel_unknown_relay`, before any of it is read. A relay delivers a
-client's datagram as a whole IPv4/UDP packet (client:port -> VIP:port) inside a UDP datagram
-from the relay; replies go back the same way, VIP:port -> client:port,
-to the relay's tunnel port. This layer turns a tunnel datagram into (path key, inner payload)
-or a counted drop, says which Path a key names (checking the VIP), and makes the Route that
-wraps a path's replies. The header bytes themselves are wire.encap's (one home, shared with the
-relays): `inbound_key()` reads a plain inner header without parsing it, `PathHeader` builds a
-path's reply headers with everything but lengths and checksums made once.
+configured list, kept in step by transceiver/relays.py); a tunnel datagram (first byte 0x45 or
+0x6_) from any other source is the counted drop `tunnel_unknown_relay`, before any of it is
+read. A relay delivers a client's datagram as a whole IPv4/UDP or IPv6/UDP packet (client:port
+-> VIP:port; the first nibble, 4 or 6, says which) inside a UDP datagram from the relay; replies
+go back the same way, VIP:port -> client:port, in the client's family, to the relay's tunnel
+port. This layer turns a tunnel datagram into (path key, inner payload) or a counted drop, says
+which Path a key names (checking the VIP), and makes the Route that wraps a path's replies. The
+header bytes themselves are wire.encap's (one home, shared with the relays): `inbound_key()`
+reads a plain inner header without parsing it, `PathHeader` builds a path's reply headers with
+everything but lengths and checksums made once.
 
 Hot path: the mux looks the key up among bound paths first; only a key no call has bound goes
 through `path_of()`. A bound key's VIP was checked when it was bound, so it is not re-checked.
@@ -17,7 +18,7 @@ through `path_of()`. A bound key's VIP was checked when it was bound, so it is n
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 from collections.abc import Callable, Iterable
 
 from transceiver import defaults
@@ -26,6 +27,11 @@ from transceiver.paths import Addr, CallAgent, Path, Route, SendTo
 from wire import encap
 
 TUNNEL_FIRST_BYTE = 0x45  # IPv4, IHL 5: RFC 7983 leaves 64..79 to TURN channels, not WebRTC
+# First bytes of a tunnel datagram: IPv4 without options, or IPv6 (version 6 and the top nibble
+# of the traffic class: 0x60..0x6F, which RFC 7983 leaves unassigned, so no direct STUN, DTLS
+# or RTP datagram starts with it).
+IS_TUNNEL = tuple(b == TUNNEL_FIRST_BYTE or b >> 4 == 6 for b in range(256))
+_KEY6_LEN = 36  # wire.encap.path_key of an IPv6 path (12 for IPv4)
 
 
 class TunnelRoute(Route):
@@ -82,9 +88,10 @@ class TunnelLayer:
             return None
         key = encap.inbound_key(data)
         if key is not None:
-            return key, data[encap.OUTER_LEN :]
+            head = encap.IP6_HLEN + encap.UDP_HLEN if len(key) == _KEY6_LEN else encap.OUTER_LEN
+            return key, data[head:]
         try:
-            inner = encap.parse_ipv4_udp(data)
+            inner = encap.parse_udp(data)  # IPv4 or IPv6 as strictly; says what is wrong
         except encap.EncapError:
             self._drop(TUNNEL_BAD_INNER)
             return None
@@ -92,11 +99,14 @@ class TunnelLayer:
 
     def path_of(self, key: bytes) -> Path | None:
         """The path a key names if it came to one of our VIPs; None: dropped and counted."""
-        vip = (socket.inet_ntoa(key[4:8]), int.from_bytes(key[10:12], "big"))
+        n = 16 if len(key) == _KEY6_LEN else 4  # address bytes: client, VIP, then both ports
+        client_ip, vip_ip = ipaddress.ip_address(key[:n]), ipaddress.ip_address(key[n : 2 * n])
+        ports = key[2 * n :]
+        vip = (str(vip_ip), int.from_bytes(ports[2:4], "big"))
         if vip not in self._vips:
             self._drop(TUNNEL_FOREIGN_VIP)
             return None
-        return Path(client=(socket.inet_ntoa(key[0:4]), int.from_bytes(key[8:10], "big")), vip=vip)
+        return Path(client=(str(client_ip), int.from_bytes(ports[0:2], "big")), vip=vip)
 
     def route(self, path: Path, key: bytes, agent: CallAgent, relay: str) -> TunnelRoute:
         return TunnelRoute(path, key, agent, relay, self._sendto, self.relay_tunnel_port)

@@ -3,6 +3,9 @@
 Addresses: the sandbox's links are 198.19.0.0/24 (clients' side) and 198.19.1.0/24
 (transceivers' side); VIPs live in 198.19.128.0/24 and clients in 198.19.64.0/18.
 
+IPv6 (tests/bpf/test_bpf_ipv6.py): the client link also has 2001:db8:ed00::1/64; clients live
+in 2001:db8:ed40::/48 behind its gateway and the VIP6 is 2001:db8:ed80::10.
+
 Most tests are tables of `Case`s (description, packet in, packet out, verdict, reason), each run
 by `check` on a freshly reset relay: `@cases(...)` parametrizes a test with them, ids = the
 descriptions.
@@ -32,7 +35,7 @@ from lab.fibsandbox import (
     Sandbox,
 )
 from wire.defaults import RELAY_TUNNEL_PORT
-from wire.encap import encapsulate, forward_hop, ipv4_udp, parse_ipv4_udp
+from wire.encap import encapsulate, forward_hop, ipv4_udp, ipv6_udp, parse_udp
 from wire.stun import build_binding_request
 from wire.ufrag import EPOCH_SECONDS, mint
 
@@ -44,6 +47,9 @@ VIP = "198.19.128.10"
 VIP_PORTS = (3478, 443)
 TUNNEL_ADDR, TUNNEL_PORT = TXR_LINK.addr, RELAY_TUNNEL_PORT
 CLIENT, CLIENT_PORT = "198.19.64.5", 50000
+VIP6 = "2001:db8:ed80::10"
+CLIENT6 = "2001:db8:ed40::5"
+ETH_P_IPV6 = 0x86DD
 KEY_ID = 1
 KEY = bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")
 CLUSTER = 1
@@ -74,6 +80,11 @@ def be16(port: int) -> int:
     return socket.htons(port)
 
 
+def in6(addr: str) -> ct.Array:
+    """An IPv6 address as bcc's `__be32 addr[4]` field holds it (network order in memory)."""
+    return (ct.c_uint32 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET6, addr))
+
+
 def mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
@@ -98,6 +109,21 @@ def client_frame(
 ) -> bytes:
     """A client's datagram to the VIP, as it arrives on cli0."""
     return eth(ipv4_udp(client, port, VIP, vip_port, payload, tos=tos))
+
+
+def client_frame6(
+    payload: bytes,
+    *,
+    client: str = CLIENT6,
+    port: int = CLIENT_PORT,
+    vip: str = VIP6,
+    vip_port: int = VIP_PORTS[0],
+    hop_limit: int = 64,
+    tclass: int = 0,
+) -> bytes:
+    """An IPv6 client's datagram to the VIP6, as it arrives on cli0."""
+    pkt = ipv6_udp(client, port, vip, vip_port, payload, hop_limit=hop_limit, tclass=tclass)
+    return eth(pkt, ethertype=ETH_P_IPV6)
 
 
 RTP = bytes([0x80, 0x6F]) + bytes(range(2, 160))  # first byte 128: not STUN (RFC 7983)
@@ -158,7 +184,7 @@ class Relay:
     def reset(self) -> None:
         """Clear every map and counter, then load the defaults: configured, both VIP ports,
         key 1, every sandbox transceiver."""
-        for name in ("vips", "transceivers", "txr_addrs", "flows", "counters"):
+        for name in ("vips", "transceivers", "txr_addrs", "flows", "counters", "vips6", "flows6"):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
         self.set_txr_gen(1)  # as relayctl load starts it
         self.bpf[b"ufrag_rates"].clear()
@@ -170,6 +196,7 @@ class Relay:
         self.tunnel_links(TXR_LINK.name)
         for port in VIP_PORTS:
             self.add_vip(VIP, port)
+            self.add_vip6(VIP6, port)
         self.keys({KEY_ID: KEY})
         for txr in ALL_TXRS:
             self.add_txr(txr)
@@ -209,6 +236,14 @@ class Relay:
         key = vips.Key()
         key.addr, key.port = be32(addr), be16(port)
         vips[key] = ct.c_uint32(index)
+
+    def add_vip6(self, addr: str, port: int, index: int = 0) -> None:
+        """A VIP6 address:port, and its address entry (port 0) as relayctl load writes it."""
+        vips6 = self.maps["vips6"]
+        for p in (port, 0):
+            key = vips6.Key()
+            key.addr, key.port = in6(addr), be16(p)
+            vips6[key] = ct.c_uint32(index)
 
     def keys(self, keys: dict[int, bytes]) -> None:
         table = self.maps["keys"]
@@ -275,10 +310,35 @@ class Relay:
         flows[self.flow_key(**where)] = val
 
     def get_flow(self, **where: object) -> ct.Structure | None:
+        if ":" in str(where.get("client", "")):
+            return self.maps["flows6"].get(self.flow6_key(**where))  # type: ignore[arg-type]
         return self.maps["flows"].get(self.flow_key(**where))
 
+    def flow6_key(
+        self,
+        client: str = CLIENT6,
+        port: int = CLIENT_PORT,
+        vip: str = VIP6,
+        vip_port: int = VIP_PORTS[0],
+    ) -> ct.Structure:
+        key = self.maps["flows6"].Key()
+        key.client_addr, key.vip_addr = in6(client), in6(vip)
+        key.client_port, key.vip_port = be16(port), be16(vip_port)
+        return key
+
+    def set_flow6(
+        self, txr: Txr, created_ns: int = 1, *, live: bool = False, **where: object
+    ) -> None:
+        """An IPv6 flow to txr (default: CLIENT6 to the VIP6's first port); idle unless live."""
+        flows6 = self.maps["flows6"]
+        val = flows6.Leaf()
+        val.cluster, val.id, val.created_ns = txr.cluster, txr.id, created_ns
+        val.seen = seen_now() if live else (seen_now() - IDLE) & 0xFFFF
+        flows6[self.flow6_key(**where)] = val  # type: ignore[arg-type]
+
     def flows(self) -> list[tuple[ct.Structure, ct.Structure]]:
-        return list(self.maps["flows"].items())
+        """Both flow maps' entries (IPv4 keys are 12 bytes, IPv6 ones 36)."""
+        return list(self.maps["flows"].items()) + list(self.maps["flows6"].items())
 
     def flow_table(self) -> dict[bytes, tuple[int, int, int]]:
         """The flow map by key bytes: (cluster, id, created_ns); `seen` is left out, every
@@ -364,7 +424,8 @@ VIA_CLIENT_GATEWAY = eth_header(CLIENT_LINK.gateway_mac, CLIENT_LINK.mac)  # to 
 def tunnelled(frame: bytes, txr: Txr, via: bytes | None = VIA_NEAR) -> bytes:
     """What the relay emits for a client frame it sends to txr: via's Ethernet header (None: the
     frame's own, kept when the FIB refuses), then the tunnel header and the whole IPv4 packet."""
-    head = frame[:14] if via is None else via
+    # the frame's own MACs when the FIB refused, with the outer header's ethertype (IPv4)
+    head = frame[:12] + b"\x08\x00" if via is None else via
     return head + encapsulate(forward_hop(frame[14:]), TUNNEL_ADDR, txr.addr, txr.port)
 
 
@@ -399,7 +460,14 @@ def without_txr(txr: Txr) -> Setup:
 
 
 def with_vip(addr: str, port: int) -> Setup:
+    if ":" in addr:
+        return lambda relay: relay.add_vip6(addr, port)
     return lambda relay: relay.add_vip(addr, port)
+
+
+def with_flow6(txr: Txr, created_ns: int = 1, *, live: bool = False, **where: object) -> Setup:
+    """flows6 holds a flow to txr (default: CLIENT6 to the VIP6's first port)."""
+    return lambda relay: relay.set_flow6(txr, created_ns, live=live, **where)
 
 
 def with_keys(keys: dict[int, bytes]) -> Setup:
@@ -449,8 +517,9 @@ def check(relay: Relay, case: Case) -> Outcome:
     if case.learns is None:
         assert after == before, "the flow map changed"
         return out
-    d = parse_ipv4_udp(case.packet[14:])
-    key = bytes(relay.flow_key(client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport))
+    d = parse_udp(case.packet[14:])
+    keyf = relay.flow6_key if ":" in d.src else relay.flow_key
+    key = bytes(keyf(client=d.src, port=d.sport, vip=d.dst, vip_port=d.dport))
     cluster, txr_id, created_ns = after.pop(key)
     assert (cluster, txr_id) == (case.learns.cluster, case.learns.id)
     assert created_ns > before.pop(key, (0, 0, 0))[2]  # created, or moved: a new timestamp

@@ -269,7 +269,7 @@ TCP_TO_VIP = bytes(UDP_TO_VIP[:9]) + b"\x06" + UDP_TO_VIP[10:]
         with_flow(NEAR),
     ),
     passed("not IPv4: ARP", ARP, Reason.PASS_NOT_IPV4),
-    passed("not IPv4: IPv6", IPV6, Reason.PASS_NOT_IPV4),
+    passed("IPv6 to no VIP6 (an extension header to ::) is not ours", IPV6, Reason.PASS_NOT_OURS),
     passed("not IPv4: a VLAN tag", VLAN, Reason.PASS_NOT_IPV4),
     *(
         passed(f"not ours, untouched: {name}", frame, Reason.PASS_NOT_OURS, with_flow(NEAR))

@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 from control.reasons import Reason
+from lab.fibsandbox import CLIENT_LINK, TXR_LINK
 from tests.bpf.bpfharness import (
+    ETH_P_IPV6,
     NEAR,
     TUNNEL_PORT,
     VIA_TXR_GATEWAY,
     XDP_DROP,
     XDP_REDIRECT,
+    XDP_TX,
     Case,
     Relay,
     Setup,
@@ -25,14 +28,16 @@ from tests.bpf.bpfharness import (
     client_frame,
     configured,
     eth,
+    mac,
     tunnelled,
     with_flow,
+    with_flow6,
     with_keys,
     with_limits,
     with_txr,
     with_vip,
 )
-from wire.encap import parse_ipv4_udp
+from wire.encap import ip_version, parse_ipv4_udp, parse_udp
 from wire.stun import StunError, build_binding_request, routing_ufrag
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "wire.json").read_text())
@@ -180,8 +185,79 @@ def _encap_cases() -> list[Case]:
     return out
 
 
+def _encap6_cases() -> list[Case]:
+    """The IPv6 client vectors: the same two paths as _encap_cases, from an IPv6 frame."""
+    out = []
+    for i, v in enumerate(VECTORS["encap6"]):
+        inner, outer = bytes.fromhex(v["inner"]), bytes.fromhex(v["outer"])
+        d = parse_udp(inner)
+        setup: list[Setup] = [configured(v["relay_addr"], TUNNEL_PORT)]
+        try:
+            key = _ufrag_vector(routing_ufrag(d.payload))
+            ids, reason = (key["cluster"], key["transceiver"]), Reason.FWD_STUN_KNOWN
+            setup.append(with_keys({key["key_id"]: bytes.fromhex(key["key"])}))
+        except (StunError, StopIteration):
+            ids, reason = (3, 1000), Reason.FWD_FLOW
+        txr = Txr(*ids, v["txr_addr"], v["txr_port"])
+        where = {"client": d.src, "port": d.sport, "vip": d.dst, "vip_port": d.dport}
+        setup += [with_vip(d.dst, d.dport), with_txr(txr), with_flow6(txr, **where)]
+        out.append(
+            Case(
+                f"encap6 {i}: [{d.src}]:{d.sport} -> [{d.dst}]:{d.dport} tunnelled to "
+                f"{v['txr_addr']}:{v['txr_port']} ({reason.label})",
+                eth(inner, ethertype=ETH_P_IPV6),
+                VIA_TXR_GATEWAY + outer,
+                XDP_REDIRECT,
+                reason,
+                setup=tuple(setup),
+            )
+        )
+    return out
+
+
+def _decap_cases() -> list[Case]:
+    """The transceiver -> relay vectors of both families, in on the tunnel link: the inner
+    packet one hop less leaves (IPv4 clients by the sandbox's IPv4 default route, back out of
+    txr0; IPv6 ones by its IPv6 default route, out of cli0)."""
+    out = []
+    for i, v in enumerate(VECTORS["decap"]):
+        tunnel, forwarded = bytes.fromhex(v["tunnel"]), bytes.fromhex(v["forwarded"])
+        v6 = ip_version(forwarded) == 6
+        txr = Txr(3, 1000 + i, v["txr_addr"], v["txr_port"])
+        where = {
+            "client": v["client_addr"],
+            "port": v["client_port"],
+            "vip": v["vip_addr"],
+            "vip_port": v["vip_port"],
+        }
+        flow = with_flow6(txr, **where) if v6 else with_flow(txr, **where)
+        head = (
+            mac(CLIENT_LINK.gateway_mac) + mac(CLIENT_LINK.mac) + ETH_P_IPV6.to_bytes(2, "big")
+            if v6
+            else VIA_TXR_GATEWAY
+        )
+        out.append(
+            Case(
+                f"decap {i}: {v['txr_addr']}:{v['txr_port']} -> {v['vip_addr']}:{v['vip_port']}"
+                f" to {v['client_addr']}:{v['client_port']}",
+                eth(tunnel, dst=TXR_LINK.mac, src=TXR_LINK.gateway_mac),
+                head + forwarded,
+                XDP_REDIRECT if v6 else XDP_TX,
+                Reason.FWD_DECAP,
+                setup=(
+                    configured(v["relay_addr"], v["relay_port"]),
+                    with_vip(v["vip_addr"], v["vip_port"]),
+                    with_txr(txr),
+                    flow,
+                ),
+                ingress=TXR_LINK.name,
+            )
+        )
+    return out
+
+
 def test_every_vector_kind_is_covered() -> None:
-    kinds = ("ufrag", "ufrag_invalid", "ufrag_epoch", "encap", "stun")
+    kinds = ("ufrag", "ufrag_invalid", "ufrag_epoch", "encap", "encap6", "decap", "stun")
     assert {"siphash", *kinds} <= set(VECTORS)
     assert all(VECTORS[k] for k in kinds)
 
@@ -200,6 +276,8 @@ def test_encap_vectors_agree_with_themselves() -> None:
     *_ufrag_invalid_cases(),
     *_stun_cases(),
     *_encap_cases(),
+    *_encap6_cases(),
+    *_decap_cases(),
     *_ufrag_epoch_cases(),
 )
 def test_vector(relay: Relay, case: Case) -> None:

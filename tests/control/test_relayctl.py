@@ -22,6 +22,8 @@ PINS = {
     "flows",
     "counters",
     "txr_gen",
+    "vips6",
+    "flows6",
     "prog",
 }
 

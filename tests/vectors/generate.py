@@ -2,7 +2,8 @@
 
 `python -m tests.vectors.generate > tests/vectors/wire.json` (from the checkout) regenerates the
 file; tests check that the file equals this output, so neither side drifts. All bytes are hex
-strings; STUN `packet`s are UDP payloads, `inner`/`outer` are IPv4 packets without Ethernet.
+strings; STUN `packet`s are UDP payloads, `inner`/`outer`/`tunnel`/`forwarded` are IP packets
+without Ethernet (IPv4 or IPv6 by their first nibble; the outer and tunnel ones always IPv4).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from typing import Any
 
 from wire import encap, stun, ufrag
+from wire.defaults import RELAY_TUNNEL_PORT
 from wire.siphash import siphash24
 
 REF_KEY = bytes(range(16))  # the SipHash paper's key
@@ -190,6 +192,143 @@ def _encap() -> list[dict[str, Any]]:
     return out
 
 
+def _encap6() -> list[dict[str, Any]]:
+    """IPv6 clients (§3): the client's IPv6/UDP packet, one hop later (hop limit - 1, nothing
+    else changes), in the IPv4 tunnel."""
+    stun_payload = stun.build_binding_request(
+        ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH) + ":" + CLIENT_UFRAG,
+        transaction_id=TID,
+    )
+    cases = [
+        (
+            "2001:db8:1::10",
+            50000,
+            "2001:db8::1",
+            3478,
+            stun_payload,
+            0,
+            0,
+            "198.18.0.2",
+            "198.18.2.2",
+            5000,
+        ),
+        (
+            "2001:db8:ffff:1:2:3:4:5",
+            61234,
+            "2001:db8::1",
+            443,
+            b"\x80\x6f" + bytes(170),
+            0xB8,
+            0x12345,
+            "198.18.0.2",
+            "198.18.2.3",
+            6000,
+        ),
+        (
+            "fd00:ed6e::77",
+            65535,
+            "fd00:ed6e:100::1",
+            1,
+            b"\x16\xfe\xfd" + bytes(60),
+            0x2E,
+            0xFFFFF,
+            "198.18.0.2",
+            "198.18.2.2",
+            65535,
+        ),
+        (
+            "2001:db8::ffff:0:1",
+            1,
+            "2001:db8::1",
+            65535,
+            b"",
+            0,
+            0,
+            "198.19.0.2",
+            "198.18.2.2",
+            5000,
+        ),
+    ]
+    out = []
+    for client, cport, vip, vport, payload, tclass, label, relay, txr, tport in cases:
+        inner = encap.ipv6_udp(
+            client, cport, vip, vport, payload, hop_limit=61, tclass=tclass, flow_label=label
+        )
+        forwarded = encap.forward_hop(inner)
+        out.append(
+            {
+                "inner": inner.hex(),
+                "relay_addr": relay,
+                "txr_addr": txr,
+                "txr_port": tport,
+                "client_addr": client,
+                "client_port": cport,
+                "vip_addr": vip,
+                "vip_port": vport,
+                "entropy": encap.flow_entropy(client, cport, vport),
+                "forwarded": forwarded.hex(),
+                "outer": encap.encapsulate(forwarded, relay, txr, tport).hex(),
+            }
+        )
+    return out
+
+
+def _decap() -> list[dict[str, Any]]:
+    """The other side (§3, transceiver -> relay), both families: the datagram a transceiver
+    sends from its tunnel socket, and the inner packet the relay forwards (one hop less)."""
+    cases = [
+        (
+            "198.18.2.2",
+            5000,
+            "198.18.0.2",
+            "198.18.0.1",
+            3478,
+            "198.18.1.10",
+            50000,
+            b"\x80\x6f" + bytes(100),
+        ),
+        (
+            "198.18.2.3",
+            6000,
+            "198.18.0.2",
+            "2001:db8::1",
+            3478,
+            "2001:db8:1::10",
+            50000,
+            b"\x80\x6f" + bytes(100),
+        ),
+        (
+            "198.18.2.2",
+            65535,
+            "198.18.0.2",
+            "fd00:ed6e:100::1",
+            443,
+            "fd00:ed6e::77",
+            1,
+            b"\x17\xfe\xfd" + bytes(41),
+        ),
+        ("198.18.2.2", 5000, "198.18.0.2", "2001:db8::1", 1, "2001:db8:ffff:1:2:3:4:5", 65535, b""),
+    ]
+    out = []
+    for txr, tport, relay, vip, vport, client, cport, payload in cases:
+        inner = encap.udp_packet((vip, vport), (client, cport), payload)
+        out.append(
+            {
+                "txr_addr": txr,
+                "txr_port": tport,
+                "relay_addr": relay,
+                "relay_port": RELAY_TUNNEL_PORT,
+                "vip_addr": vip,
+                "vip_port": vport,
+                "client_addr": client,
+                "client_port": cport,
+                "tunnel": encap.ipv4_udp(txr, tport, relay, RELAY_TUNNEL_PORT, inner).hex(),
+                "forwarded": encap.forward_hop(inner).hex(),
+            }
+        )
+    return out
+
+
 def _stun() -> list[dict[str, Any]]:
     u = ufrag.mint(1, KEY_A, 1, 7, NONCE, EPOCH)
     user = f"{u}:{CLIENT_UFRAG}"
@@ -255,6 +394,8 @@ def generate() -> dict[str, Any]:
         "ufrag_invalid": _ufrag_invalid(),
         "ufrag_epoch": _ufrag_epoch(),
         "encap": _encap(),
+        "encap6": _encap6(),
+        "decap": _decap(),
         "stun": _stun(),
     }
 

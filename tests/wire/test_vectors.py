@@ -32,6 +32,8 @@ def test_every_section_is_populated() -> None:
     stun_reasons = {v.get("reason") for v in DATA["stun"]} - {None}
     assert stun_reasons == set(stun.REASONS)
     assert len(DATA["siphash"]) >= 17 and len(DATA["encap"]) >= 3 and len(DATA["ufrag"]) >= 4
+    assert len(DATA["encap6"]) >= 3
+    assert {encap.ip_version(bytes.fromhex(v["forwarded"])) for v in DATA["decap"]} == {4, 6}
     assert {v["fresh"] for v in DATA["ufrag_epoch"]} == {True, False}
 
 
@@ -93,3 +95,45 @@ def test_stun(v: dict) -> None:
         with pytest.raises(stun.StunError) as err:
             stun.routing_ufrag(pkt)
         assert err.value.reason == v["reason"]
+
+
+@pytest.mark.parametrize("v", DATA["encap6"])
+def test_encap6(v: dict) -> None:
+    inner, outer = bytes.fromhex(v["inner"]), bytes.fromhex(v["outer"])
+    d = encap.parse_ipv6_udp(inner, verify_checksums=True)
+    assert (d.src, d.sport, d.dst, d.dport) == (
+        v["client_addr"],
+        v["client_port"],
+        v["vip_addr"],
+        v["vip_port"],
+    )
+    assert encap.flow_entropy(d.src, d.sport, d.dport) == v["entropy"]
+    forwarded = bytes.fromhex(v["forwarded"])
+    assert encap.forward_hop(inner) == forwarded  # hop limit - 1, nothing else
+    assert forwarded[:7] + forwarded[8:] == inner[:7] + inner[8:]
+    assert encap.parse_ipv6_udp(forwarded, verify_checksums=True).ttl == d.ttl - 1
+    assert encap.encapsulate(forwarded, v["relay_addr"], v["txr_addr"], v["txr_port"]) == outer
+    assert outer[1] == d.tos  # the outer TOS is the inner traffic class
+    assert encap.decapsulate(outer) == forwarded
+
+
+@pytest.mark.parametrize("v", DATA["decap"])
+def test_decap(v: dict) -> None:
+    tunnel, forwarded = bytes.fromhex(v["tunnel"]), bytes.fromhex(v["forwarded"])
+    o = encap.parse_ipv4_udp(tunnel, verify_checksums=True)
+    assert (o.src, o.sport, o.dst, o.dport) == (
+        v["txr_addr"],
+        v["txr_port"],
+        v["relay_addr"],
+        v["relay_port"],
+    )
+    inner = encap.decapsulate(tunnel)
+    d = encap.parse_udp(inner, verify_checksums=True)
+    assert (d.src, d.sport, d.dst, d.dport) == (
+        v["vip_addr"],
+        v["vip_port"],
+        v["client_addr"],
+        v["client_port"],
+    )
+    assert encap.forward_hop(inner) == forwarded
+    assert encap.PathHeader((d.src, d.sport), (d.dst, d.dport)).wrap(d.payload) == inner
