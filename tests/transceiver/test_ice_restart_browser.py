@@ -15,11 +15,13 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+from playwright.async_api import Page
 
 from lab.browsercall import ARGS as CHROMIUM_ARGS
 from lab.browsercall import CHROMIUM
 from tests.transceiver.conftest import TEST_KEY, TEST_KEY_ID
 from transceiver import aiortc_seam
+from transceiver.ice import IceLiteAgent
 from transceiver.service import TransceiverService
 from wire import ufrag as wufrag
 
@@ -32,6 +34,17 @@ async def wait_for(pred: Callable[[], object], what: str, timeout: float = 15.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def _ice_report(page: Page, agent: IceLiteAgent, txr: TransceiverService) -> str:
+    """What both ends saw, for a failure message: our agent's counters and the mux's drops,
+    Chromium's candidate pairs (state, nominated, requests and responses each way)."""
+    pairs = await page.evaluate("window.candidatePairs()")
+    return (
+        f"agent checks={agent.checks} probes_sent={agent.probes_sent} verified={agent.verified}"
+        f" selected={agent.selected} routes={[r.path for r in agent.routes]};"
+        f" mux drops={dict(txr.mux.drops)}; Chromium's candidate pairs {pairs}"
+    )
 
 
 async def test_chromium_restarts_ice_and_the_same_call_goes_on(
@@ -83,7 +96,12 @@ async def test_chromium_restarts_ice_and_the_same_call_goes_on(
                 assert txr.mux.agent_for(session.ufrag) is session.ice
                 assert txr.mux.agent_for(old_ufrag) is None
                 # Chromium checks under the new credentials and nominates (again).
-                await wait_for(lambda: session.ice.nominated, "a nomination after the restart")
+                try:
+                    await wait_for(lambda: session.ice.nominated, "a nomination after the restart")
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"{exc}: {await _ice_report(page, session.ice, txr)}"
+                    ) from None
                 await wait_for(
                     lambda: len([t for t in arrivals if t > at]) >= 50, "audio after the restart"
                 )
