@@ -21,6 +21,11 @@ Redis (prefix default "edge"):
   string  {prefix}:flow:{client}:{cport}:{vip}:{vport}
                                        "cluster:id" of a flow learned by a relay, with a TTL:
                                        another relay takes the call over from it (§6)
+  hash    {prefix}:cluster:{id}        the fleet (docs/fleet.md): id, region, lat, lon, registry
+                                       (URL of the Redis its transceivers register in; "" = this
+                                       one), draining "0"/"1", updated; written by operators
+                                       (`relayctl clusters`), no TTL: configuration, like keys
+  set     {prefix}:clusters            the id of every cluster record
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wire.addr import parse_addr_port
 from wire.defaults import REDIS_PREFIX, REGISTRY_TTL, RELAY_TTL
-from wire.redisconn import RedisConfigError, read_secret_file
+from wire.redisconn import RedisConfigError, read_secret_file, redact
 from wire.ufrag import KEY_LEN, MAX_KEY_ID
 
 
@@ -52,8 +58,11 @@ class TransceiverRecord:
     draining: bool = False
     updated: float = 0.0
     version: str = ""
+    http: str = ""  # base URL of its signaling API as the fleet's front reaches it; "" = none
 
     def __post_init__(self) -> None:
+        if self.http and not _is_http_url(self.http):
+            raise RegistryError(f"transceiver http {self.http!r} is not an http(s)://HOST:PORT URL")
         if not 0 <= self.cluster <= 0xFFFF:
             raise RegistryError(f"transceiver cluster {self.cluster} is not 0..65535")
         if not 0 <= self.id <= 0xFFFFFFFF:
@@ -127,6 +136,7 @@ def register(
         "draining": "1" if rec.draining else "0",
         "updated": repr(rec.updated or time.time()),
         "version": rec.version,
+        "http": rec.http,
     }
     pipe = r.pipeline(transaction=True)
     pipe.hset(name, mapping=fields)
@@ -246,6 +256,7 @@ def record_from_fields(fields: dict[Any, Any]) -> TransceiverRecord:
             draining=_s(f.get("draining", "0")) in ("1", "True", "true"),
             updated=float(_s(f.get("updated", 0.0))),
             version=_s(f.get("version", "")),
+            http=_s(f.get("http", "")),
         )
     except KeyError as exc:
         raise RegistryError(f"transceiver entry lacks field {exc.args[0]!r}") from None
@@ -494,3 +505,131 @@ def parse_flow_value(value: Any) -> tuple[int, int]:
     if cluster > 0xFFFF or txr_id > 0xFFFFFFFF:
         raise ValueError(f"flow value {text!r}: id out of range")
     return cluster, txr_id
+
+
+# --- the fleet: clusters, where they are and where their registries live (docs/fleet.md) ------
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    id: int
+    region: str  # a name for people and for the front's location header ("eu-west")
+    lat: float  # where the cluster is, degrees: the front places a call at the nearest one
+    lon: float
+    registry: str = ""  # redis:// URL of the registry its transceivers register in; "" = this one
+    draining: bool = False  # takes no new calls (the front skips it); calls in progress go on
+    updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id <= 0xFFFF:
+            raise RegistryError(f"cluster id {self.id} is not 0..65535")
+        if not _region_ok(self.region):
+            raise RegistryError(
+                f"cluster {self.id}: region {self.region!r} is not 1-32 of a-z, 0-9, '-', '_'"
+            )
+        if not (-90.0 <= self.lat <= 90.0 and -180.0 <= self.lon <= 180.0):
+            raise RegistryError(f"cluster {self.id}: lat {self.lat}, lon {self.lon} off the globe")
+        if self.registry and urlsplit(self.registry).scheme not in ("redis", "rediss", "unix"):
+            raise RegistryError(
+                f"cluster {self.id}: registry {redact(self.registry)!r} is not a redis://,"
+                " rediss:// or unix:// URL"
+            )
+
+
+_REGION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _region_ok(region: str) -> bool:
+    return 0 < len(region) <= 32 and all(c in _REGION_CHARS for c in region)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port is not None
+    except ValueError:
+        return False
+
+
+def cluster_key(prefix: str, cluster_id: int) -> str:
+    return f"{prefix}:cluster:{cluster_id}"
+
+
+def cluster_index_key(prefix: str) -> str:
+    return f"{prefix}:clusters"
+
+
+def put_cluster(r: Any, rec: ClusterRecord, *, prefix: str = REDIS_PREFIX) -> None:
+    """Write (or replace) a cluster record, then announce it."""
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(cluster_key(prefix, rec.id))
+    pipe.hset(
+        cluster_key(prefix, rec.id),
+        mapping={
+            "id": rec.id,
+            "region": rec.region,
+            "lat": repr(rec.lat),
+            "lon": repr(rec.lon),
+            "registry": rec.registry,
+            "draining": "1" if rec.draining else "0",
+            "updated": repr(rec.updated or time.time()),
+        },
+    )
+    pipe.sadd(cluster_index_key(prefix), str(rec.id))
+    pipe.execute()
+    _publish(r, prefix, "cluster", id=rec.id)
+
+
+def remove_cluster(r: Any, cluster_id: int, *, prefix: str = REDIS_PREFIX) -> bool:
+    """Delete a cluster record; False if there was none."""
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(cluster_key(prefix, cluster_id))
+    pipe.srem(cluster_index_key(prefix), str(cluster_id))
+    existed = pipe.execute()[0]
+    _publish(r, prefix, "cluster", id=cluster_id, gone=True)
+    return bool(existed)
+
+
+def cluster_from_fields(fields: dict[Any, Any]) -> ClusterRecord:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    try:
+        return ClusterRecord(
+            id=int(f["id"]),
+            region=f["region"],
+            lat=float(f["lat"]),
+            lon=float(f["lon"]),
+            registry=f.get("registry", ""),
+            draining=f.get("draining", "0") in ("1", "True", "true"),
+            updated=float(f.get("updated", 0.0)),
+        )
+    except KeyError as exc:
+        raise RegistryError(f"cluster entry lacks field {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise RegistryError(f"cluster entry: {exc}") from None
+
+
+def read_clusters(
+    r: Any, *, prefix: str = REDIS_PREFIX
+) -> tuple[dict[int, ClusterRecord], list[str]]:
+    """(cluster id -> ClusterRecord, problems): the fleet as this registry knows it."""
+    members = sorted(_s(m) for m in r.smembers(cluster_index_key(prefix)))
+    pipe = r.pipeline(transaction=False)
+    for m in members:
+        pipe.hgetall(f"{prefix}:cluster:{m}")
+    clusters: dict[int, ClusterRecord] = {}
+    problems: list[str] = []
+    for m, fields in zip(members, pipe.execute(), strict=True):
+        name = f"{prefix}:cluster:{m}"
+        if not fields:
+            problems.append(f"{name}: listed in {cluster_index_key(prefix)} but missing")
+            continue
+        try:
+            rec = cluster_from_fields(fields)
+        except RegistryError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if str(rec.id) != m:
+            problems.append(f"{name}: holds cluster {rec.id}")
+            continue
+        clusters[rec.id] = rec
+    return clusters, problems
