@@ -84,11 +84,18 @@
 #define TXR_CACHE_PORT_SHIFT 32
 #define TXR_CACHE_GEN_SHIFT 48
 
+/* clusters map values (maps.h): how this relay serves a cluster */
+#define CLUSTER_LOCAL 1
+#define CLUSTER_REMOTE 2
+
 /* ---- limits (override with -D) ----------------------------------------------------------- */
 
 /* §4 map sizes */
 #ifndef MAX_VIPS
 #define MAX_VIPS 64
+#endif
+#ifndef MAX_CLUSTERS
+#define MAX_CLUSTERS 4096
 #endif
 #ifndef MAX_TRANSCEIVERS
 #define MAX_TRANSCEIVERS 65536

@@ -41,6 +41,13 @@ EDGE_MAP("array", __u32, struct routing_key, keys, NUM_KEYS);
  * drop_unknown_txr). Pinned. */
 EDGE_MAP("hash", struct txr_key, struct txr_val, transceivers, MAX_TRANSCEIVERS);
 
+/* clusters: key a cluster id (u32, the ufrag's 16-bit cluster); value CLUSTER_LOCAL or
+ * CLUSTER_REMOTE (served over the backbone, docs/fleet.md). Written by relayctl map sync / run:
+ * every cluster with a transceiver in `transceivers` or a cluster record in the registry. Read by
+ * the program only when a Binding request names a transceiver not in `transceivers`, to tell
+ * drop_unknown_cluster (a cluster this relay does not serve) from drop_unknown_txr. Pinned. */
+EDGE_MAP("hash", __u32, __u32, clusters, MAX_CLUSTERS);
+
 /* txr_addrs: key a transceiver tunnel address:port; value how many transceiver ids are
  * registered there (> 0). Written by relayctl map sync / run together with `transceivers`. Read
  * by the program: a tunnel datagram is accepted only from a key here (else

@@ -58,6 +58,7 @@
 	X(DROP_UFRAG_EXPIRED, 39, DROP)         \
 	X(DROP_BAD_CLIENT_ADDR, 40, DROP)       \
 	X(DROP_IPV6_EXT_HEADERS, 41, DROP)      \
+	X(DROP_UNKNOWN_CLUSTER, 42, DROP)       \
 	EDGE_EXTRA_REASONS(X)
 
 /* A hook for tests: reasons appended to the list without editing it, e.g.

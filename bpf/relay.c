@@ -197,8 +197,12 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 	if (reason != REASON_CONTINUE)
 		return reason;
 	txr = transceivers.lookup(&tk);
-	if (!txr)
-		return REASON_DROP_UNKNOWN_TXR;
+	if (!txr) {
+		__u32 cluster = tk.cluster;
+
+		return clusters.lookup(&cluster) ? REASON_DROP_UNKNOWN_TXR
+						 : REASON_DROP_UNKNOWN_CLUSTER;
+	}
 	*out = *txr;
 
 	now = clock_now(clock);

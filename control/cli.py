@@ -446,6 +446,7 @@ def map_show(name: str, as_json: bool) -> None:
     click.echo(f"tunnel: {data['config']['tunnel']}")
     click.echo(f"VIPs: {', '.join(data['vips']) or '-'}")
     click.echo("keys: " + (", ".join(f"{k}={v}" for k, v in data["keys"].items()) or "-"))
+    click.echo("clusters: " + (", ".join(f"{c} ({k})" for c, k in data["clusters"].items()) or "-"))
     rows = [(t["cluster"], t["id"], t["tunnel"]) for t in data["transceivers"]]
     click.echo(views.table(["CLUSTER", "ID", "TUNNEL"], rows))
 
@@ -695,6 +696,14 @@ def _decode_keys(
     help="Seconds an empty key or transceiver table must stay empty before the maps "
     "are emptied, and removals wait after Redis restarts (transceivers re-register first).",
 )
+@click.option(
+    "--remote-grace",
+    type=click.FloatRange(min=0),
+    default=defaults.REMOTE_GRACE,
+    show_default=True,
+    help="Seconds a remote cluster's registry (a cluster record with --registry) may stay "
+    "unreadable before its transceivers leave the map; until then its last view is kept.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def run_command(
     name: str,
@@ -713,10 +722,14 @@ def run_command(
     slow_path_source_rate: float,
     slow_path_net_rate: float,
     empty_grace: float,
+    remote_grace: float,
     verbose: bool,
 ) -> None:
     """Keep the relay's maps equal to the Redis registry, publish learned flows, take over
     flows of other relays (slow path) and export metrics. Runs until SIGTERM/SIGINT.
+
+    Remote clusters (`relayctl clusters add ... --registry URL`) are followed too: their
+    transceivers from their own registries, this relay registered there (docs/fleet.md).
 
     The relay must be loaded (`relayctl load`); its program and maps keep working without
     this process, which only adds changes, flow hand-over and metrics.
@@ -752,6 +765,7 @@ def run_command(
         source_rate=slow_path_source_rate,
         net_rate=slow_path_net_rate,
         empty_grace=empty_grace,
+        remote_grace=remote_grace,
     )
     try:
         controller = Controller(opts)
@@ -953,3 +967,144 @@ def keys_retire(
         )
     )
     click.echo(f"retired key {key_id}")
+
+
+# --- relayctl clusters: the fleet's cluster records (wire/registry.py, docs/fleet.md) ----------
+
+
+@main.group("clusters", context_settings=CONTEXT)
+def clusters_group() -> None:
+    """Cluster records in the Redis registry: which clusters this registry's relays serve,
+    where each is, and where its transceivers register.
+
+    A record with --registry makes every relay of this registry follow that cluster's
+    transceivers there and tunnel its calls straight to them over the backbone; the signaling
+    front places calls at the nearest cluster that is not draining (docs/fleet.md).
+    """
+
+
+def clusters_command(name: str) -> Callable:
+    def wrap(f: Callable) -> Callable:
+        f = click.option(
+            "--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix."
+        )(f)
+        return clusters_group.command(name)(redis_options(f))
+
+    return wrap
+
+
+@clusters_command("add")
+@click.argument("cluster_id", metavar="ID", type=click.IntRange(0, 0xFFFF))
+@click.option("--region", required=True, help="Region name: 1-32 of a-z, 0-9, '-', '_'.")
+@click.option("--lat", type=click.FloatRange(-90, 90), required=True, help="Latitude, degrees.")
+@click.option("--lon", type=click.FloatRange(-180, 180), required=True, help="Longitude, degrees.")
+@click.option(
+    "--registry",
+    "cluster_registry",
+    metavar="URL",
+    default="",
+    help="redis:// URL of the registry this cluster's transceivers register in [default: this "
+    "one: a local cluster]. It is stored in the registry as given, password included.",
+)
+@click.option("--draining", is_flag=True, help="Take no new calls there (the front skips it).")
+def clusters_add(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    cluster_id: int,
+    region: str,
+    lat: float,
+    lon: float,
+    cluster_registry: str,
+    draining: bool,
+) -> None:
+    """Add or replace cluster ID's record; relays follow it on their next pass."""
+    from wire import registry
+
+    try:
+        rec = registry.ClusterRecord(
+            cluster_id, region, lat, lon, cluster_registry, draining, time.time()
+        )
+    except registry.RegistryError as exc:
+        raise RelayctlError(str(exc)) from None
+    _with_registry(
+        redis_url,
+        redis_url_file,
+        redis_password_file,
+        lambda r: registry.put_cluster(r, rec, prefix=prefix),
+    )
+    where = "remote, registry " + _redact(cluster_registry) if cluster_registry else "local"
+    click.echo(f"cluster {cluster_id} ({region}, {where}){' draining' if draining else ''}")
+
+
+@clusters_command("remove")
+@click.argument("cluster_id", metavar="ID", type=click.IntRange(0, 0xFFFF))
+def clusters_remove(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    cluster_id: int,
+) -> None:
+    """Remove cluster ID's record: relays stop following its registry (its transceivers leave
+    their maps, its calls through them stop)."""
+    from wire import registry
+
+    existed = _with_registry(
+        redis_url,
+        redis_url_file,
+        redis_password_file,
+        lambda r: registry.remove_cluster(r, cluster_id, prefix=prefix),
+    )
+    if not existed:
+        raise RelayctlError(f"no cluster {cluster_id} in the registry")
+    click.echo(f"removed cluster {cluster_id}")
+
+
+@clusters_command("list")
+@json_option
+def clusters_list(
+    redis_url: str | None,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """List the cluster records (registry URLs without their passwords)."""
+    from control import views
+    from wire import registry
+
+    clusters, problems = _with_registry(
+        redis_url,
+        redis_url_file,
+        redis_password_file,
+        lambda r: registry.read_clusters(r, prefix=prefix),
+    )
+    _warn(problems)
+    rows = [
+        {
+            "id": c.id,
+            "region": c.region,
+            "lat": c.lat,
+            "lon": c.lon,
+            "registry": _redact(c.registry) if c.registry else "",
+            "draining": c.draining,
+        }
+        for c in clusters.values()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    head = ["ID", "REGION", "LAT", "LON", "REGISTRY", "DRAINING"]
+    table = [
+        [r["id"], r["region"], r["lat"], r["lon"], r["registry"] or "(local)", r["draining"]]
+        for r in rows
+    ]
+    click.echo(views.table(head, table))
+
+
+def _redact(url: str) -> str:
+    from wire.redisconn import redact
+
+    return redact(url)

@@ -6,7 +6,8 @@ Every pass (each --interval, or at once on a registry event, control/events.py):
   2. registry -> maps (control/sync.py, RegistrySync);
   3. maps -> Redis: learned flows with a TTL, a bounded slice per pass (control/flowexport.py);
   4. this relay's tunnel source in the registry (every RELAY_REFRESH s): transceivers take
-     tunnel datagrams only from registered relays (docs/security.md).
+     tunnel datagrams only from registered relays (docs/security.md); and in the registry of
+     every remote cluster it serves (control/fleet.py), whose transceivers step 2 merges in.
 Redis unreachable: passes skip 2 and 3 with backoff, the maps stay as they are (never emptied),
 the data plane keeps forwarding and routing new calls by ufrag. The program and the maps do not
 depend on this process: killing it loses no packet of a known flow.
@@ -26,6 +27,7 @@ from control import defaults
 from control.bpffs import pin_dir
 from control.errors import RelayctlError
 from control.events import RegistryEvents
+from control.fleet import RemoteClusters
 from control.flowexport import FlowExporter
 from control.metrics import Metrics
 from control.sync import RegistrySync, key_fingerprint
@@ -55,6 +57,7 @@ class RunOptions:
     source_rate: float = defaults.SLOW_PATH_SOURCE_RATE
     net_rate: float = defaults.SLOW_PATH_NET_RATE
     empty_grace: float = defaults.EMPTY_GRACE
+    remote_grace: float = defaults.REMOTE_GRACE
 
 
 class Controller:
@@ -71,7 +74,10 @@ class Controller:
             if opts.flow_redis_url
             else self.redis
         )
-        self.registry = RegistrySync(self.redis, opts.prefix, hold=opts.empty_grace)
+        self.fleet = RemoteClusters(opts.prefix, grace=opts.remote_grace)
+        self.registry = RegistrySync(
+            self.redis, opts.prefix, hold=opts.empty_grace, fleet=self.fleet
+        )
         self.events = RegistryEvents(opts.redis_url, opts.prefix, self.wake.set)
         self.redis_backoff = Backoff()
         self.redis_ok: bool | None = None
@@ -141,6 +147,7 @@ class Controller:
             self._stop_metrics()
         for client in {id(self.redis): self.redis, id(self.flow_redis): self.flow_redis}.values():
             client.close()
+        self.fleet.close()
         log.info("stopped")
 
     def _sleep_time(self) -> float:
@@ -299,6 +306,7 @@ class Controller:
         keys = result.outcome.state.keys
         self._loaded_keys = tuple((k, key_fingerprint(keys[k])) for k in sorted(keys))
         self.metrics.draining.set(result.draining)
+        self.metrics.remote_clusters(self.fleet.status)
         self.metrics.synced()
 
     def _export_flows(self) -> None:
@@ -333,6 +341,7 @@ class Controller:
             keys=self._loaded_keys,
         )
         registry.register_relay(self.redis, rec, RELAY_TTL, prefix=self.opts.prefix)
+        self.fleet.announce(rec, RELAY_TTL)
         self._announced_at = now
         self._announced_keys = self._loaded_keys
 

@@ -17,3 +17,8 @@ WATCH_INTERVAL = 1.0  # map sync --watch
 KEY_RETIRE_MIN_AGE = 6 * 3600.0  # keys retire: seconds since a key stopped being current
 SLOW_PATH_SOURCE_RATE = 50.0  # slow-path datagrams per second per source address
 SLOW_PATH_NET_RATE = 500.0  # ... per source /24 (many calls behind one NAT)
+# A remote cluster's registry (control/fleet.py): read every REMOTE_INTERVAL s; unreadable for
+# REMOTE_GRACE s, its transceivers leave the map; its calls never hold a pass for long.
+REMOTE_INTERVAL = 2.0
+REMOTE_GRACE = 300.0
+REMOTE_REDIS_TIMEOUT = 1.0

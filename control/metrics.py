@@ -122,6 +122,39 @@ class Metrics:
             registry=r,
         )
 
+        self.remote_up = Gauge(
+            "relayctl_remote_registry_up",
+            "1 when a remote cluster's registry was read on its last try.",
+            ["cluster"],
+            registry=r,
+        )
+        self.remote_age = Gauge(
+            "relayctl_remote_registry_age_seconds",
+            "Seconds since a remote cluster's registry was last read (its view's age).",
+            ["cluster"],
+            registry=r,
+        )
+        self.remote_transceivers = Gauge(
+            "relayctl_remote_transceivers",
+            "Transceivers of a remote cluster in the map.",
+            ["cluster"],
+            registry=r,
+        )
+        self._remote_seen: set[str] = set()
+
+    def remote_clusters(self, status: dict[int, Any]) -> None:
+        """One series per remote cluster served now (control/fleet.py ClusterStatus); the
+        series of a cluster no longer served are removed."""
+        now = {str(cid) for cid in status}
+        for gone in self._remote_seen - now:
+            for gauge in (self.remote_up, self.remote_age, self.remote_transceivers):
+                gauge.remove(gone)
+        self._remote_seen = now
+        for cid, st in status.items():
+            self.remote_up.labels(str(cid)).set(1 if st.up else 0)
+            self.remote_age.labels(str(cid)).set(st.age)
+            self.remote_transceivers.labels(str(cid)).set(st.transceivers)
+
     def _age(self) -> float:
         return time.monotonic() - self._last_sync_mono if self._last_sync_mono else float("inf")
 

@@ -60,6 +60,7 @@ class Reason(enum.IntEnum):
     DROP_UFRAG_EXPIRED = 39
     DROP_BAD_CLIENT_ADDR = 40
     DROP_IPV6_EXT_HEADERS = 41
+    DROP_UNKNOWN_CLUSTER = 42
 
     @property
     def label(self) -> str:
@@ -116,4 +117,5 @@ VERDICT: dict[Reason, str] = {
     Reason.DROP_UFRAG_EXPIRED: "DROP: the ufrag's epoch is older than its lifetime",
     Reason.DROP_BAD_CLIENT_ADDR: "DROP: a Binding request from an address no client has",
     Reason.DROP_IPV6_EXT_HEADERS: "DROP: an IPv6 packet of ours with an extension header",
+    Reason.DROP_UNKNOWN_CLUSTER: "DROP: a Binding request whose ufrag names a cluster not served",
 }

@@ -22,7 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from control.fleet import RemoteClusters
 from datapath.maps import (
+    CLUSTER_LOCAL,
+    CLUSTER_REMOTE,
     RelayMaps,
     RoutingKey,
     TxrKey,
@@ -38,13 +41,14 @@ from wire.registry import Registry, TransceiverRecord, read_registry
 from wire.ufrag import MAX_KEY_ID
 
 log = logging.getLogger("relayctl.sync")
+CLUSTER_KINDS = {CLUSTER_LOCAL: "local", CLUSTER_REMOTE: "remote"}
 
 Endpoint = tuple[str, int]
 
 
 @dataclass(frozen=True)
 class Change:
-    table: str  # keys | transceivers | txr_addrs
+    table: str  # keys | clusters | transceivers | txr_addrs
     action: str  # add | change | remove
     key: str
     old: str | None = None
@@ -67,6 +71,7 @@ class MapState:
     keys: dict[int, bytes]
     transceivers: dict[tuple[int, int], Endpoint]
     txr_addrs: dict[Endpoint, int]
+    clusters: dict[int, int] = field(default_factory=dict)  # id -> CLUSTER_LOCAL | _REMOTE
 
 
 def _key_bytes(k: RoutingKey) -> bytes:
@@ -84,12 +89,18 @@ def read_state(maps: RelayMaps) -> MapState:
         for k, v in maps["transceivers"].items()
     }
     addrs = {(from_be32(k.addr), from_be16(k.port)): v.value for k, v in maps["txr_addrs"].items()}
-    return MapState(keys, txrs, addrs)
+    clusters = {k.value: v.value for k, v in maps["clusters"].items()}
+    return MapState(keys, txrs, addrs, clusters)
 
 
 def desired_state(reg: Registry) -> MapState:
     txrs = {key: rec.tunnel_endpoint for key, rec in reg.transceivers.items()}
-    return MapState(dict(reg.keys), txrs, dict(Counter(txrs.values())))
+    # Every cluster with a transceiver here or a record: a ufrag naming any other is
+    # drop_unknown_cluster, one naming a missing transceiver of these drop_unknown_txr.
+    clusters = {cluster: CLUSTER_LOCAL for cluster, _ in txrs}
+    for cid, rec in reg.clusters.items():
+        clusters[cid] = CLUSTER_REMOTE if rec.registry else CLUSTER_LOCAL
+    return MapState(dict(reg.keys), txrs, dict(Counter(txrs.values())), clusters)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -120,15 +131,20 @@ def plan(current: MapState, wanted: MapState) -> list[Change]:
         "transceivers", current.transceivers, wanted.transceivers, lambda k: f"{k[0]}/{k[1]}", _fmt
     )
     addrs = _diff("txr_addrs", current.txr_addrs, wanted.txr_addrs, _fmt, str)
+    clusters = _diff(
+        "clusters", current.clusters, wanted.clusters, str, lambda v: CLUSTER_KINDS.get(v, str(v))
+    )
 
     def grows(c: Change) -> bool:
         return c.action == "add" or (c.action == "change" and int(c.new or 0) > int(c.old or 0))
 
     return [
         *(c for c in keys if c.action != "remove"),
+        *(c for c in clusters if c.action != "remove"),
         *(c for c in addrs if grows(c)),
         *txrs,
         *(c for c in addrs if not grows(c)),
+        *(c for c in clusters if c.action == "remove"),
         *(c for c in keys if c.action == "remove"),
     ]
 
@@ -166,16 +182,22 @@ class EmptyGuard:
         """`wanted`, with each table the registry has emptied replaced by the loaded one until
         the emptiness is believed; and a warning for each table kept."""
         warnings = []
-        keys, txrs, addrs = wanted.keys, wanted.transceivers, wanted.txr_addrs
+        keys, txrs, addrs, clusters = (
+            wanted.keys,
+            wanted.transceivers,
+            wanted.txr_addrs,
+            wanted.clusters,
+        )
         if current.keys and not self.believe("keys", not keys):
             keys = current.keys
             warnings.append(f"registry has no keys: kept the {len(keys)} loaded ({self.hint})")
         if current.transceivers and not self.believe("transceivers", not txrs):
             txrs, addrs = current.transceivers, current.txr_addrs
+            clusters = {**current.clusters, **clusters}  # the kept transceivers' clusters
             warnings.append(
                 f"registry has no transceivers: kept the {len(txrs)} loaded ({self.hint})"
             )
-        return MapState(keys, txrs, addrs), warnings
+        return MapState(keys, txrs, addrs, clusters), warnings
 
 
 @dataclass
@@ -230,6 +252,13 @@ def _write_one(maps: RelayMaps, wanted: MapState, c: Change) -> None:
         kid = int(c.key)
         value = RoutingKey() if c.action == "remove" else _key_struct(wanted.keys[kid])
         maps["keys"].update(ct.c_uint32(kid), value)
+    elif c.table == "clusters":
+        if c.action == "remove":
+            maps["clusters"].delete(ct.c_uint32(int(c.key)))
+        else:
+            maps["clusters"].update(
+                ct.c_uint32(int(c.key)), ct.c_uint32(wanted.clusters[int(c.key)])
+            )
     elif c.table == "transceivers":
         cluster, tid = (int(x) for x in c.key.split("/"))
         key = TxrKey(cluster, 0, tid)
@@ -276,6 +305,7 @@ class RegistrySync:
     prefix: str
     hold: float
     clock: Callable[[], float] = time.monotonic
+    fleet: RemoteClusters | None = None  # remote clusters' transceivers, merged in each step
     guard: EmptyGuard = field(init=False)
     _run_id: str | None = None
     _hold_until: float = 0.0
@@ -287,6 +317,8 @@ class RegistrySync:
         """Raises redis.RedisError when Redis cannot be read (the maps are then untouched)."""
         started = self.clock()
         reg = read_registry(self.redis, prefix=self.prefix)
+        if self.fleet is not None:
+            reg.problems.extend(self.fleet.merge(reg))
         current = read_state(maps)
         held = []
         if self._redis_restarted():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from control.reasons import Reason
-from control.sync import key_fingerprint, read_state
+from control.sync import CLUSTER_KINDS, key_fingerprint, read_state
 from datapath.maps import RelayMaps, from_be16, from_be32, from_in6
 from wire.addr import format_addr_port
 
@@ -83,6 +83,9 @@ def map_contents(maps: RelayMaps) -> dict[str, Any]:
             for (c, i), (a, p) in sorted(state.transceivers.items())
         ],
         "txr_addrs": {f"{a}:{p}": n for (a, p), n in sorted(state.txr_addrs.items())},
+        "clusters": {
+            str(c): CLUSTER_KINDS.get(k, str(k)) for c, k in sorted(state.clusters.items())
+        },
     }
 
 

@@ -120,6 +120,7 @@ SPECS: dict[str, MapSpec] = {
     "flows": MapSpec(FlowKey, FlowVal, MAP_LRU_HASH, 0),
     "counters": MapSpec(ct.c_uint32, Counter, MAP_PERCPU_ARRAY, 0),
     "txr_gen": MapSpec(ct.c_uint32, ct.c_uint32, MAP_ARRAY, 1),
+    "clusters": MapSpec(ct.c_uint32, ct.c_uint32, MAP_HASH, 0),
     "vips6": MapSpec(Vip6Key, ct.c_uint32, MAP_HASH, 0),
     "flows6": MapSpec(Flow6Key, FlowVal, MAP_LRU_HASH, 0),
 }
@@ -293,6 +294,9 @@ class RelayMaps:
 # --- the config and vips maps, as plain values -----------------------------------------------
 
 CONFIG_F_SLOW_PATH = 0x1  # bpf/constants.h: a controller listens on the VIPs
+# bpf/constants.h: the clusters map's values, how this relay serves a cluster
+CLUSTER_LOCAL = 1
+CLUSTER_REMOTE = 2
 
 
 @dataclass(frozen=True)

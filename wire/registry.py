@@ -87,6 +87,7 @@ class Registry:
     keys: dict[int, bytes] = field(default_factory=dict)
     current_key: int | None = None
     problems: list[str] = field(default_factory=list)  # entries skipped, and why
+    clusters: dict[int, ClusterRecord] = field(default_factory=dict)  # the fleet's records
 
 
 def txr_key(prefix: str, cluster: int, txr_id: int) -> str:
@@ -299,6 +300,8 @@ def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
         except ValueError:
             reg.problems.append(f"{prefix}:keys:current: {_s(current)!r} is not a key id")
     _check_current(reg)
+    reg.clusters, problems = read_clusters(r, prefix=prefix)
+    reg.problems.extend(problems)
     return reg
 
 

@@ -24,7 +24,7 @@ from bcc import BPF
 
 from control.program import MAP_NAMES
 from control.reasons import Reason
-from datapath.maps import next_txr_gen
+from datapath.maps import CLUSTER_LOCAL, next_txr_gen
 from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
@@ -184,7 +184,16 @@ class Relay:
     def reset(self) -> None:
         """Clear every map and counter, then load the defaults: configured, both VIP ports,
         key 1, every sandbox transceiver."""
-        for name in ("vips", "transceivers", "txr_addrs", "flows", "counters", "vips6", "flows6"):
+        for name in (
+            "vips",
+            "transceivers",
+            "txr_addrs",
+            "clusters",
+            "flows",
+            "counters",
+            "vips6",
+            "flows6",
+        ):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
         self.set_txr_gen(1)  # as relayctl load starts it
         self.bpf[b"ufrag_rates"].clear()
@@ -268,6 +277,8 @@ class Relay:
         akey.addr, akey.port = val.addr, val.port
         count = addrs.get(akey)
         addrs[akey] = ct.c_uint32((count.value if count is not None else 0) + 1)
+        # as control/sync.py does: a cluster with a transceiver in the map is served
+        self.maps["clusters"][ct.c_uint32(txr.cluster)] = ct.c_uint32(CLUSTER_LOCAL)
 
     def remove_txr(self, txr: Txr, *, bump: bool = True) -> None:
         """Delete txr from the map and (as control/sync.py does) then bump txr_gen."""

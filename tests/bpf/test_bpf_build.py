@@ -25,6 +25,7 @@ from wire.ufrag import mint
 USERNAME = (mint(KEY_ID, KEY, NEAR.cluster, NEAR.id) + ":cl1E").encode()
 LIMITS = {
     "MAX_VIPS": 8,
+    "MAX_CLUSTERS": 16,
     "MAX_TRANSCEIVERS": 128,
     "MAX_FLOWS": 256,
     "COUNTER_SLOTS": 48,
@@ -40,6 +41,7 @@ LIMITS = {
 }
 SIZES = {  # map -> the limit that sizes it
     "vips": "MAX_VIPS",
+    "clusters": "MAX_CLUSTERS",
     "transceivers": "MAX_TRANSCEIVERS",
     "txr_addrs": "MAX_TRANSCEIVERS",
     "flows": "MAX_FLOWS",

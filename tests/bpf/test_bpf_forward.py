@@ -189,11 +189,11 @@ OTHER_PORT = eth(ipv4_udp(CLIENT, CLIENT_PORT, VIP, 9999, RTP))
         Reason.DROP_UNKNOWN_TXR,
     ),
     Case(
-        "STUN to a known id in another cluster learns nothing",
+        "STUN to a known id in a cluster this relay does not serve learns nothing",
         client_frame(binding(Txr(NEAR.cluster + 1, NEAR.id, NEAR.addr, NEAR.port))),
         None,
         XDP_DROP,
-        Reason.DROP_UNKNOWN_TXR,
+        Reason.DROP_UNKNOWN_CLUSTER,
     ),
     Case(
         "flow to a transceiver that left the map",

@@ -22,6 +22,7 @@ PINS = {
     "flows",
     "counters",
     "txr_gen",
+    "clusters",
     "vips6",
     "flows6",
     "prog",

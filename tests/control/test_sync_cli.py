@@ -54,10 +54,11 @@ def test_sync_file_adds_changes_removes(loaded: Lab, tmp_path: Path) -> None:
     lab = loaded
     f1 = _write(tmp_path / "r1.json", {1: K1, 2: K2}, [(1, 7, A), (1, 8, A), (2, 1, B)])
     out = lab.relayctl("map", "sync", "--name", lab.name, "--file", f1).stdout.splitlines()
-    assert out[-1] == "made 7 changes"
+    assert out[-1] == "made 9 changes"
     assert out[:2] == [f"+ keys 1: {key_fingerprint(K1)}", f"+ keys 2: {key_fingerprint(K2)}"]
-    assert set(out[2:4]) == {f"+ txr_addrs {A}: 2", f"+ txr_addrs {B}: 1"}
-    assert out[4:7] == [
+    assert out[2:4] == ["+ clusters 1: local", "+ clusters 2: local"]  # those it has ids of
+    assert set(out[4:6]) == {f"+ txr_addrs {A}: 2", f"+ txr_addrs {B}: 1"}
+    assert out[6:9] == [
         f"+ transceivers 1/7: {A}",
         f"+ transceivers 1/8: {A}",
         f"+ transceivers 2/1: {B}",
@@ -77,18 +78,20 @@ def test_sync_file_adds_changes_removes(loaded: Lab, tmp_path: Path) -> None:
 
     f2 = _write(tmp_path / "r2.json", {2: K2B, 3: K3}, [(1, 7, A), (1, 8, C), (3, 3, A)])
     dry = lab.relayctl("map", "sync", "--name", lab.name, "--file", f2, "--dry-run").stdout
-    assert "would make 8 changes" in dry and lab.json("map", "show") == shown
+    assert "would make 10 changes" in dry and lab.json("map", "show") == shown
     out = lab.relayctl("map", "sync", "--name", lab.name, "--file", f2).stdout.splitlines()
     assert out == [
         f"+ keys 3: {key_fingerprint(K3)}",
         f"~ keys 2: {key_fingerprint(K2)} -> {key_fingerprint(K2B)}",
+        "+ clusters 3: local",
         f"+ txr_addrs {C}: 1",
         f"+ transceivers 3/3: {A}",
         f"~ transceivers 1/8: {A} -> {C}",
         f"- transceivers 2/1: {B}",
         f"- txr_addrs {B}: 1",
+        "- clusters 2: local",
         f"- keys 1: {key_fingerprint(K1)}",
-        "made 8 changes",
+        "made 10 changes",
     ]
     shown = lab.json("map", "show")
     assert shown["txr_addrs"] == {A: 2, C: 1}
@@ -106,7 +109,8 @@ def test_sync_file_adds_changes_removes(loaded: Lab, tmp_path: Path) -> None:
     assert lab.json("map", "show") == shown
     # ...unless asked to.
     out = lab.relayctl("map", "sync", "--name", lab.name, "--file", str(empty), "--allow-empty")
-    assert out.stdout.splitlines()[-1] == "made 7 changes"  # 2 keys, 3 transceivers, 2 addrs
+    # 2 keys, 2 clusters, 3 transceivers, 2 addrs
+    assert out.stdout.splitlines()[-1] == "made 9 changes"
     cleared = lab.json("map", "show")
     assert cleared["keys"] == {} and cleared["transceivers"] == [] and cleared["txr_addrs"] == {}
 
@@ -121,6 +125,7 @@ def test_sync_redis_and_watch(loaded: Lab, redis_url: str) -> None:
         sync = ("map", "sync", "--name", lab.name, "--redis", redis_url)
         got = json.loads(lab.relayctl(*sync, "--json").stdout)
         assert sorted((c["table"], c["action"], c["key"]) for c in got["changes"]) == [
+            ("clusters", "add", "1"),
             ("keys", "add", "1"),
             ("transceivers", "add", "1/7"),
             ("transceivers", "add", "1/9"),

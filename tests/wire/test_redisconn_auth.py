@@ -254,3 +254,27 @@ def test_relayctl_keys_needs_the_keys_user(sr: SecureRedis) -> None:
     admin = sr.admin()
     assert admin.get("edge:keys:current") == b"4"
     admin.close()
+
+
+def test_cluster_records_are_the_admins_to_write_and_the_relays_to_read(sr: SecureRedis) -> None:
+    """relayctl clusters with the keys (fleet admin) user; a relay reads them with its own user
+    (read_registry does, every pass) and cannot write them; a transceiver cannot either."""
+    import os
+
+    env = {**os.environ, **sr.tls_env("keys"), "REDIS_URL": sr.tls_url}
+    argv = [RELAYCTL, "clusters", "add", "3", "--region", "eu-west", "--lat", "50.1"]
+    argv += ["--lon", "8.7", "--registry", "redis://:hunter2@10.2.0.1:6379/0"]
+    res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "hunter2" not in res.stdout + res.stderr
+    relay = client(sr, "relay")
+    reg = registry.read_registry(relay)
+    assert reg.problems == []
+    assert reg.clusters[3].region == "eu-west" and reg.clusters[3].registry.endswith("/0")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.put_cluster(relay, registry.ClusterRecord(4, "x", 0, 0))
+    relay.close()
+    txr = client(sr, "txr-1-7")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.remove_cluster(txr, 3)
+    txr.close()
