@@ -293,12 +293,14 @@ def map_group() -> None:
     """The relay's maps: sync them from the registry, show them."""
 
 
-def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
+def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> tuple[Any, set[int]]:
+    """The registry (with its remote clusters merged in), and the remote clusters whose
+    registry could not be read."""
     from wire import registry
 
     if file:
         try:
-            return registry.load_registry_file(file)
+            return registry.load_registry_file(file), set()
         except registry.RegistryError as exc:
             raise RelayctlError(str(exc)) from None
     import redis
@@ -308,13 +310,23 @@ def _read_registry(file: str | None, redis_url: str | None, prefix: str) -> Any:
     try:
         client = connect(redis_url, timeout=defaults.CLI_REDIS_TIMEOUT)
         try:
-            return registry.read_registry(client, prefix=prefix)
+            reg = registry.read_registry(client, prefix=prefix)
         finally:
             client.close()
     except (redis.RedisError, ValueError) as exc:
         raise RelayctlError(
             f"cannot read the registry from {redact(redis_url or '')}: {exc}"
         ) from None
+    # Remote clusters too, as `relayctl run` does: a one-shot sync must not take their
+    # transceivers out of a map that `run` keeps them in.
+    from control.fleet import RemoteClusters
+
+    fleet = RemoteClusters(prefix)
+    try:
+        reg.problems.extend(fleet.merge(reg))
+    finally:
+        fleet.close()
+    return reg, {cid for cid, st in fleet.status.items() if not st.up}
 
 
 def _sync_once(
@@ -328,10 +340,15 @@ def _sync_once(
     from control import sync
     from datapath.maps import write_wall_clock
 
-    reg = _read_registry(file, redis_url, prefix)
+    reg, unread = _read_registry(file, redis_url, prefix)
     guard = None if allow_empty else sync.EmptyGuard(math.inf, "--allow-empty")
     with _maps(name) as maps:
-        outcome = sync.apply(maps, reg, dry_run=dry_run, guard=guard)
+        current = sync.read_state(maps)
+        # A remote registry this one-shot could not read: keep its cluster's entries as loaded.
+        for key, rec in sync.records_of(current).items():
+            if key[0] in unread:
+                reg.transceivers.setdefault(key, rec)
+        outcome = sync.apply(maps, reg, dry_run=dry_run, guard=guard, current=current)
         if not dry_run:  # labs without `relayctl run` keep the ufrag epoch's clock fresh here
             write_wall_clock(maps)
     return outcome.changes, [f"skipped {p}" for p in reg.problems] + outcome.warnings
@@ -370,7 +387,8 @@ def map_sync(
     interval: float,
     as_json: bool,
 ) -> None:
-    """Make the keys, transceivers and txr_addrs maps equal to the registry.
+    """Make the keys, clusters, transceivers and txr_addrs maps equal to the registry (with
+    --redis: and to the registries of its remote cluster records, as `relayctl run` does).
 
     Prints one line per change: + added, ~ changed, - removed.
     """

@@ -124,3 +124,27 @@ def test_a_remote_registry_cannot_replace_local_entries(
         proc.close()
         mine.close()
         theirs.close()
+
+
+def test_a_one_shot_map_sync_follows_remote_clusters_too(
+    loaded: Lab, redis_url: str, remote: RedisServer
+) -> None:
+    """`relayctl map sync --redis` on a relay that `run` also serves: the remote cluster's
+    transceivers are synced in, and kept as loaded while their registry cannot be read."""
+    mine, theirs = client(redis_url), client(remote.url)
+    registry.set_key(mine, 1, KEY1)
+    registry.register(mine, LOCAL, ttl=600)
+    registry.register(theirs, REMOTE, ttl=600)
+    registry.put_cluster(mine, ClusterRecord(2, "eu-west", 50.1, 8.7, remote.url))
+    sync = ("map", "sync", "--name", loaded.name, "--redis", redis_url)
+    try:
+        out = loaded.relayctl(*sync).stdout
+        assert "+ clusters 2: remote" in out and "+ transceivers 2/3: 198.18.2.30:5000" in out
+        remote.stop()
+        res = loaded.relayctl(*sync)
+        assert res.stdout.strip() == "maps already in sync"
+        assert "unreachable" in res.stderr and "Traceback" not in res.stderr
+        assert (2, 3) in served(loaded.name).transceivers
+    finally:
+        mine.close()
+        theirs.close()
