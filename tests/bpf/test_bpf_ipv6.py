@@ -75,7 +75,10 @@ def set_u16(frame: bytes, offset: int, value: int) -> bytes:
     return frame[:offset] + value.to_bytes(2, "big") + frame[offset + 2 :]
 
 
-STUN6 = client_frame6(binding(NEAR))
+# One ufrag for the module: minted again later (another 300 s epoch), it would be another
+# ufrag with a budget of its own.
+BINDING6 = binding(NEAR)
+STUN6 = client_frame6(BINDING6)
 MEDIA6 = client_frame6(RTP)
 PLEN, ULEN = 14 + 4, 14 + 44  # offsets of the IPv6 payload length and UDP length in a frame
 
@@ -253,7 +256,7 @@ BAD_CLIENTS = {
         STUN6,
         Reason.DROP_UFRAG_FLOOD,
         with_limits(ufrag_flow_limit=1),
-        lambda r: r.run(client_frame6(binding(NEAR), port=CLIENT_PORT + 1)),
+        lambda r: r.run(client_frame6(BINDING6, port=CLIENT_PORT + 1)),
     ),
     dropped6("UDP length 7", set_u16(MEDIA6, ULEN, 7), Reason.DROP_BAD_UDP_LEN),
     dropped6(

