@@ -19,6 +19,7 @@ from transceiver.calls import CallManager
 from transceiver.config import Settings
 from transceiver.ice import IceLiteAgent, host_candidates
 from transceiver.keys import Keyring
+from transceiver.looplag import LoopLag
 from transceiver.metrics import Metrics
 from transceiver.mux import SocketMux
 from transceiver.paths import Addr
@@ -46,6 +47,7 @@ class TransceiverService:
         if settings.media_path not in ("fast", "aiortc"):
             raise ConfigError(f"media path must be fast or aiortc, got {settings.media_path!r}")
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.registry)
         self._spent = None
         if settings.redis_url and not settings.no_auth:
             # single use of client tokens across the cluster (transceiver/auth.py)
@@ -165,6 +167,7 @@ class TransceiverService:
             raise ConfigError(f"cannot bind UDP {s.udp[0]}:{s.udp[1]}: {exc.strerror}") from None
         self._udp, _ = await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
         self.mux.sock = sock
+        self.loop_lag.start()
         try:
             self.manager = CallManager(
                 mux=self.mux,
@@ -232,6 +235,7 @@ class TransceiverService:
             await self.manager.end_all("drain_timeout")
 
     async def stop(self) -> None:
+        await self.loop_lag.stop()
         if self.manager is not None:
             self.manager.draining = True
             await self.manager.end_all("shutdown")
