@@ -121,6 +121,7 @@ def test_ipv6_and_ipv4_calls_at_once(lab: DualStackLab, served: tuple[str, str])
     assert delta("fwd_flow") >= 200 and delta("fwd_decap") >= 200
     for reason in (
         "drop_bad_tag",
+        "drop_unknown_cluster",
         "drop_unknown_txr",
         "drop_tunnel_stranger",
         "drop_tunnel_foreign_src",
