@@ -17,6 +17,7 @@ from transceiver import aiortc_seam, auth, defaults, limits, turn
 from transceiver.app import CallApp, load_app
 from transceiver.calls import CallManager
 from transceiver.config import Settings
+from transceiver.heap import GcPauses
 from transceiver.ice import IceLiteAgent, host_candidates
 from transceiver.keys import Keyring
 from transceiver.looplag import LoopLag
@@ -48,6 +49,7 @@ class TransceiverService:
             raise ConfigError(f"media path must be fast or aiortc, got {settings.media_path!r}")
         self.metrics = Metrics()
         self.loop_lag = LoopLag(self.metrics.registry)
+        self.gc_pauses = GcPauses(self.metrics.registry)
         self._spent = None
         if settings.redis_url and not settings.no_auth:
             # single use of client tokens across the cluster (transceiver/auth.py)
@@ -168,6 +170,7 @@ class TransceiverService:
         self._udp, _ = await loop.create_datagram_endpoint(lambda: self.mux, sock=sock)
         self.mux.sock = sock
         self.loop_lag.start()
+        self.gc_pauses.start()
         try:
             self.manager = CallManager(
                 mux=self.mux,
@@ -236,6 +239,7 @@ class TransceiverService:
 
     async def stop(self) -> None:
         await self.loop_lag.stop()
+        self.gc_pauses.stop()
         if self.manager is not None:
             self.manager.draining = True
             await self.manager.end_all("shutdown")

@@ -42,3 +42,40 @@ async def test_the_transceiver_serves_its_loop_lag(
         text = await resp.text()
     assert resp.status == 200
     assert 'txr_event_loop_lag_seconds_bucket{le="0.5"}' in text
+
+
+def test_a_collection_is_timed() -> None:
+    import gc
+
+    from transceiver.heap import GcPauses
+
+    registry = CollectorRegistry()
+    pauses = GcPauses(registry)
+    pauses.start()
+    try:
+        gc.collect(2)
+    finally:
+        pauses.stop()
+    count = registry.get_sample_value("txr_gc_pause_seconds_count", {"generation": "2"})
+    assert count == 1
+    assert pauses._callback not in gc.callbacks  # stop() leaves nothing behind
+
+
+def test_the_frozen_start_up_heap_is_left_out_of_collections() -> None:
+    """In a fresh process with the transceiver's libraries loaded (so as not to freeze this
+    test process's heap): after freeze_startup_heap no generation holds those objects, so a
+    full collection has only the objects made since to walk."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, aiortc, av, aiohttp, transceiver.service\n"
+        "from transceiver.heap import freeze_startup_heap\n"
+        "gc.collect(); before = len(gc.get_objects(generation=2))\n"
+        "frozen = freeze_startup_heap()\n"
+        "print(before, frozen, len(gc.get_objects(generation=2)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, frozen, after = (int(x) for x in out.stdout.split())
+    assert before > 50_000 and frozen > 50_000 and after < 100
