@@ -31,6 +31,7 @@ BENCHMARKS = (
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
     ("bench.setup_rtts", "Call set-up counted in round trips"),
     ("bench.calls", "Transceiver calls per core"),
+    ("bench.media_stall", "Media stalls while calls set up"),
     ("bench.datachannel", "Data channel messages"),
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),

@@ -1,0 +1,32 @@
+"""bench.media_stall, briefly: both servers (start-up heap frozen or not) carry every call of a
+round, the in-page gap probe saw audio, and each server's own pause histograms were read."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import media_stall
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+def test_a_short_round_of_each_server() -> None:
+    results = media_stall.measure(calls=2, rounds=1, seconds=2)
+    assert set(results) == {"--no-gc-freeze", "--gc-freeze"}
+    for flag, (r,) in results.items():
+        assert len(r["gaps"]) == 2 and all(n > 20 for n in r["packets"]), (flag, r)
+        assert all(0 < g < 5000 for g in r["gaps"]), (flag, r)
+        assert r["lag_worst"] != "-"  # the loop-lag probe ran (every 20 ms): histogram filled
+    table = media_stall.table(results, 2, 2)
+    assert [row[0] for row in table.rows] == [label for _, label in media_stall.VARIANTS]
+
+
+def test_histogram_arithmetic() -> None:
+    before = 'h_bucket{le="0.05"} 3\nh_bucket{le="0.1"} 4\nh_bucket{le="+Inf"} 4\n'
+    after = 'h_bucket{le="0.05"} 5\nh_bucket{le="0.1"} 7\nh_bucket{le="+Inf"} 8\n'
+    delta = media_stall._delta(after, before, "h")
+    assert delta == {0.05: 2, 0.1: 3, float("inf"): 4}
+    assert media_stall._over(delta, 0.05) == 2 and media_stall._over(delta, 0.1) == 1
+    assert media_stall._worst_bound(delta) == "inf"
+    assert media_stall._worst_bound({0.05: 1, 0.1: 1, float("inf"): 1}) == "<= 50"
+    assert media_stall._worst_bound({float("inf"): 0}) == "-"
