@@ -170,6 +170,14 @@ def main() -> None:
     help="Direct mode: the IPv4 address clients reach the UDP socket at.",
 )
 @click.option(
+    "--advertise-http",
+    metavar="URL",
+    default="",
+    envvar="TXR_ADVERTISE_HTTP",
+    help="The http(s)://HOST:PORT a fleet's signaling front reaches this API at, published in "
+    "the registry (env TXR_ADVERTISE_HTTP) [default: none: no front places calls here].",
+)
+@click.option(
     "--tunnel",
     metavar="ADDR:PORT",
     callback=_tunnel,
@@ -436,3 +444,86 @@ async def _serve(settings: Settings, gc_freeze: bool) -> None:
     second.cancel()
     await txr.stop()
     click.echo("transceiver stopped")
+
+
+@main.command()
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=_text(defaults.HTTP_LISTEN),
+    show_default=True,
+    callback=_bind_addr,
+    help="HTTP HOST:PORT clients POST their offers to.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    envvar="REDIS_URL",
+    required=True,
+    help="The fleet registry: the Redis holding the cluster records (`relayctl clusters`); "
+    "each cluster's transceivers are read from the registry its record names (env REDIS_URL).",
+)
+@click.option(
+    "--redis-url-file", metavar="PATH", envvar="REDIS_URL_FILE", help="Read --redis from a file."
+)
+@click.option(
+    "--redis-password-file",
+    metavar="PATH",
+    envvar="REDIS_PASSWORD_FILE",
+    help="The Redis (ACL user's) password from this file (env REDIS_PASSWORD_FILE).",
+)
+@click.option(
+    "--redis-prefix", default=defaults.REDIS_PREFIX, show_default=True, help="Registry key prefix."
+)
+@click.option(
+    "--location-header",
+    default="X-Edge-Location",
+    show_default=True,
+    help="Request header with the client's location: \"LAT,LON\" or a cluster record's region "
+    "name, set by the CDN or load balancer in front (never trusted for more than placement).",
+)
+@click.option(
+    "--default-region",
+    default="",
+    help="Where a request without a usable location is placed [default: the freest cluster].",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def front(
+    listen: tuple[str, int],
+    redis_url: str,
+    redis_url_file: str | None,
+    redis_password_file: str | None,
+    redis_prefix: str,
+    location_header: str,
+    default_region: str,
+    log_level: str,
+) -> None:
+    """The fleet's signaling front: clients POST here; each call goes to the nearest cluster
+    that is not draining and has room (full: the next nearest), PATCH/DELETE follow it to its
+    transceiver. GET /healthz, GET /metrics (docs/front.md)."""
+    from aiohttp import web
+
+    from transceiver.front import FleetView, FrontMetrics, Locator, make_front_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    url = _redis(redis_url, redis_url_file, redis_password_file)
+    assert url is not None
+    try:
+        view = FleetView(url, prefix=redis_prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--redis'") from None
+    app = make_front_app(view, Locator(view, location_header, default_region), FrontMetrics())
+    try:
+        web.run_app(app, host=listen[0], port=listen[1], access_log=None, print=None)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen[0]}:{listen[1]}: {exc}") from None
+    finally:
+        view.close()

@@ -20,6 +20,8 @@ class Settings:
     vips: list[Addr] = field(default_factory=list)
     advertise: str | None = None  # direct mode: the address clients reach our UDP socket at
     tunnel: str | None = None  # "ip:port" relays send to; default: advertise/udp address
+    # The signaling URL a fleet's front (transceiver/front.py) reaches us at, in the registry.
+    advertise_http: str = ""
     redis_url: str | None = None
     redis_prefix: str = defaults.REDIS_PREFIX
     capacity: int = defaults.CAPACITY

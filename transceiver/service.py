@@ -135,6 +135,7 @@ class TransceiverService:
             draining=m.draining if m else False,
             updated=time.time(),
             version=VERSION,
+            http=self.settings.advertise_http,
         )
 
     def _registry_agent(self) -> RegistryAgent:
@@ -156,6 +157,11 @@ class TransceiverService:
     async def start(self) -> None:
         aiortc_seam.check(ice_agent=IceLiteAgent)  # before any call: refuse a moved aiortc
         s = self.settings
+        if s.advertise_http:
+            try:
+                wreg.TransceiverRecord(cluster=0, id=0, tunnel="0.0.0.0:1", http=s.advertise_http)
+            except wreg.RegistryError as exc:
+                raise ConfigError(f"--advertise-http: {exc}") from None
         if s.redis_url and s.tunnel is None and not s.advertise and s.udp[0] == ANY_HOST:
             # Relays only accept tunnel datagrams from the registered address (spec §3).
             raise ConfigError("--udp binds 0.0.0.0: give --tunnel or --advertise for the registry")
