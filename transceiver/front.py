@@ -122,8 +122,8 @@ class FleetView:
                 continue
             if not reg.backoff.ready():
                 continue
-            try:
-                theirs = wreg.read_registry(reg.client, prefix=self.prefix)
+            try:  # transceivers only: the front never reads keys
+                theirs, _ = wreg.read_transceivers(reg.client, prefix=self.prefix)
             except redis.RedisError as exc:
                 reg.backoff.failed()
                 self._failed(url, exc)
@@ -131,7 +131,7 @@ class FleetView:
             reg.backoff.succeeded()
             now = self.clock()
             for cid in cids:
-                txrs = [t for t in theirs.transceivers.values() if t.cluster == cid]
+                txrs = [t for t in theirs.values() if t.cluster == cid]
                 new[cid] = ClusterView(records[cid], txrs, now)
         self.clusters = new
 

@@ -265,9 +265,13 @@ def record_from_fields(fields: dict[Any, Any]) -> TransceiverRecord:
         raise RegistryError(f"transceiver entry {f!r}: {exc}") from None
 
 
-def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
-    """Everything the relay needs from Redis; malformed entries are skipped into `problems`."""
-    reg = Registry()
+def read_transceivers(
+    r: Any, *, prefix: str = REDIS_PREFIX
+) -> tuple[dict[tuple[int, int], TransceiverRecord], list[str]]:
+    """(the registered transceivers, problems): malformed entries are skipped, expired index
+    members pruned."""
+    txrs: dict[tuple[int, int], TransceiverRecord] = {}
+    problems: list[str] = []
     members = sorted(_s(m) for m in r.smembers(index_key(prefix)))
     names = [f"{prefix}:txr:{m}" for m in members]
     pipe = r.pipeline(transaction=False)
@@ -281,11 +285,18 @@ def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
         try:
             rec = record_from_fields(fields)
         except RegistryError as exc:
-            reg.problems.append(f"{_s(name)}: {exc}")
+            problems.append(f"{_s(name)}: {exc}")
             continue
-        reg.transceivers[rec.key] = rec
+        txrs[rec.key] = rec
     if gone:
         _prune(r, [(name, index_key(prefix), member) for member, name in gone])
+    return txrs, problems
+
+
+def read_registry(r: Any, *, prefix: str = REDIS_PREFIX) -> Registry:
+    """Everything the relay needs from Redis; malformed entries are skipped into `problems`."""
+    reg = Registry()
+    reg.transceivers, reg.problems = read_transceivers(r, prefix=prefix)
     for kid, hex_key in r.hgetall(f"{prefix}:keys").items():
         try:
             k, key = parse_key(kid, hex_key)

@@ -24,7 +24,7 @@ from lab.base import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_TEMPLATE = ROOT / "deploy" / "redis" / "users.conf"
-USERS = ("relay", "txr-1-7", "transceiver", "keys")
+USERS = ("relay", "txr-1-7", "transceiver", "keys", "front")
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -278,3 +278,24 @@ def test_cluster_records_are_the_admins_to_write_and_the_relays_to_read(sr: Secu
     with pytest.raises(redis.exceptions.NoPermissionError):
         registry.remove_cluster(txr, 3)
     txr.close()
+
+
+def test_the_front_user_reads_clusters_and_transceivers_only(sr: SecureRedis) -> None:
+    """What transceiver front reads (transceiver/front.py FleetView) works with its user; the
+    routing keys and any write are refused."""
+    admin = sr.admin()
+    registry.put_cluster(admin, registry.ClusterRecord(1, "us-east", 40.7, -74.0))
+    admin.close()
+    txr = client(sr, "txr-1-7")
+    registry.register(txr, rec(1, 7))
+    txr.close()
+    front = client(sr, "front")
+    clusters, problems = registry.read_clusters(front)
+    assert problems == [] and set(clusters) == {1}
+    txrs, problems = registry.read_transceivers(front)
+    assert problems == [] and set(txrs) == {(1, 7)}
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        front.hgetall("edge:keys")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.register(front, rec(1, 8))
+    front.close()
