@@ -120,8 +120,8 @@ class Stack:
         out = self.lab.exec(
             self.redis, "redis", ["redis-cli", "HGETALL", f"edge:txr:1:{txr_id(h.ip)}"]
         )
-        items = out.split()
-        return dict(zip(items[::2], items[1::2], strict=True))
+        lines = out.splitlines()  # a field and its value a line each; a value may be empty
+        return dict(zip(lines[::2], lines[1::2], strict=True))
 
 
 def assert_clean(lab: PodLab) -> None:

@@ -216,3 +216,38 @@ def test_set_flows_builds_the_keys_and_values_flow_key_does(r: redis.Redis) -> N
         assert r.get(name) == registry.flow_value(cluster, tid).encode(), name
         assert 0 < r.pttl(name) <= 60_000
     assert r.dbsize() == len(cases)
+
+
+def test_a_transceivers_signaling_url_round_trips(r: redis.Redis) -> None:
+    rec = TransceiverRecord(1, 8, "198.18.2.3:5000", http="http://10.1.0.8:8080")
+    registry.register(r, rec, ttl=10)
+    assert registry.read_registry(r).transceivers[(1, 8)].http == "http://10.1.0.8:8080"
+    registry.register(r, TransceiverRecord(1, 9, "198.18.2.4:5000"), ttl=10)
+    assert r.hget("edge:txr:1:9", "http") == b""  # none: no front places calls there
+    for bad in ("ftp://x:1", "http://", "http://host", "http://h:99999"):
+        with pytest.raises(registry.RegistryError, match="http"):
+            TransceiverRecord(1, 9, "198.18.2.4:5000", http=bad)
+
+
+def test_cluster_records_round_trip_and_bad_ones_are_problems(r: redis.Redis) -> None:
+    eu = registry.ClusterRecord(2, "eu-west", 50.1, 8.7, "redis://:pw@10.2.0.1:6379/0")
+    registry.put_cluster(r, eu)
+    registry.put_cluster(r, registry.ClusterRecord(1, "us-east", 40.7, -74.0, draining=True))
+    clusters, problems = registry.read_clusters(r)
+    assert problems == [] and set(clusters) == {1, 2}
+    assert clusters[2].registry == eu.registry and clusters[2].region == "eu-west"
+    assert clusters[1].draining and clusters[1].registry == ""
+    assert registry.read_registry(r).clusters == clusters
+    r.hset("edge:cluster:1", "lat", "north")  # hand-edited
+    r.sadd("edge:clusters", "5")  # listed, no hash
+    clusters, problems = registry.read_clusters(r)
+    assert set(clusters) == {2} and len(problems) == 2
+    assert registry.remove_cluster(r, 2) and not registry.remove_cluster(r, 2)
+    for args in (
+        (70000, "x", 0, 0),
+        (1, "EU West", 0, 0),
+        (1, "x", 91, 0),
+        (1, "x", 0, 0, "http://x"),
+    ):
+        with pytest.raises(registry.RegistryError):
+            registry.ClusterRecord(*args)  # type: ignore[arg-type]
