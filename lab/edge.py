@@ -114,9 +114,13 @@ class EdgeLab(Lab):
         mode: str = "native",
         txr_args: tuple[str, ...] = (),
         client_link: Impairment | None = None,
+        remote_cluster: int | None = None,
     ) -> None:
         """client_link: delay (jitter, loss) on the client's link, both ways (lab.delayline:
-        the lab's netem), so that set-up can be counted in round trips."""
+        the lab's netem), so that set-up can be counted in round trips.
+        remote_cluster: transceiver 1 is of that cluster and registers in a registry of its own
+        (another region's Redis, `remote_redis`), which a cluster record in the relays'
+        registry names: the relays serve it as a remote cluster (docs/fleet.md)."""
         super().__init__(prefix)
         self.mode = mode
         self.txr_args = txr_args
@@ -132,10 +136,12 @@ class EdgeLab(Lab):
             RelaySlot(1, f"{self.prefix}-r1", f"{self.prefix}r1", "198.18.5.1", "198.18.5.2",
                       "c1", "198.18.2.11"),
         ]  # fmt: skip
+        self.remote_cluster = remote_cluster
         self.txrs = [
             TxrSlot(0, f"{self.prefix}-t0", CLUSTER, 7, "198.18.2.2"),
-            TxrSlot(1, f"{self.prefix}-t1", CLUSTER, 8, "198.18.2.3"),
+            TxrSlot(1, f"{self.prefix}-t1", remote_cluster or CLUSTER, 8, "198.18.2.3"),
         ]
+        self.remote_redis: RedisServer | None = None
         self.key_id = KEY_ID
         self.key = secrets.token_bytes(16)
         self._own_redis = redis is None
@@ -148,6 +154,21 @@ class EdgeLab(Lab):
             (self.tmpdir / "redis").mkdir()
             self.redis = RedisServer(self.tmpdir / "redis", ns=self.fabric_ns).start()
             self.on_close(self.redis.close)
+        if self.remote_cluster is not None:
+            (self.tmpdir / "redis-remote").mkdir()
+            self.remote_redis = RedisServer(self.tmpdir / "redis-remote", ns=self.fabric_ns)
+            self.remote_redis.start()
+            self.on_close(self.remote_redis.close)
+            r = self.redis.client()
+            try:
+                registry.put_cluster(
+                    r,
+                    registry.ClusterRecord(
+                        self.remote_cluster, "remote", 50.1, 8.7, self.remote_redis.url
+                    ),
+                )
+            finally:
+                r.close()
         # Stop transceivers, then controllers, before the base stops everything else.
         self.on_close(self._stop_controllers)
         self.on_close(self._stop_transceivers)
@@ -337,14 +358,23 @@ class EdgeLab(Lab):
     # --- registry --------------------------------------------------------------------------------
 
     def publish_key(self, key_id: int, key: bytes, *, current: bool = True) -> None:
+        """In every registry of the lab: routing keys are fleet-wide (docs/fleet.md)."""
         assert self.redis is not None
-        r = self.redis.client()
-        try:
-            registry.set_key(r, key_id, key)
-            if current:
-                registry.set_current_key(r, key_id)
-        finally:
-            r.close()
+        for server in filter(None, (self.redis, self.remote_redis)):
+            r = server.client()
+            try:
+                registry.set_key(r, key_id, key)
+                if current:
+                    registry.set_current_key(r, key_id)
+            finally:
+                r.close()
+
+    def registry_of(self, index: int) -> RedisServer:
+        """The registry transceiver `index` registers in."""
+        remote = index == 1 and self.remote_redis is not None
+        server = self.remote_redis if remote else self.redis
+        assert server is not None
+        return server
 
     # --- transceivers ----------------------------------------------------------------------------
 
@@ -354,7 +384,8 @@ class EdgeLab(Lab):
         exe = str(Path(sys.executable).parent / "transceiver")
         argv = [exe, "serve", f"--listen={t.addr}:{HTTP_PORT}", f"--udp={t.tunnel}",
                 f"--vip={self.vip}:{self.vip_port}", f"--cluster={t.cluster}", f"--id={t.id}",
-                f"--redis={self.redis.url}", f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
+                f"--redis={self.registry_of(index).url}",
+                f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
                 f"--api-keys={lab_key_file(self.tmpdir)}", *self.txr_args]  # fmt: skip
         log = self.tmpdir / f"txr-{index}-{time.monotonic_ns()}.log"
         with log.open("wb") as err:
