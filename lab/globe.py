@@ -1,0 +1,282 @@
+"""GlobeLab: three regions, each with an XDP relay behind the one global VIP and a registry of
+its own, transceivers in two of them, a backbone with tens of ms between regions (docs/fleet.md).
+
+    region i (10.i.0.0/24, a bridge in its router gi):
+        client ci 10.i.0.10 --+
+        relay  ri 10.i.0.2  --+-- br0 gi 10.i.0.1 ==delay line di== core (10.255.i.2)
+        txr    ti 10.i.0.3  --+   (VIP/32 via ri: "anycast", each region's clients reach
+                                   the global VIP at their own region's relay)
+
+The backbone is a star: region i's router reaches the core through a delay line of `delay_ms`
+one way (lab.delayline: this kernel has no netem), so region i to region j is
+delay_i + delay_j one way. Each relay serves its own cluster and, by cluster records in its
+registry, every other region's cluster, whose transceivers it reaches over the backbone: a call
+from a region without transceivers enters at its own relay and is tunnelled, in the kernel,
+straight to the remote transceiver; the reply comes back the same way and leaves from the VIP.
+A region's relay can be withdrawn (`withdraw(i)`): its clients then reach the VIP through the
+next nearest region's relay, over the backbone.
+
+The registries are redis-servers on unix sockets (reached from every namespace: a registry
+outage is a stopped server, not a cut link). Signaling (HTTP) from a client to a remote
+transceiver is plain routing over the backbone.
+"""
+
+from __future__ import annotations
+
+import secrets
+import select
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab import netns
+from lab.base import Lab, edge_host_sysctls, relayctl_path
+from lab.delayline import Impairment, delayed_link
+from lab.edge import HTTP_PORT, KEY_ID, TXR_PORT, VIP, VIP_PORT, LabError
+from lab.peer import lab_key_file
+from lab.redis_server import RedisServer
+from lab.wait import wait_until
+from wire import registry
+from wire.defaults import RELAY_TUNNEL_PORT
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    lat: float
+    lon: float
+    delay_ms: float  # one way, this region's router <-> the backbone core
+    cluster: int | None  # its transceivers' cluster; None: relays only
+
+
+# One-way region to region: us-east <-> eu-west 35 ms, us-east <-> ap-south 55 ms,
+# eu-west <-> ap-south 60 ms (the order of the real ones, a little shorter).
+REGIONS = (
+    Region("us-east", 40.7, -74.0, 15.0, 1),
+    Region("eu-west", 50.1, 8.7, 20.0, 2),
+    Region("ap-south", 19.1, 72.9, 40.0, None),
+)
+TXR_ID = 7
+
+
+class ClientHost:
+    """One region's client host, as lab.calldriver.CallDriver wants a lab."""
+
+    def __init__(self, lab: GlobeLab, index: int) -> None:
+        self.lab, self.index = lab, index
+        self.tmpdir = lab.tmpdir
+        self.ns = lab.ns(index, "c")
+        self.addr = lab.addr(index, 10)
+
+    def spawn_client(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return self.lab.spawn(self.ns, argv, **kwargs)
+
+
+class GlobeLab(Lab):
+    def __init__(self, regions: tuple[Region, ...] = REGIONS, prefix: str | None = None) -> None:
+        super().__init__(prefix)
+        self.regions = regions
+        self.vip, self.vip_port = VIP, VIP_PORT
+        self.key_id, self.key = KEY_ID, secrets.token_bytes(16)
+        self.core_ns = f"{self.prefix}-core"
+        self.redis: list[RedisServer] = []
+        self.controllers: dict[int, subprocess.Popen[bytes]] = {}
+        self.transceivers: dict[int, subprocess.Popen[bytes]] = {}
+        self.withdrawn: set[int] = set()
+
+    # --- names and addresses ---------------------------------------------------------------------
+
+    def ns(self, i: int, role: str) -> str:
+        return f"{self.prefix}-{role}{i}"
+
+    @staticmethod
+    def addr(i: int, host: int) -> str:
+        return f"10.{i + 1}.0.{host}"
+
+    def relay_name(self, i: int) -> str:
+        return f"{self.prefix}r{i}"
+
+    def txr_url(self, i: int) -> str:
+        return f"http://{self.addr(i, 3)}:{HTTP_PORT}"
+
+    def client(self, i: int) -> ClientHost:
+        return ClientHost(self, i)
+
+    def one_way_ms(self, i: int, j: int) -> float:
+        return 0.0 if i == j else self.regions[i].delay_ms + self.regions[j].delay_ms
+
+    # --- build -----------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        self.namespace("core")
+        netns.sysctl(self.core_ns, "net.ipv4.ip_forward", "1")
+        netns.sysctl(self.core_ns, "net.ipv4.conf.all.rp_filter", "0")
+        netns.sysctl(self.core_ns, "net.ipv4.conf.default.rp_filter", "0")
+        for i, region in enumerate(self.regions):
+            self._region(i, region)
+        for i in range(len(self.regions)):
+            for j in range(len(self.regions)):
+                if i != j:  # the backbone: region j's prefix via the core, from region i
+                    self.ip(self.ns(i, "g"), "route", "add", f"10.{j + 1}.0.0/24", "via",
+                            f"10.255.{i + 1}.2")  # fmt: skip
+        self.on_close(self._stop)
+        for i in range(len(self.regions)):
+            (self.tmpdir / f"redis{i}").mkdir()
+            self.redis.append(RedisServer(self.tmpdir / f"redis{i}", ns=self.ns(i, "g")).start())
+            self.on_close(self.redis[i].close)
+        self._publish()
+        for i in range(len(self.regions)):
+            self.load_relay(self.ns(i, "r"), self.relay_name(i), ifaces=["eth0"],
+                            vips=[(self.vip, self.vip_port)],
+                            tunnel=(self.addr(i, 2), RELAY_TUNNEL_PORT))  # fmt: skip
+            self._start_controller(i)
+        for i, region in enumerate(self.regions):
+            if region.cluster is not None:
+                self._start_transceiver(i, region.cluster)
+        self.wait_maps()
+
+    def _region(self, i: int, region: Region) -> None:
+        g, r, c = self.ns(i, "g"), self.ns(i, "r"), self.ns(i, "c")
+        for role in ("g", "r", "c"):
+            self.namespace(f"{role}{i}")
+        netns.sysctl(g, "net.ipv4.ip_forward", "1")
+        netns.sysctl(g, "net.ipv4.conf.all.rp_filter", "0")
+        netns.sysctl(g, "net.ipv4.conf.default.rp_filter", "0")
+        # The VIP's next hop is on the link the client's packets came in on: an ICMP redirect
+        # would send the client straight to the relay, and a withdrawn route would not move it.
+        # (Before br0 exists: an interface takes the defaults when it is made.)
+        for conf in ("all", "default"):
+            netns.sysctl(g, f"net.ipv4.conf.{conf}.send_redirects", "0")
+        self.ip(g, "link", "add", "name", "br0", "type", "bridge")
+        self.ip(g, "link", "set", "br0", "up")
+        netns.add_addr(g, "br0", f"{self.addr(i, 1)}/24")
+        hosts = [(r, 2, "pr"), (c, 10, "pc")]
+        if region.cluster is not None:
+            self.namespace(f"t{i}")
+            hosts.append((self.ns(i, "t"), 3, "pt"))
+        for ns, host, port in hosts:
+            netns.veth(ns, "eth0", g, port)
+            self.ip(g, "link", "set", port, "master", "br0")
+            netns.add_addr(ns, "eth0", f"{self.addr(i, host)}/24")
+            netns.add_route(ns, "default", self.addr(i, 1))
+        # The veth trap: a frame the relay sends back out with XDP_TX reaches the bridge only
+        # if the peer runs XDP.
+        netns.attach_xdp_pass(g, "pr")
+        netns.add_addr(r, "lo", f"{self.vip}/32")
+        edge_host_sysctls(r)
+        self._announce(i)
+        # This region's router to the backbone core, through its delay line.
+        delayed_link(self, g, "bb", self.core_ns, f"g{i}", Impairment(region.delay_ms), f"bb{i}")
+        netns.add_addr(g, "bb", f"10.255.{i + 1}.1/30")
+        netns.add_addr(self.core_ns, f"g{i}", f"10.255.{i + 1}.2/30")
+        self.ip(self.core_ns, "route", "add", f"10.{i + 1}.0.0/24", "via", f"10.255.{i + 1}.1")
+
+    def _announce(self, i: int) -> None:
+        """Region i's router sends the global VIP to its own relay."""
+        self.ip(self.ns(i, "g"), "route", "replace", f"{self.vip}/32", "via", self.addr(i, 2))
+
+    def withdraw(self, i: int, to: int) -> None:
+        """Region i's relays stop announcing the VIP: its router sends VIP traffic to region
+        `to`'s relay over the backbone (the next nearest announcement)."""
+        g = self.ns(i, "g")
+        self.ip(g, "route", "replace", f"{self.vip}/32", "via", f"10.255.{i + 1}.2")
+        self.ip(self.core_ns, "route", "replace", f"{self.vip}/32", "via", f"10.255.{to + 1}.1")
+        self.withdrawn.add(i)
+
+    def restore(self, i: int) -> None:
+        self._announce(i)
+        self.withdrawn.discard(i)
+
+    def _publish(self) -> None:
+        """Every registry: the fleet-wide key, and a cluster record for every cluster (its own
+        local, the others naming their registries)."""
+        for i, server in enumerate(self.redis):
+            r = server.client()
+            try:
+                registry.set_key(r, self.key_id, self.key)
+                registry.set_current_key(r, self.key_id)
+                for j, region in enumerate(self.regions):
+                    if region.cluster is None:
+                        continue
+                    url = "" if i == j else self.redis[j].url
+                    rec = registry.ClusterRecord(region.cluster, region.name, region.lat,
+                                                 region.lon, url)  # fmt: skip
+                    registry.put_cluster(r, rec)
+            finally:
+                r.close()
+
+    def _start_controller(self, i: int) -> None:
+        log = self.tmpdir / f"run{i}.log"
+        argv = [relayctl_path(), "run", "--name", self.relay_name(i), "--redis", self.redis[i].url]
+        with log.open("wb") as out:
+            proc = self.spawn(self.ns(i, "r"), argv, stdout=out, stderr=subprocess.STDOUT)
+        self.controllers[i] = proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise LabError(f"relayctl run in region {i} exited:\n{log.read_text()[-2000:]}")
+            return "ready:" in log.read_text(errors="replace")
+
+        wait_until(ready, 30, f"relayctl run in region {i}")
+
+    def _start_transceiver(self, i: int, cluster: int) -> None:
+        exe = str(Path(sys.executable).parent / "transceiver")
+        a = self.addr(i, 3)
+        argv = [exe, "serve", f"--listen={a}:{HTTP_PORT}", f"--udp={a}:{TXR_PORT}",
+                f"--vip={self.vip}:{self.vip_port}", f"--cluster={cluster}", f"--id={TXR_ID}",
+                f"--redis={self.redis[i].url}", f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
+                f"--api-keys={lab_key_file(self.tmpdir)}", f"--advertise-http=http://{a}:{HTTP_PORT}",
+                "--post-rate=0"]  # fmt: skip
+        log = self.tmpdir / f"txr{i}.log"
+        with log.open("wb") as err:
+            proc = self.spawn(self.ns(i, "t"), argv, stdout=subprocess.PIPE, stderr=err)
+        self.transceivers[i] = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else b""
+        if b"transceiver ready" not in line:
+            raise LabError(f"transceiver in region {i} did not start: {log.read_text()[-2000:]}")
+
+    def _stop(self) -> None:
+        from lab.base import stop_process
+
+        for procs in (self.transceivers, self.controllers):
+            for p in procs.values():
+                self.forget(p)
+                stop_process(p, grace=5)
+            procs.clear()
+
+    # --- reading it ------------------------------------------------------------------------------
+
+    def map_show(self, i: int) -> dict[str, Any]:
+        return self.relay_maps(self.ns(i, "r"), self.relay_name(i))
+
+    def stats(self, i: int) -> dict[str, int]:
+        return self.relay_stats(self.ns(i, "r"), self.relay_name(i))
+
+    def flows(self, i: int) -> list[dict[str, Any]]:
+        return self.relay_flows(self.ns(i, "r"), self.relay_name(i))
+
+    def carrier(self, client: tuple[str, int]) -> list[tuple[int, int, int]]:
+        """(region of the relay, cluster, transceiver id) of every relay holding this flow."""
+        want = f"{client[0]}:{client[1]}"
+        return [
+            (i, int(f["cluster"]), int(f["transceiver"]))
+            for i in range(len(self.regions))
+            for f in self.flows(i)
+            if f["client"] == want
+        ]
+
+    def wait_maps(self, timeout: float = 30) -> None:
+        """Every relay lists every region's transceiver (its own and the remote ones)."""
+        want = {(r.cluster, TXR_ID) for r in self.regions if r.cluster is not None}
+
+        def synced() -> bool:
+            return all(
+                {(t["cluster"], t["id"]) for t in self.map_show(i)["transceivers"]} == want
+                for i in range(len(self.regions))
+            )
+
+        wait_until(synced, timeout, "every relay to serve every cluster", step=0.2)
