@@ -15,7 +15,8 @@ TEST_DEBS := python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad coturn nftables
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps test-deps kernel-headers bpffs venv test lint bench demo clean
+.PHONY: help install system-deps test-deps kernel-headers bpffs venv test lint bench demo demo-fleet \
+  clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,6 +80,9 @@ bench: install ## run the benchmarks and print their tables
 
 demo: install ## build the lab, run calls through the relay, print the report, tear it down
 	$(VPY) -m lab.demo
+
+demo-fleet: install ## the global fleet: 3 regions, a backbone, the front; a call from each region
+	$(VPY) -m lab.demo_fleet
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

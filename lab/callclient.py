@@ -1,6 +1,6 @@
 """Standard aiortc WebRTC calls to transceivers, driven over stdin/stdout (run in a client netns).
 
-    python -m lab.callclient [--api-keys FILE] URL [URL ...]
+    python -m lab.callclient [--api-keys FILE] [--header "NAME: VALUE" ...] URL [URL ...]
     python -m lab.callclient [--api-keys FILE] --once URL [FRAMES]
 
 With an API keys file (--api-keys, or env TXR_API_KEYS_FILE) the client does what an
@@ -58,6 +58,9 @@ def emit(doc: dict[str, Any]) -> None:
 
 
 API_KEY: str | None = None  # set from --api-keys / TXR_API_KEYS_FILE at start
+# --header "NAME: VALUE" (repeatable), on every offer POST: e.g. the location header a fleet's
+# front places calls by (docs/front.md), as a CDN in front of it would set it.
+HEADERS: dict[str, str] = {}
 
 
 async def token_for(http: aiohttp.ClientSession, url: str) -> str | None:
@@ -75,7 +78,8 @@ class Client:
         self.calls.append(peer)
         t0 = time.monotonic()
         try:
-            await peer.start(self.http, url, token=await token_for(self.http, url))
+            token = await token_for(self.http, url)
+            await peer.start(self.http, url, headers=HEADERS, token=token)
             local, remote = peer.nominated()
             emit({
                 "event": "call", "call": index, "state": "connected", "url": url,
@@ -256,6 +260,10 @@ if __name__ == "__main__":
     keys_file = os.environ.get("TXR_API_KEYS_FILE")
     if args[:1] == ["--api-keys"] and len(args) >= 2:
         keys_file, args = args[1], args[2:]
+    while args[:1] == ["--header"] and len(args) >= 2:
+        name, _, value = args[1].partition(":")
+        HEADERS[name.strip()] = value.strip()
+        args = args[2:]
     API_KEY = read_api_key(keys_file)
     if args[:1] == ["--once"] and len(args) in (2, 3):
         frames = int(args[2]) if len(args) == 3 else 50

@@ -16,14 +16,17 @@ from lab.peer import LAB_KEYS_FILE
 class CallDriver:
     """The callclient process: one JSON line per event on stdout, commands on stdin."""
 
-    def __init__(self, lab: EdgeLab, urls: list[str]) -> None:
+    def __init__(
+        self, lab: EdgeLab, urls: list[str], headers: dict[str, str] | None = None
+    ) -> None:
         self.log = lab.tmpdir / f"callclient-{time.monotonic_ns()}.log"
         # The lab's API keys file (lab.peer.lab_key_file), when its transceivers use one.
         keys = lab.tmpdir / LAB_KEYS_FILE
         auth = ["--api-keys", str(keys)] if keys.exists() else []
+        extra = [a for k, v in (headers or {}).items() for a in ("--header", f"{k}: {v}")]
         with self.log.open("wb") as err:
             self.proc = lab.spawn_client(
-                [sys.executable, "-m", "lab.callclient", *auth, *urls],
+                [sys.executable, "-m", "lab.callclient", *auth, *extra, *urls],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,

@@ -61,7 +61,7 @@ def run_calls(lab: EdgeLab, calls: int, seconds: float) -> list[dict[str, Any]]:
         for _ in urls:
             driver.wait_call()
         for i in range(calls):
-            driver.wait_rtp(i, int(seconds * 50))  # 50 packets a second
+            driver.wait_rtp(i, int(seconds * 50), timeout=seconds + 20)  # 50 packets a second
         rtts = [driver.rtt(i, 20) for i in range(calls)]
         where = [lab.carrier(tuple(c["local"])) for c in driver.calls]
         final = driver.hangup()

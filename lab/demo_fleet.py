@@ -1,0 +1,160 @@
+"""`make demo-fleet` (`python -m lab.demo_fleet`): the global fleet in a lab, calls from every
+region, a report, teardown.
+
+Builds the GlobeLab (lab/globe.py): three regions behind one global VIP (each region's clients
+reach it at their own region's XDP relay), a registry per region, transceivers in two regions,
+a backbone of tens of ms between them. The fleet's signaling front (`transceiver front`,
+docs/front.md) runs at the core; every region's client POSTs its offer there with its location in
+a header ("LAT,LON", as a CDN in front would set it), the front places the call at the nearest
+cluster with room, and the client's audio enters the fleet at its own region's relay, which
+tunnels it across the backbone when the cluster is elsewhere. Prints per call: the client's
+region, the relay that carried it, the cluster, set-up time, RTT (STUN round trips through the
+relay), RTP sent and echoed (loss), the longest gap; and the relays' counters. Everything is
+removed at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed or its audio did not
+come back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lab import netns
+from lab.calldriver import CallDriver
+from lab.demo import MIN_ECHO, Interrupted, _on_signal
+from lab.globe import GlobeLab
+from lab.topology import sweep_stale_labs
+from lab.wait import wait_until
+
+FRONT_PORT = 8090
+
+
+def start_front(lab: GlobeLab) -> str:
+    """`transceiver front` in the core namespace, reading region 0's registry (its cluster
+    records name every cluster's registry); returns the URL clients of region 0 use."""
+    exe = str(Path(sys.executable).parent / "transceiver")
+    argv = [exe, "front", f"--listen=0.0.0.0:{FRONT_PORT}", f"--redis={lab.redis[0].url}",
+            "--default-region", lab.regions[0].name, "--log-level=warning"]  # fmt: skip
+    log = lab.tmpdir / "front.log"
+    with log.open("wb") as out:
+        lab.spawn(lab.core_ns, argv, stdout=out, stderr=out)
+    url = front_url(0)
+
+    def fresh() -> bool:
+        out = netns.run(
+            lab.ns(0, "c"), [sys.executable, "-c", _FETCH, url + "/healthz"], check=False
+        ).stdout
+        return '"fresh": 2' in out
+
+    wait_until(fresh, 30, "the front to see both clusters")
+    return url
+
+
+_FETCH = (
+    "import sys, urllib.request; "
+    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
+
+
+def front_url(region: int) -> str:
+    """The core's address on region `region`'s backbone link: where that region reaches it."""
+    return f"http://10.255.{region + 1}.2:{FRONT_PORT}"
+
+
+def run_calls(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    drivers = []
+    try:
+        for i, region in enumerate(lab.regions):
+            d = CallDriver(
+                lab.client(i),  # type: ignore[arg-type]
+                [front_url(i)],
+                headers={"X-Edge-Location": f"{region.lat},{region.lon}"},
+            )
+            drivers.append(d)
+        calls = [d.wait_call() for d in drivers]
+        for d in drivers:
+            d.wait_rtp(0, int(seconds * 50), timeout=seconds + 20)
+        rtts = [d.rtt(0, 20) for d in drivers]
+        where = [lab.carrier(tuple(c["local"])) for c in calls]
+        finals = [d.hangup()[0] for d in drivers]
+    finally:
+        for d in drivers:
+            d.close()
+    for i, c in enumerate(calls):
+        rows.append({**c, **finals[i], "region": lab.regions[i].name, "rtts": rtts[i],
+                     "where": where[i]})  # fmt: skip
+    return rows
+
+
+def report(lab: GlobeLab, rows: list[dict[str, Any]], setup_s: float) -> None:
+    names = [r.name for r in lab.regions]
+    print(f"\nlab set up in {setup_s:.1f} s: regions {', '.join(names)}; backbone one way "
+          + ", ".join(f"{names[i]}-{names[j]} {lab.one_way_ms(i, j):.0f} ms"
+                      for i in range(len(names)) for j in range(i + 1, len(names))))  # fmt: skip
+    print("\ncalls (client -> front places it -> global VIP at its region's relay -> cluster)")
+    head = f"{'client region':<14} {'relay':<10} {'cluster':>7} {'setup ms':>9} {'RTT p50':>8} "
+    print(head + f"{'RTT p99':>8} {'RTP sent':>8} {'echoed':>7} {'loss %':>6} {'max gap ms':>10}")
+    for r in rows:
+        relay = ",".join(names[w[0]] for w in r["where"]) or "-"
+        cluster = ",".join(str(w[1]) for w in r["where"]) or "-"
+        rtts = sorted(r["rtts"])
+        sent = r["sent"] or 0
+        # the packets still on their way back at hang-up are not lost: one RTT's worth
+        in_flight = math.ceil(statistics.median(rtts) / 20)
+        loss = 100 * max(0, sent - r["rtp"] - in_flight) / sent if sent else 100.0
+        print(f"{r['region']:<14} {relay:<10} {cluster:>7} {r['setup_ms']:>9.1f} "
+              f"{statistics.median(rtts):>8.2f} {rtts[-1]:>8.2f} {sent:>8} {r['rtp']:>7} "
+              f"{loss:>6.1f} {r['max_gap_ms']:>10.1f}")  # fmt: skip
+    for i, name in enumerate(names):
+        stats = {k: v for k, v in lab.stats(i).items() if v}
+        print(f"\n$ relayctl stats   (relay of {name})")
+        for k, v in stats.items():
+            print(f"  {k:<24} {v:>8}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="audio per call before the report")
+    args = ap.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+    for leftover in sweep_stale_labs():
+        print(f"removed leftover {leftover}")
+    lab = GlobeLab()
+    rows: list[dict[str, Any]] = []
+    try:
+        print(f"building lab {lab.prefix}: 3 regions, 3 relays, 2 transceivers, 3 registries, "
+              "a backbone ...", flush=True)  # fmt: skip
+        t0 = time.monotonic()
+        with lab:
+            start_front(lab)
+            setup_s = time.monotonic() - t0
+            print(f"lab up in {setup_s:.1f} s: placing a call from every region ...", flush=True)
+            rows = run_calls(lab, args.seconds)
+            report(lab, rows, setup_s)
+    except (KeyboardInterrupt, Interrupted):
+        print("\ninterrupted: lab removed", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a clear message, no traceback, the lab already removed
+        print(f"demo-fleet failed: {exc}", file=sys.stderr)
+        return 1
+    print("\nlab removed")
+    bad = [r["region"] for r in rows if not r["sent"] or r["rtp"] < MIN_ECHO * r["sent"]]
+    bad += [r["region"] for r in rows if len(r["where"]) != 1]
+    if bad:
+        print(f"FAILED: calls from {sorted(set(bad))}: audio not echoed or not on one relay",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"OK: {len(rows)} calls, one from each region, placed by the front, echoed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
