@@ -36,6 +36,7 @@ BENCHMARKS = (
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),
     ("bench.turn", "Calls without UDP: TURN over TLS on 443"),
+    ("bench.globe", "The nearest relay and the backbone against the public internet"),
     ("bench.ice_restart", "ICE restart after a network change"),
 )
 INTRO = """\

@@ -18,6 +18,7 @@ candidates are the VIPs). It prints one JSON line per event and reads commands, 
     rtt I N        -> {"event": "rtt", "call": I, "ms": [...]}  N authenticated STUN Binding
                       round trips on call I's credentials, from a fresh port, to the VIP
     rttdirect I N ADDR:PORT -> the same, sent straight to a transceiver's UDP socket
+    rttfrom I N ADDR -> the same to the VIP, from another local address (another route)
     setup URL      -> {"event": "setup", "answer_ms", "ice_ms", "dtls_ms", "greeting_ms",
                       "echo_ms"}: one call on the warm HTTP connection, timed from the POST to
                       the answer, ICE completed, DTLS connected, the first packet of the
@@ -93,7 +94,9 @@ class Client:
     def stats(self) -> list[dict[str, Any]]:
         return [{"call": i, **peer.stats()} for i, peer in enumerate(self.calls)]
 
-    async def rtt(self, index: int, n: int, dest: tuple[str, int] | None) -> list[float]:
+    async def rtt(
+        self, index: int, n: int, dest: tuple[str, int] | None, source: str | None = None
+    ) -> list[float]:
         """n authenticated Binding requests for call `index` from a fresh socket; the
         transceiver answers them (they do not carry USE-CANDIDATE, so nothing moves).
 
@@ -107,7 +110,7 @@ class Client:
         dest = dest or remote
         out: list[float] = []
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((local, 0))
+            sock.bind((source or local, 0))
             sock.setblocking(False)
             loop = asyncio.get_running_loop()
             for _ in range(n):
@@ -232,9 +235,10 @@ async def main(urls: list[str]) -> int:
                     emit({"event": "stats", "calls": client.stats()})
                 elif cmd[0] == "call" and len(cmd) == 2:
                     await client.place(cmd[1])
-                elif cmd[0] in ("rtt", "rttdirect") and len(cmd) >= 3:
+                elif cmd[0] in ("rtt", "rttdirect", "rttfrom") and len(cmd) >= 3:
                     dest = parse_addr_port(cmd[3]) if cmd[0] == "rttdirect" else None
-                    ms = await client.rtt(int(cmd[1]), int(cmd[2]), dest)
+                    source = cmd[3] if cmd[0] == "rttfrom" else None
+                    ms = await client.rtt(int(cmd[1]), int(cmd[2]), dest, source)
                     emit({"event": "rtt", "call": int(cmd[1]), "ms": ms})
                 elif cmd[0] == "setup" and len(cmd) == 2:
                     try:

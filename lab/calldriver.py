@@ -88,8 +88,17 @@ class CallDriver:
         self._send("stats")
         return list(self.wait("stats", 10)["calls"])
 
-    def rtt(self, call: int, n: int, direct: str | None = None) -> list[float]:
-        self._send(f"rttdirect {call} {n} {direct}" if direct else f"rtt {call} {n}")
+    def rtt(
+        self, call: int, n: int, direct: str | None = None, source: str | None = None
+    ) -> list[float]:
+        """n STUN round trips on call `call`'s credentials (ms; a lost probe is no sample):
+        to the VIP, or `direct` to an address, or to the VIP from the local address `source`."""
+        if direct:
+            self._send(f"rttdirect {call} {n} {direct}")
+        elif source:
+            self._send(f"rttfrom {call} {n} {source}")
+        else:
+            self._send(f"rtt {call} {n}")
         return list(self.wait("rtt", 10 + 2 * n)["ms"])
 
     def restart(self, call: int, host: str) -> dict[str, Any]:

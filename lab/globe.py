@@ -59,6 +59,12 @@ REGIONS = (
     Region("ap-south", 19.1, 72.9, 40.0, None),
 )
 TXR_ID = 7
+# The public internet between regions, for the comparison: a quarter longer than the backbone,
+# with jitter and loss on each region's leg.
+INTERNET_STRETCH = 1.25
+INTERNET_JITTER_MS = 4.0
+INTERNET_LOSS = 0.01
+ALT_HOST = 20  # a client's second address, whose VIP traffic takes the public internet
 
 
 class ClientHost:
@@ -75,9 +81,20 @@ class ClientHost:
 
 
 class GlobeLab(Lab):
-    def __init__(self, regions: tuple[Region, ...] = REGIONS, prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        regions: tuple[Region, ...] = REGIONS,
+        prefix: str | None = None,
+        internet: dict[int, int] | None = None,
+    ) -> None:
+        """internet: {client region i: far region k}: client i's second address
+        (10.i.0.20) reaches the global VIP at region k's relay straight over the public
+        internet (lab `inet` namespace, INTERNET_* impairments on every region's leg) instead of
+        at its own relay and the backbone; the replies come back the same way."""
         super().__init__(prefix)
         self.regions = regions
+        self.internet = internet or {}
+        self.inet_ns = f"{self.prefix}-inet"
         self.vip, self.vip_port = VIP, VIP_PORT
         self.key_id, self.key = KEY_ID, secrets.token_bytes(16)
         self.core_ns = f"{self.prefix}-core"
@@ -121,6 +138,8 @@ class GlobeLab(Lab):
                 if i != j:  # the backbone: region j's prefix via the core, from region i
                     self.ip(self.ns(i, "g"), "route", "add", f"10.{j + 1}.0.0/24", "via",
                             f"10.255.{i + 1}.2")  # fmt: skip
+        if self.internet:
+            self._internet()
         self.on_close(self._stop)
         for i in range(len(self.regions)):
             (self.tmpdir / f"redis{i}").mkdir()
@@ -172,6 +191,37 @@ class GlobeLab(Lab):
         netns.add_addr(g, "bb", f"10.255.{i + 1}.1/30")
         netns.add_addr(self.core_ns, f"g{i}", f"10.255.{i + 1}.2/30")
         self.ip(self.core_ns, "route", "add", f"10.{i + 1}.0.0/24", "via", f"10.255.{i + 1}.1")
+
+    def _internet(self) -> None:
+        """The public internet: one namespace, every region's router on it through an
+        impaired delay line; only the clients' second addresses are routed over it."""
+        self.namespace("inet")
+        inet = self.inet_ns
+        netns.sysctl(inet, "net.ipv4.ip_forward", "1")
+        for conf in ("all", "default"):
+            netns.sysctl(inet, f"net.ipv4.conf.{conf}.rp_filter", "0")
+        for i, region in enumerate(self.regions):
+            imp = Impairment(region.delay_ms * INTERNET_STRETCH, INTERNET_JITTER_MS, INTERNET_LOSS)
+            g = self.ns(i, "g")
+            delayed_link(self, g, "in", inet, f"g{i}", imp, f"in{i}")
+            netns.add_addr(g, "in", f"10.254.{i + 1}.1/30")
+            netns.add_addr(inet, f"g{i}", f"10.254.{i + 1}.2/30")
+            self.ip(inet, "route", "add", f"10.{i + 1}.0.0/24", "via", f"10.254.{i + 1}.1")
+        for i, k in self.internet.items():
+            alt = self.addr(i, ALT_HOST)
+            netns.add_addr(self.ns(i, "c"), "eth0", f"{alt}/24")
+            # region i's router: the alt address's VIP traffic to the internet ...
+            table = str(200 + i)
+            g = self.ns(i, "g")
+            self.ip(g, "route", "add", f"{self.vip}/32", "via", f"10.254.{i + 1}.2", "table", table)
+            self.ip(g, "rule", "add", "from", alt, "to", f"{self.vip}/32", "lookup", table)
+            # ... the internet delivers it to region k ...
+            table = str(300 + i)
+            self.ip(inet, "route", "add", f"{self.vip}/32", "via", f"10.254.{k + 1}.1",
+                    "table", table)  # fmt: skip
+            self.ip(inet, "rule", "add", "from", alt, "to", f"{self.vip}/32", "lookup", table)
+            # ... and region k sends the replies to it back over the internet.
+            self.ip(self.ns(k, "g"), "route", "add", f"{alt}/32", "via", f"10.254.{k + 1}.2")
 
     def _announce(self, i: int) -> None:
         """Region i's router sends the global VIP to its own relay."""
