@@ -838,14 +838,20 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"relayctl: warning: {w}", err=True)
 
 
-def keys_command(name: str) -> Callable:
+def registry_command(group: click.Group, name: str) -> Callable:
+    """A subcommand of `group` that works on the registry: the Redis options and --prefix."""
+
     def wrap(f: Callable) -> Callable:
         f = click.option(
             "--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix."
         )(f)
-        return keys_group.command(name)(redis_options(f))
+        return group.command(name)(redis_options(f))
 
     return wrap
+
+
+def keys_command(name: str) -> Callable:
+    return registry_command(keys_group, name)
 
 
 @keys_command("add")
@@ -1002,13 +1008,7 @@ def clusters_group() -> None:
 
 
 def clusters_command(name: str) -> Callable:
-    def wrap(f: Callable) -> Callable:
-        f = click.option(
-            "--prefix", default=REDIS_PREFIX, show_default=True, help="Redis key prefix."
-        )(f)
-        return clusters_group.command(name)(redis_options(f))
-
-    return wrap
+    return registry_command(clusters_group, name)
 
 
 @clusters_command("add")

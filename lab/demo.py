@@ -54,6 +54,12 @@ def _ms(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.2f}"
 
 
+def failed_calls(rows: list[dict[str, Any]], name: str) -> list[Any]:
+    """row[name] of the calls whose audio did not come back or that were not on one relay."""
+    bad = [r[name] for r in rows if not r["sent"] or r["rtp"] < MIN_ECHO * r["sent"]]
+    return sorted(set(bad + [r[name] for r in rows if len(r["where"]) != 1]))
+
+
 def run_calls(lab: EdgeLab, calls: int, seconds: float) -> list[dict[str, Any]]:
     urls = [lab.txrs[i % len(lab.txrs)].url for i in range(calls)]
     driver = CallDriver(lab, urls)
@@ -162,13 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     print("\nlab removed")
-    bad = [r["call"] for r in rows if not r["sent"] or r["rtp"] < MIN_ECHO * r["sent"]]
-    bad += [r["call"] for r in rows if len(r["where"]) != 1]
+    bad = failed_calls(rows, "call")
     if browser is not None and browser.get("state") != "connected":
         print(f"FAILED: the Chromium call: {browser.get('error')}", file=sys.stderr)
         return 1
     if bad:
-        print(f"FAILED: calls {sorted(set(bad))}: audio not echoed or not on one relay",
+        print(f"FAILED: calls {bad}: audio not echoed or not on one relay",
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"OK: {len(rows)} calls, audio echoed through the XDP relays")

@@ -27,7 +27,7 @@ from typing import Any
 
 from lab import netns
 from lab.calldriver import CallDriver
-from lab.demo import MIN_ECHO, Interrupted, _on_signal
+from lab.demo import Interrupted, _on_signal, failed_calls
 from lab.globe import GlobeLab
 from lab.topology import sweep_stale_labs
 from lab.wait import wait_until
@@ -146,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo-fleet failed: {exc}", file=sys.stderr)
         return 1
     print("\nlab removed")
-    bad = [r["region"] for r in rows if not r["sent"] or r["rtp"] < MIN_ECHO * r["sent"]]
-    bad += [r["region"] for r in rows if len(r["where"]) != 1]
+    bad = failed_calls(rows, "region")
     if bad:
-        print(f"FAILED: calls from {sorted(set(bad))}: audio not echoed or not on one relay",
+        print(f"FAILED: calls from {bad}: audio not echoed or not on one relay",
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"OK: {len(rows)} calls, one from each region, placed by the front, echoed")
