@@ -1,12 +1,16 @@
 """Keep Python's cyclic garbage collector from stopping every call at once.
 
 Every call's media shares one event loop, and a full (generation 2) collection walks every
-tracked object while it holds that loop. A started transceiver already has ~100,000 of them
-(aiortc, PyAV, aiohttp, prometheus-client, the app) that never become garbage, so a collection
-triggered while calls set up stopped the media of all of them together for ~75-110 ms on the
-test VM (bench.media_stall). `freeze_startup_heap` collects once and then moves everything alive
-into the permanent generation (gc.freeze, Python >= 3.7): later collections walk only what was
-allocated since, i.e. the calls' own objects, which they still free.
+tracked object while it holds that loop. A started `transceiver serve` already has ~70,000 of
+them (aiortc, PyAV, aiohttp, prometheus-client, the app) that never become garbage. With the
+transceiver in a test process (~100,000 objects), a full collection while five Chromium calls
+set up held the loop 75-112 ms and every call's inbound audio stopped for as long, at the same
+moment (the in-process probe behind bench.media_stall). `freeze_startup_heap` collects once and
+then moves everything alive into the permanent generation (gc.freeze, Python >= 3.7): later
+collections walk only what was allocated since, i.e. the calls' own objects, which they still
+free. In bench.media_stall's 6 s rounds against a `serve` process no full collection happened
+at all, with or without it: the stalls that bench still shows are something else (see its
+loop-lag columns).
 """
 
 from __future__ import annotations
