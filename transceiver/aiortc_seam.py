@@ -149,6 +149,13 @@ TOUCHES: tuple[Touch, ...] = (
         ("_advertised_rwnd", "_sack_needed"),
     ),
     Touch("SCTP window: advertised", RTCSctpTransport, "_send_sack", ("_advertised_rwnd",)),
+    Touch("SCTP credit: wraps the instance's", RTCSctpTransport, "_handle_data"),
+    Touch(
+        "SCTP credit: DTLS hands decrypted data to it",
+        RTCDtlsTransport,
+        "_recv_next",
+        ("_data_receiver", "_handle_data"),
+    ),
     Touch(
         "shared certificate: swapped global",
         RTCPeerConnection,
@@ -391,6 +398,21 @@ def enforce_sctp_receive_window(sctp: RTCSctpTransport, dropped: Callable[[], No
         await handle(chunk)
 
     sctp._receive_data_chunk = within_window  # type: ignore[method-assign]
+
+
+def watch_sctp(sctp: RTCSctpTransport, authenticated: Callable[[int], None]) -> None:
+    """Tell `authenticated(nbytes)` of every SCTP packet aiortc's DTLS transport decrypted and
+    hands the data channels: DTLS application data proves its path as SRTP does (paths.Route),
+    so a client's data channel messages earn the send credit their echo spends (without it, a
+    64 KB message's echo outran the credit that audio alone had built and waited for SCTP's
+    1 s retransmission timer)."""
+    handle: Callable[[bytes], Awaitable[None]] = sctp._handle_data
+
+    async def credited(data: bytes) -> None:
+        authenticated(len(data))
+        await handle(data)
+
+    sctp._handle_data = credited  # type: ignore[method-assign]
 
 
 def sctp_receive_window(sctp: RTCSctpTransport) -> int:

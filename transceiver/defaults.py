@@ -77,7 +77,10 @@ DRAIN_MAX = 64  # datagrams read per readiness event beyond the one asyncio hand
 # path is credited 4x the authenticated bytes it sent, capped; a client that is silent (DTX,
 # muted: RTCP and consent checks only) still gets SEND_FLOOR_RATE while heard recently.
 SEND_CREDIT_FACTOR = 4
-SEND_CREDIT_MAX = 64 * 1024  # bytes: a path's credit never grows beyond this
+# bytes: a path's credit never grows beyond this; above one data channel message of the largest
+# size a client may send (64 KiB, RFC 8841) echoed with its DTLS and SCTP overhead, so an echo
+# is never held back for SCTP's retransmission timer
+SEND_CREDIT_MAX = 256 * 1024
 SEND_CREDIT_VERIFIED = 16 * 1024  # bytes granted when a path is verified (the DTLS handshake)
 SEND_FLOOR_RATE = 16 * 1024  # bytes/s (128 kbit/s) for a path heard within the window below
 SEND_FLOOR_WINDOW = 10.0  # seconds: two consent intervals (RFC 7675 asks for one every ~5 s)

@@ -126,6 +126,7 @@ class CallSession:
             raise OfferError(f"offer rejected: {exc}") from None
         if pc.sctp is not None:  # the offer has a data channel m-line
             aiortc_seam.enforce_sctp_receive_window(pc.sctp, self.call.channels.window_drop)
+            aiortc_seam.watch_sctp(pc.sctp, self.ice.media_authenticated)
         offered_role = next((m.dtls.role for m in offered.media if m.dtls is not None), "auto")
         # Answer passive (we are the DTLS server) unless the offer insisted on being passive.
         aiortc_seam.set_dtls_role(dtls, "client" if offered_role == "server" else "server")

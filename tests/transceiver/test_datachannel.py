@@ -68,6 +68,10 @@ async def test_oai_events_echo_on_the_fast_path(
         assert channels.messages_in == count and channels.messages_out == count
         assert channels.dropped_in == channels.dropped_out == channels.refused == 0
         assert "a=max-message-size:262144" in client.answer_sdp
+        # Every echo went out at once: the messages' own DTLS records earned the send credit
+        # their echoes spent (none waited for an SCTP retransmission, none was refused).
+        assert txr.mux.drops["send_no_credit"] == 0
+        assert session.ice.refused == 0
     finally:
         await client.close()
 
