@@ -22,49 +22,12 @@ import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from lab import netns
 from lab.calldriver import CallDriver
 from lab.demo import Interrupted, _on_signal, failed_calls
 from lab.globe import GlobeLab
 from lab.topology import sweep_stale_labs
-from lab.wait import wait_until
-
-FRONT_PORT = 8090
-
-
-def start_front(lab: GlobeLab) -> str:
-    """`transceiver front` in the core namespace, reading region 0's registry (its cluster
-    records name every cluster's registry); returns the URL clients of region 0 use."""
-    exe = str(Path(sys.executable).parent / "transceiver")
-    argv = [exe, "front", f"--listen=0.0.0.0:{FRONT_PORT}", f"--redis={lab.redis[0].url}",
-            "--default-region", lab.regions[0].name, "--log-level=warning"]  # fmt: skip
-    log = lab.tmpdir / "front.log"
-    with log.open("wb") as out:
-        lab.spawn(lab.core_ns, argv, stdout=out, stderr=out)
-    url = front_url(0)
-
-    def fresh() -> bool:
-        out = netns.run(
-            lab.ns(0, "c"), [sys.executable, "-c", _FETCH, url + "/healthz"], check=False
-        ).stdout
-        return '"fresh": 2' in out
-
-    wait_until(fresh, 30, "the front to see both clusters")
-    return url
-
-
-_FETCH = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-)
-
-
-def front_url(region: int) -> str:
-    """The core's address on region `region`'s backbone link: where that region reaches it."""
-    return f"http://10.255.{region + 1}.2:{FRONT_PORT}"
 
 
 def run_calls(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
@@ -74,7 +37,7 @@ def run_calls(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
         for i, region in enumerate(lab.regions):
             d = CallDriver(
                 lab.client(i),  # type: ignore[arg-type]
-                [front_url(i)],
+                [lab.front_url(i)],
                 headers={"X-Edge-Location": f"{region.lat},{region.lon}"},
             )
             drivers.append(d)
@@ -134,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
               "a backbone ...", flush=True)  # fmt: skip
         t0 = time.monotonic()
         with lab:
-            start_front(lab)
+            lab.start_front()
             setup_s = time.monotonic() - t0
             print(f"lab up in {setup_s:.1f} s: placing a call from every region ...", flush=True)
             rows = run_calls(lab, args.seconds)

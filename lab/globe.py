@@ -65,6 +65,11 @@ INTERNET_STRETCH = 1.25
 INTERNET_JITTER_MS = 4.0
 INTERNET_LOSS = 0.01
 ALT_HOST = 20  # a client's second address, whose VIP traffic takes the public internet
+FRONT_PORT = 8090  # the fleet's signaling front (`transceiver front`), at the core
+_FETCH = (
+    "import sys, urllib.request; "
+    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
 
 
 class ClientHost:
@@ -101,6 +106,7 @@ class GlobeLab(Lab):
         self.redis: list[RedisServer] = []
         self.controllers: dict[int, subprocess.Popen[bytes]] = {}
         self.transceivers: dict[int, subprocess.Popen[bytes]] = {}
+        self.front: subprocess.Popen[bytes] | None = None
         self.withdrawn: set[int] = set()
 
     # --- names and addresses ---------------------------------------------------------------------
@@ -120,6 +126,11 @@ class GlobeLab(Lab):
 
     def client(self, i: int) -> ClientHost:
         return ClientHost(self, i)
+
+    def front_url(self, i: int) -> str:
+        """The front on the core's address on region i's backbone link: where that region
+        reaches it."""
+        return f"http://10.255.{i + 1}.2:{FRONT_PORT}"
 
     def one_way_ms(self, i: int, j: int) -> float:
         return 0.0 if i == j else self.regions[i].delay_ms + self.regions[j].delay_ms
@@ -288,6 +299,27 @@ class GlobeLab(Lab):
         line = proc.stdout.readline() if ready else b""
         if b"transceiver ready" not in line:
             raise LabError(f"transceiver in region {i} did not start: {log.read_text()[-2000:]}")
+
+    def start_front(self, timeout: float = 30) -> None:
+        """`transceiver front` in the core namespace, reading region 0's registry (its cluster
+        records name every cluster's registry), until it has read every cluster."""
+        exe = str(Path(sys.executable).parent / "transceiver")
+        argv = [exe, "front", f"--listen=0.0.0.0:{FRONT_PORT}", f"--redis={self.redis[0].url}",
+                "--default-region", self.regions[0].name, "--log-level=warning"]  # fmt: skip
+        log = self.tmpdir / "front.log"
+        with log.open("wb") as out:
+            self.front = self.spawn(self.core_ns, argv, stdout=out, stderr=out)
+        clusters = sum(r.cluster is not None for r in self.regions)
+        wait_until(
+            lambda: f'"fresh": {clusters}' in self.fetch(0, self.front_url(0) + "/healthz"),
+            timeout,
+            "the front to see every cluster",
+        )
+
+    def fetch(self, i: int, url: str) -> str:
+        """GET url from region i's client host: the body, or "" when it fails."""
+        argv = [sys.executable, "-c", _FETCH, url]
+        return netns.run(self.ns(i, "c"), argv, check=False).stdout
 
     def _stop(self) -> None:
         from lab.base import stop_process
