@@ -722,6 +722,14 @@ def _decode_keys(
     help="Seconds a remote cluster's registry (a cluster record with --registry) may stay "
     "unreadable before its transceivers leave the map; until then its last view is kept.",
 )
+@click.option(
+    "--region",
+    help="This relay's region (1-32 of a-z, 0-9, '-', '_'): it reports, in every registry it "
+    "reads, that its region reaches it, and the front places calls only where the client's "
+    "region reaches (docs/fleet.md). Needs --lat and --lon. [default: no reports]",
+)
+@click.option("--lat", type=click.FloatRange(-90, 90), help="The region's latitude, degrees.")
+@click.option("--lon", type=click.FloatRange(-180, 180), help="The region's longitude, degrees.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def run_command(
     name: str,
@@ -741,6 +749,9 @@ def run_command(
     slow_path_net_rate: float,
     empty_grace: float,
     remote_grace: float,
+    region: str | None,
+    lat: float | None,
+    lon: float | None,
     verbose: bool,
 ) -> None:
     """Keep the relay's maps equal to the Redis registry, publish learned flows, take over
@@ -762,6 +773,7 @@ def run_command(
             flow_redis, _ = resolve_url(flow_redis, password_file=redis_password_file)
         except RedisConfigError as exc:
             raise RelayctlError(f"--flow-redis: {exc}") from None
+    reach = _region(region, lat, lon)
     _privileged("run", name)
     logging.basicConfig(
         stream=sys.stderr,
@@ -784,6 +796,7 @@ def run_command(
         net_rate=slow_path_net_rate,
         empty_grace=empty_grace,
         remote_grace=remote_grace,
+        region=reach,
     )
     try:
         controller = Controller(opts)
@@ -1005,6 +1018,22 @@ def clusters_group() -> None:
     transceivers there and tunnel its calls straight to them over the backbone; the signaling
     front places calls at the nearest cluster that is not draining (docs/fleet.md).
     """
+
+
+def _region(region: str | None, lat: float | None, lon: float | None) -> Any:
+    """run's --region/--lat/--lon as the ReachReport it will send (its time set per report)."""
+    from wire import registry
+
+    if region is None:
+        if lat is not None or lon is not None:
+            raise RelayctlError("--lat/--lon without --region")
+        return None
+    if lat is None or lon is None:
+        raise RelayctlError("--region needs --lat and --lon")
+    try:
+        return registry.ReachReport(region, lat, lon, 0.0)
+    except registry.RegistryError as exc:
+        raise RelayctlError(f"--region: {exc}") from None
 
 
 def clusters_command(name: str) -> Callable:

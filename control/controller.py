@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from control import defaults
@@ -35,7 +35,7 @@ from datapath import DatapathError
 from datapath.maps import RelayMaps, fd_info, obj_get, read_config, write_wall_clock
 from datapath.slowpath import SlowPath
 from wire import registry
-from wire.defaults import REDIS_PREFIX, RELAY_REFRESH, RELAY_TTL
+from wire.defaults import REACH_REFRESH, REDIS_PREFIX, RELAY_REFRESH, RELAY_TTL
 from wire.redisconn import Backoff, connect, redact
 
 log = logging.getLogger("relayctl.run")
@@ -58,6 +58,7 @@ class RunOptions:
     net_rate: float = defaults.SLOW_PATH_NET_RATE
     empty_grace: float = defaults.EMPTY_GRACE
     remote_grace: float = defaults.REMOTE_GRACE
+    region: registry.ReachReport | None = None  # reported in every registry read (--region)
 
 
 class Controller:
@@ -74,7 +75,7 @@ class Controller:
             if opts.flow_redis_url
             else self.redis
         )
-        self.fleet = RemoteClusters(opts.prefix, grace=opts.remote_grace)
+        self.fleet = RemoteClusters(opts.prefix, grace=opts.remote_grace, region=opts.region)
         self.registry = RegistrySync(
             self.redis, opts.prefix, hold=opts.empty_grace, fleet=self.fleet
         )
@@ -91,6 +92,7 @@ class Controller:
         self._rewrite_flows = False
         self._last_problems: list[str] = []
         self._announced_at: float | None = None
+        self._reached_at: float | None = None
         self._loaded_keys: tuple[tuple[int, str], ...] = ()  # announced: keys rotate safely
         self._announced_keys: tuple[tuple[int, str], ...] | None = None
 
@@ -223,6 +225,7 @@ class Controller:
             ("sync", self._sync if redis_due else None),
             ("flows", self._export_flows if redis_due else None),
             ("announce", self._announce if redis_due else None),
+            ("reach", self._report_reach if redis_due and self.opts.region else None),
         ):
             if fn is None:
                 continue
@@ -321,6 +324,16 @@ class Controller:
             self.metrics.flow_writes.inc(result.written)
         if result.cycle_done:
             self.metrics.flows.set(self.exporter.last_count)
+
+    def _report_reach(self) -> None:
+        """This relay's region reaches its own registry (the remote ones: fleet._read)."""
+        assert self.opts.region is not None
+        now = time.monotonic()
+        if self._reached_at is not None and now - self._reached_at < REACH_REFRESH:
+            return
+        rep = replace(self.opts.region, at=time.time())
+        registry.report_reach(self.redis, rep, prefix=self.opts.prefix)
+        self._reached_at = now
 
     def _announce(self) -> None:
         """Register this relay's tunnel source so transceivers accept its datagrams. Not removed

@@ -20,12 +20,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from control import defaults
 from wire.redisconn import Backoff, connect, redact
-from wire.registry import Registry, RelayRecord, TransceiverRecord, read_registry, register_relay
+from wire.registry import (
+    ReachReport,
+    Registry,
+    RelayRecord,
+    TransceiverRecord,
+    read_registry,
+    register_relay,
+    report_reach,
+)
 
 log = logging.getLogger("relayctl.fleet")
 
@@ -47,6 +55,7 @@ class RemoteRegistry:
     views: dict[int, RemoteView] = field(default_factory=dict)  # by cluster id
     up: bool | None = None
     error: str = ""
+    reach_error: str = ""  # the last reach report's failure, logged once
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,10 @@ class RemoteClusters:
         interval: float = defaults.REMOTE_INTERVAL,
         connect_fn: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        region: ReachReport | None = None,
     ) -> None:
         self.prefix = prefix
+        self.region = region  # reported in each remote registry on each read (docs/fleet.md)
         self.grace = grace
         self.interval = interval
         self.clock = clock
@@ -156,6 +167,21 @@ class RemoteClusters:
             log.info("remote registry %s reachable again", redact(remote.url))
         remote.up, remote.error = True, ""
         remote.backoff.succeeded()
+        if self.region is not None:
+            self._report_reach(remote)
+
+    def _report_reach(self, remote: RemoteRegistry) -> None:
+        """This region reaches that registry (and, as it is in the cluster, over the same
+        backbone, its transceivers): the front places this region's calls there."""
+        import redis
+
+        assert self.region is not None
+        try:
+            report_reach(remote.client, replace(self.region, at=time.time()), prefix=self.prefix)
+        except redis.RedisError as exc:  # an ACL without it: the read still counts
+            if remote.reach_error != str(exc):
+                log.warning("reach report to %s: %s", redact(remote.url), exc)
+            remote.reach_error = str(exc)
 
     def announce(self, rec: RelayRecord, ttl: float) -> None:
         """Register this relay in every remote registry that is up (best effort: the next

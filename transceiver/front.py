@@ -4,8 +4,15 @@ cluster that can take it (docs/front.md).
 `FleetView` keeps, every REFRESH, the cluster records of the fleet registry and, from each
 cluster's own registry, its transceivers (capacity, active calls, draining, signaling URL).
 `placement` orders the candidates for a client location: clusters not draining, read recently,
-with free capacity, nearest first (great-circle distance); in a cluster, the transceiver with the
-most free capacity first. The HTTP app forwards the offer to the first that takes it (a transceiver
+with free capacity, that the client's region reaches (below), nearest first (great-circle
+distance); in a cluster, the transceiver with the most free capacity first.
+
+Reach: relays run with `--region` report, in every registry they read (theirs, each remote one
+over the backbone), that their region got there (`{prefix}:reach`). The client enters the fleet
+at its nearest live region (anycast); a cluster whose registry that region has not reached
+within REACH_FRESH (a cut backbone path, a partition) takes none of its new calls.
+
+The HTTP app forwards the offer to the first that takes it (a transceiver
 that is down, full or draining passes it to the next, at most ATTEMPTS), returns its answer as it
 is (the candidates are the fleet's global VIP: the client reaches its nearest relay whatever
 cluster the call is on), and rewrites the call's Location to a front URL that names the
@@ -31,6 +38,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from wire import registry as wreg
+from wire.defaults import REACH_FRESH
 from wire.redisconn import Backoff, connect, redact
 
 log = logging.getLogger("transceiver.front")
@@ -56,6 +64,7 @@ class ClusterView:
     record: wreg.ClusterRecord
     transceivers: list[wreg.TransceiverRecord] = field(default_factory=list)
     read_at: float = 0.0  # monotonic; 0: never
+    reach: dict[str, wreg.ReachReport] = field(default_factory=dict)  # regions reaching it
 
 
 @dataclass
@@ -73,10 +82,12 @@ class FleetView:
         redis_url: str,
         prefix: str = wreg.REDIS_PREFIX,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
         self.clock = clock
+        self.wall = wall  # reach reports carry the relays' wall clock
         self.clusters: dict[int, ClusterView] = {}
         self._registries: dict[str, _Registry] = {}
         self.read_failures: Counter | None = None
@@ -106,7 +117,7 @@ class FleetView:
             log.warning("fleet registry: %s", p)
         old = self.clusters
         new = {
-            cid: ClusterView(rec, old[cid].transceivers, old[cid].read_at)
+            cid: ClusterView(rec, old[cid].transceivers, old[cid].read_at, old[cid].reach)
             if cid in old
             else ClusterView(rec)
             for cid, rec in records.items()
@@ -122,17 +133,20 @@ class FleetView:
                 continue
             if not reg.backoff.ready():
                 continue
-            try:  # transceivers only: the front never reads keys
+            try:  # transceivers and reach only: the front never reads keys
                 theirs, _ = wreg.read_transceivers(reg.client, prefix=self.prefix)
+                reach, problems = wreg.read_reach(reg.client, prefix=self.prefix)
             except redis.RedisError as exc:
                 reg.backoff.failed()
                 self._failed(url, exc)
                 continue
+            for p in problems:
+                log.warning("registry %s: %s", redact(url), p)
             reg.backoff.succeeded()
             now = self.clock()
             for cid in cids:
                 txrs = [t for t in theirs.values() if t.cluster == cid]
-                new[cid] = ClusterView(records[cid], txrs, now)
+                new[cid] = ClusterView(records[cid], txrs, now, reach)
         self.clusters = new
 
     def _failed(self, url: str, exc: Exception) -> None:
@@ -164,16 +178,49 @@ def free(t: wreg.TransceiverRecord) -> int:
     return 0 if t.draining or not t.http else max(0, t.capacity - t.active)
 
 
+def live_regions(view: FleetView, wall: float) -> dict[str, tuple[float, float]]:
+    """Region -> (lat, lon) of every region whose relays reported reaching some registry
+    within REACH_FRESH."""
+    return {
+        rep.region: (rep.lat, rep.lon)
+        for c in view.clusters.values()
+        for rep in c.reach.values()
+        if wall - rep.at <= REACH_FRESH
+    }
+
+
+def ingress_region(view: FleetView, where: tuple[float, float], wall: float) -> str | None:
+    """The region a client at `where` enters the fleet at: the nearest live region (anycast
+    brings it to the nearest relays that announce the VIP; a region whose relays are down
+    reports nothing). None when no relay reports its region (a fleet run without --region)."""
+    regions = live_regions(view, wall)
+    if not regions:
+        return None
+    return min(sorted(regions), key=lambda name: distance_km(where, regions[name]))
+
+
+def reaches(cluster: ClusterView, region: str, wall: float) -> bool:
+    """Whether region's relays read that cluster's registry lately (over the same backbone as
+    its transceivers: a cut path stops the reports)."""
+    rep = cluster.reach.get(region)
+    return rep is not None and wall - rep.at <= REACH_FRESH
+
+
 def placement(
-    view: FleetView, where: tuple[float, float] | None, now: float
+    view: FleetView, where: tuple[float, float] | None, now: float, wall: float | None = None
 ) -> list[tuple[ClusterView, wreg.TransceiverRecord]]:
     """Where a new call from `where` may go, best first (see the module doc); from nowhere
-    known, the cluster with the most room first."""
+    known, the cluster with the most room first. When relays report their regions' reach, only
+    clusters the client's ingress region reaches are candidates."""
+    wall = view.wall() if wall is None else wall
     clusters = [
         c
         for c in view.clusters.values()
         if not c.record.draining and c.read_at and now - c.read_at <= STALE
     ]
+    entry = ingress_region(view, where, wall) if where is not None else None
+    if entry is not None:
+        clusters = [c for c in clusters if reaches(c, entry, wall)]
     if where is None:
         clusters.sort(key=lambda c: -sum(free(t) for t in c.transceivers))
     else:
@@ -188,7 +235,8 @@ def placement(
 
 class Locator:
     """The client's location from a header a CDN or load balancer in front sets: "LAT,LON" or
-    a region name of a cluster record; anything else (or none): the default region's."""
+    a region name (of a cluster record or of a relay's reach report); anything else (or none):
+    the default region's."""
 
     def __init__(self, view: FleetView, header: str, default_region: str) -> None:
         self.view = view
@@ -219,10 +267,11 @@ class Locator:
         return self._region(value)
 
     def _region(self, name: str) -> tuple[float, float] | None:
+        """A cluster's region, or a region only relays report (it has no cluster)."""
         for c in self.view.clusters.values():
             if c.record.region == name:
                 return c.record.lat, c.record.lon
-        return None
+        return live_regions(self.view, self.view.wall()).get(name)
 
 
 class FrontMetrics:

@@ -26,11 +26,17 @@ Redis (prefix default "edge"):
                                        one), draining "0"/"1", updated; written by operators
                                        (`relayctl clusters`), no TTL: configuration, like keys
   set     {prefix}:clusters            the id of every cluster record
+  hash    {prefix}:reach               "<region>" -> "<unix time> <lat> <lon>": the last time a
+                                       relay of that region read this registry (over the
+                                       backbone, or locally), every REACH_REFRESH; the front
+                                       places a call only on a cluster whose registry the
+                                       client's region reached within REACH_FRESH (docs/fleet.md)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -647,3 +653,46 @@ def read_clusters(
             continue
         clusters[rec.id] = rec
     return clusters, problems
+
+
+# --- reach: which regions' relays can get to this registry (docs/fleet.md, faults) -------------
+
+
+@dataclass(frozen=True)
+class ReachReport:
+    region: str  # the relay's region ("ap-south")
+    lat: float
+    lon: float
+    at: float  # unix time of the relay's last successful read of this registry
+
+    def __post_init__(self) -> None:
+        if not _region_ok(self.region):
+            raise RegistryError(f"region {self.region!r} is not 1-32 of a-z, 0-9, '-', '_'")
+        if not (-90 <= self.lat <= 90 and -180 <= self.lon <= 180):  # NaN fails both
+            raise RegistryError(f"region {self.region}: location {self.lat},{self.lon}")
+        if not math.isfinite(self.at):
+            raise RegistryError(f"region {self.region}: time {self.at}")
+
+
+def reach_key(prefix: str) -> str:
+    return f"{prefix}:reach"
+
+
+def report_reach(r: Any, rep: ReachReport, *, prefix: str = REDIS_PREFIX) -> None:
+    """Say that a relay of rep.region has just read this registry (one HSET: regions overwrite
+    their own field; the hash holds one field per region that ever reported)."""
+    r.hset(reach_key(prefix), rep.region, f"{rep.at!r} {rep.lat!r} {rep.lon!r}")
+
+
+def read_reach(r: Any, *, prefix: str = REDIS_PREFIX) -> tuple[dict[str, ReachReport], list[str]]:
+    """(region -> its last ReachReport, problems) of this registry."""
+    reports: dict[str, ReachReport] = {}
+    problems: list[str] = []
+    for k, v in r.hgetall(reach_key(prefix)).items():
+        region, value = _s(k), _s(v)
+        try:
+            at, lat, lon = (float(x) for x in value.split())
+            reports[region] = ReachReport(region, lat, lon, at)
+        except (ValueError, RegistryError) as exc:
+            problems.append(f"{reach_key(prefix)} {region!r}: {value!r}: {exc}")
+    return reports, problems

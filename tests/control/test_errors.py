@@ -69,6 +69,10 @@ def test_usage_errors(lab: Lab) -> None:
     _fails(lab, "map", "sync", "--name", lab.name, rc=2, says="exactly one of --file")
     _fails(lab, "load", "--name", "../etc", "--iface", "va", *LOAD, says="bad --name")
     _fails(lab, "ufrag", "decode", "not-a-ufrag", says="bad_ufrag")
+    run = ("run", "--name", lab.name, "--redis", "redis://127.0.0.1:1")
+    _fails(lab, *run, "--region", "ap-south", says="--region needs --lat and --lon")
+    _fails(lab, *run, "--lat", "1", "--lon", "2", says="--lat/--lon without --region")
+    _fails(lab, *run, "--region", "AP South", "--lat", "1", "--lon", "2", says="--region: region")
     _fails(
         lab,
         "ufrag",

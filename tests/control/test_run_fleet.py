@@ -8,6 +8,7 @@ a removed record takes them out at once. Two real redis-servers, the real relay'
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,10 +60,19 @@ def test_a_remote_cluster_is_followed_and_let_go(
     registry.register(theirs, REMOTE, ttl=600)
     registry.register(theirs, STRAY, ttl=600)
     registry.put_cluster(mine, ClusterRecord(2, "eu-west", 50.1, 8.7, remote.url))
-    proc = RunProc(loaded.relay_ns, loaded.name, redis_url, "--remote-grace", "3")
+    region = ("--region", "ap-south", "--lat", "19.1", "--lon", "72.9")
+    proc = RunProc(loaded.relay_ns, loaded.name, redis_url, "--remote-grace", "3", *region)
     try:
         proc.wait_ready()
         wait_until(lambda: (2, 3) in served(loaded.name).transceivers, 5, "the remote one")
+        # --region: its region reaches both registries, and says so in each, again and again
+        for r in (mine, theirs):
+            wait_until(lambda r=r: "ap-south" in registry.read_reach(r)[0], 5, "reach reported")
+        first = registry.read_reach(theirs)[0]["ap-south"]
+        assert (first.lat, first.lon) == (19.1, 72.9) and abs(first.at - time.time()) < 5
+        wait_until(
+            lambda: registry.read_reach(theirs)[0]["ap-south"].at > first.at, 10, "reported again"
+        )
         state = served(loaded.name)
         assert state.transceivers == {(1, 7): ("198.18.2.7", 5000), (2, 3): ("198.18.2.30", 5000)}
         assert state.clusters == {1: CLUSTER_LOCAL, 2: CLUSTER_REMOTE}
@@ -78,6 +88,10 @@ def test_a_remote_cluster_is_followed_and_let_go(
         # the remote registry goes away: the view stays for the grace, then the entries go
         remote.stop()
         wait_until(lambda: "unreachable" in proc.text(), 10, "the outage logged")
+        last = registry.read_reach(mine)[0]["ap-south"].at
+        wait_until(  # the local registry still hears from it
+            lambda: registry.read_reach(mine)[0]["ap-south"].at > last, 10, "local reach"
+        )
         assert (2, 3) in served(loaded.name).transceivers  # kept within the grace
         wait_until(lambda: (2, 3) not in served(loaded.name).transceivers, 10, "grace over")
         assert (1, 7) in served(loaded.name).transceivers

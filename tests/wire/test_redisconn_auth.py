@@ -289,11 +289,22 @@ def test_the_front_user_reads_clusters_and_transceivers_only(sr: SecureRedis) ->
     txr = client(sr, "txr-1-7")
     registry.register(txr, rec(1, 7))
     txr.close()
+    relay = client(sr, "relay")  # relayctl run --region: writes its region's reach, reads none
+    registry.report_reach(relay, registry.ReachReport("ap-south", 19.1, 72.9, 1e9))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.read_reach(relay)
+    relay.close()
     front = client(sr, "front")
     clusters, problems = registry.read_clusters(front)
     assert problems == [] and set(clusters) == {1}
     txrs, problems = registry.read_transceivers(front)
     assert problems == [] and set(txrs) == {(1, 7)}
+    reach, problems = registry.read_reach(front)
+    assert problems == [] and reach == {
+        "ap-south": registry.ReachReport("ap-south", 19.1, 72.9, 1e9)
+    }
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        registry.report_reach(front, registry.ReachReport("evil", 0, 0, 1e9))
     with pytest.raises(redis.exceptions.NoPermissionError):
         front.hgetall("edge:keys")
     with pytest.raises(redis.exceptions.NoPermissionError):

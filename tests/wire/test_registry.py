@@ -251,3 +251,24 @@ def test_cluster_records_round_trip_and_bad_ones_are_problems(r: redis.Redis) ->
     ):
         with pytest.raises(registry.RegistryError):
             registry.ClusterRecord(*args)  # type: ignore[arg-type]
+
+
+def test_reach_reports_round_trip_and_bad_ones_are_problems(r: redis.Redis) -> None:
+    ap = registry.ReachReport("ap-south", 19.1, 72.9, 1764780000.25)
+    registry.report_reach(r, ap)
+    registry.report_reach(r, registry.ReachReport("us-east", 40.7, -74.0, 1.0))
+    registry.report_reach(r, registry.ReachReport("us-east", 40.7, -74.0, 2.0))  # overwrites
+    assert r.hget("edge:reach", "ap-south") == b"1764780000.25 19.1 72.9"  # the documented form
+    reports, problems = registry.read_reach(r)
+    assert problems == [] and reports == {"ap-south": ap, "us-east": reports["us-east"]}
+    assert reports["us-east"].at == 2.0
+    for bad in ("soon 1 2", "1 2", "1 2 3 4", "1 91 0", "nan 1 2", ""):
+        r.hset("edge:reach", "x", bad)
+        reports, problems = registry.read_reach(r)
+        assert set(reports) == {"ap-south", "us-east"} and len(problems) == 1, bad
+    r.hdel("edge:reach", "x")
+    r.hset("edge:reach", "EU West", "1 2 3")  # a field that is no region name
+    assert len(registry.read_reach(r)[1]) == 1
+    for args in (("EU West", 0, 0, 1), ("x", 0, 181, 1), ("x", 0, 0, float("inf"))):
+        with pytest.raises(registry.RegistryError):
+            registry.ReachReport(*args)  # type: ignore[arg-type]
