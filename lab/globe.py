@@ -108,6 +108,7 @@ class GlobeLab(Lab):
         self.transceivers: dict[int, subprocess.Popen[bytes]] = {}
         self.front: subprocess.Popen[bytes] | None = None
         self.withdrawn: set[int] = set()
+        self.removed: set[int] = set()  # regions taken out of the fleet (remove_region)
 
     # --- names and addresses ---------------------------------------------------------------------
 
@@ -145,27 +146,99 @@ class GlobeLab(Lab):
         for i, region in enumerate(self.regions):
             self._region(i, region)
         for i in range(len(self.regions)):
-            for j in range(len(self.regions)):
-                if i != j:  # the backbone: region j's prefix via the core, from region i
-                    self.ip(self.ns(i, "g"), "route", "add", f"10.{j + 1}.0.0/24", "via",
-                            f"10.255.{i + 1}.2")  # fmt: skip
+            self._backbone_routes(i)
         if self.internet:
             self._internet()
         self.on_close(self._stop)
         for i in range(len(self.regions)):
-            (self.tmpdir / f"redis{i}").mkdir()
-            self.redis.append(RedisServer(self.tmpdir / f"redis{i}", ns=self.ns(i, "g")).start())
-            self.on_close(self.redis[i].close)
+            self._start_registry(i)
         self._publish()
         for i in range(len(self.regions)):
-            self.load_relay(self.ns(i, "r"), self.relay_name(i), ifaces=["eth0"],
-                            vips=[(self.vip, self.vip_port)],
-                            tunnel=(self.addr(i, 2), RELAY_TUNNEL_PORT))  # fmt: skip
-            self._start_controller(i)
+            self._start_relay(i)
         for i, region in enumerate(self.regions):
             if region.cluster is not None:
                 self._start_transceiver(i, region.cluster)
         self.wait_maps()
+
+    def add_region(self, region: Region) -> int:
+        """A new region joins while calls run: its network, registry, relay and transceiver,
+        and its cluster record in every registry; returns its index."""
+        if self.internet:
+            raise LabError("add_region: not with internet paths")
+        i = len(self.regions)
+        self.regions = (*self.regions, region)
+        self._region(i, region)
+        self._backbone_routes(i)
+        self._start_registry(i)
+        self._publish()
+        self._start_relay(i)
+        if region.cluster is not None:
+            self._start_transceiver(i, region.cluster)
+        return i
+
+    def remove_region(self, i: int) -> None:
+        """Region i leaves the fleet: its cluster record out of every registry, its
+        transceiver (deregistering) and its relay's controller stopped. (Its namespaces stay
+        until the lab closes; nothing routes to them.)"""
+        from lab.base import stop_process
+
+        cluster = self.regions[i].cluster
+        self.removed.add(i)
+        if cluster is not None:
+            for j, server in enumerate(self.redis):
+                if j not in self.removed:
+                    r = server.client()
+                    try:
+                        registry.remove_cluster(r, cluster)
+                    finally:
+                        r.close()
+        for procs in (self.transceivers, self.controllers):
+            proc = procs.pop(i, None)
+            if proc is not None:
+                self.forget(proc)
+                stop_process(proc, grace=5)
+
+    def kill_transceiver(self, i: int) -> None:
+        """Region i's transceiver dies (SIGKILL: no drain, no deregistration)."""
+        proc = self.transceivers.pop(i)
+        self.forget(proc)
+        proc.kill()
+        proc.wait()
+
+    def cut(self, i: int, j: int) -> None:
+        """The backbone path between regions i and j fails: the core drops whatever goes
+        between their prefixes (a silent loss, as a cut fibre is: no ICMP)."""
+        for a, b in ((i, j), (j, i)):
+            self.ip(self.core_ns, "rule", "add", "from", f"10.{a + 1}.0.0/24",
+                    "to", f"10.{b + 1}.0.0/24", "blackhole", "pref", "100")  # fmt: skip
+
+    def heal(self, i: int, j: int) -> None:
+        for a, b in ((i, j), (j, i)):
+            self.ip(self.core_ns, "rule", "del", "from", f"10.{a + 1}.0.0/24",
+                    "to", f"10.{b + 1}.0.0/24", "blackhole", "pref", "100")  # fmt: skip
+
+    def _backbone_routes(self, i: int) -> None:
+        """Region i's prefix and every other region's, each way, via the core."""
+        for j in range(len(self.regions)):
+            if j != i:
+                self.ip(self.ns(i, "g"), "route", "replace", f"10.{j + 1}.0.0/24", "via",
+                        f"10.255.{i + 1}.2")  # fmt: skip
+                self.ip(self.ns(j, "g"), "route", "replace", f"10.{i + 1}.0.0/24", "via",
+                        f"10.255.{j + 1}.2")  # fmt: skip
+
+    def _start_registry(self, i: int) -> None:
+        """Region i's registry: on a unix socket for its own relay and transceiver, and on
+        TCP at its router's address, where the other regions' relays read it over the backbone."""
+        (self.tmpdir / f"redis{i}").mkdir()
+        server = RedisServer(self.tmpdir / f"redis{i}", ns=self.ns(i, "g"), tcp=self.addr(i, 1))
+        self.redis.append(server.start())
+        self.on_close(server.close)
+
+    def _start_relay(self, i: int) -> None:
+        self.load_relay(self.ns(i, "r"), self.relay_name(i), ifaces=["eth0"],
+                        vips=[(self.vip, self.vip_port)],
+                        tunnel=(self.addr(i, 2), RELAY_TUNNEL_PORT))  # fmt: skip
+        self._start_controller(i)
 
     def _region(self, i: int, region: Region) -> None:
         g, r, c = self.ns(i, "g"), self.ns(i, "r"), self.ns(i, "c")
@@ -254,14 +327,16 @@ class GlobeLab(Lab):
         """Every registry: the fleet-wide key, and a cluster record for every cluster (its own
         local, the others naming their registries)."""
         for i, server in enumerate(self.redis):
+            if i in self.removed:
+                continue
             r = server.client()
             try:
                 registry.set_key(r, self.key_id, self.key)
                 registry.set_current_key(r, self.key_id)
                 for j, region in enumerate(self.regions):
-                    if region.cluster is None:
+                    if region.cluster is None or j in self.removed:
                         continue
-                    url = "" if i == j else self.redis[j].url
+                    url = "" if i == j else self.redis[j].tcp_url or ""
                     rec = registry.ClusterRecord(region.cluster, region.name, region.lat,
                                                  region.lon, url)  # fmt: skip
                     registry.put_cluster(r, rec)
@@ -270,7 +345,10 @@ class GlobeLab(Lab):
 
     def _start_controller(self, i: int) -> None:
         log = self.tmpdir / f"run{i}.log"
-        argv = [relayctl_path(), "run", "--name", self.relay_name(i), "--redis", self.redis[i].url]
+        region = self.regions[i]
+        argv = [relayctl_path(), "run", "--name", self.relay_name(i),
+                "--redis", self.redis[i].url, "--region", region.name,
+                "--lat", str(region.lat), "--lon", str(region.lon)]  # fmt: skip
         with log.open("wb") as out:
             proc = self.spawn(self.ns(i, "r"), argv, stdout=out, stderr=subprocess.STDOUT)
         self.controllers[i] = proc
@@ -353,12 +431,14 @@ class GlobeLab(Lab):
 
     def wait_maps(self, timeout: float = 30) -> None:
         """Every relay lists every region's transceiver (its own and the remote ones)."""
-        want = {(r.cluster, TXR_ID) for r in self.regions if r.cluster is not None}
+        live = [i for i in range(len(self.regions)) if i not in self.removed]
+        clusters = {self.regions[i].cluster for i in live} - {None}
+        want = {(c, TXR_ID) for c in clusters}
 
         def synced() -> bool:
             return all(
                 {(t["cluster"], t["id"]) for t in self.map_show(i)["transceivers"]} == want
-                for i in range(len(self.regions))
+                for i in live
             )
 
         wait_until(synced, timeout, "every relay to serve every cluster", step=0.2)

@@ -19,7 +19,9 @@ class RedisError(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, workdir: Path | None = None, ns: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, ns: str | None = None, tcp: str | None = None
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RedisError("redis-server is not installed: run `make install`")
@@ -33,9 +35,14 @@ class RedisServer:
         # Run inside a lab namespace when given: deleting the namespace (or sweeping a lab whose
         # owner was SIGKILLed) then kills it too.
         self.ns = ns
+        # Also listen on TCP at this lab address (port 6379, in `ns`): a registry other
+        # namespaces reach over lab links, so cutting a link cuts it off (lab.globe).
+        self.tcp = tcp
+        self.tcp_url = f"redis://{tcp}:6379" if tcp else None
 
     def start(self, timeout: float = 10) -> RedisServer:
-        argv = [self.exe, "--port", "0", "--unixsocket", str(self.sock)]
+        port = ["--port", "6379", "--bind", self.tcp, "--protected-mode", "no"] if self.tcp else []
+        argv = [self.exe, *(port or ["--port", "0"]), "--unixsocket", str(self.sock)]
         argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(self.dir)]
         if self.ns is not None:

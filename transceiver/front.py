@@ -315,10 +315,12 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
 
 
 async def _body(request: web.Request) -> bytes | web.Response:
-    if (request.content_length or 0) > MAX_BODY:
-        return _text(413, "body too large")
+    """The whole body (a body in several TCP segments included: it is read to its end, and
+    beyond MAX_BODY, client_max_size, it is a 413), or a 408 when it does not come in time."""
     try:
-        return await asyncio.wait_for(request.content.read(MAX_BODY + 1), BACKEND_TIMEOUT)
+        return await asyncio.wait_for(request.read(), BACKEND_TIMEOUT)
+    except web.HTTPRequestEntityTooLarge:
+        return _text(413, "body too large")
     except TimeoutError:
         return _text(408, "request body too slow", Connection="close")
 
@@ -446,7 +448,13 @@ async def healthz(request: web.Request) -> web.Response:
     view = request.app[_VIEW]
     now = view.clock()
     fresh = sum(1 for c in view.clusters.values() if c.read_at and now - c.read_at <= STALE)
-    return web.json_response({"status": "ok", "clusters": len(view.clusters), "fresh": fresh})
+    wall = view.wall()
+    reach = {  # which regions' new calls each cluster takes (docs/fleet.md)
+        str(cid): sorted(r for r in c.reach if reaches(c, r, wall))
+        for cid, c in sorted(view.clusters.items())
+    }
+    doc = {"status": "ok", "clusters": len(view.clusters), "fresh": fresh, "reach": reach}
+    return web.json_response(doc)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
 
 MAX_GAP_MS = 200.0  # 20 ms packets: a gap this long is ten lost packets in a row
+CONSENT_INTERVAL_MAX_MS = 6000  # aioice sends consent checks every 5 s x (0.8..1.2)
 
 
 def delta(after: dict[str, int], before: dict[str, int], reason: str) -> int:

@@ -13,7 +13,7 @@ import pytest
 from lab.calldriver import CallDriver
 from lab.edge import EdgeLab
 from lab.wait import wait_until
-from tests.e2e.e2ehelp import MAX_GAP_MS, carrier, delta, drops, report
+from tests.e2e.e2ehelp import CONSENT_INTERVAL_MAX_MS, MAX_GAP_MS, carrier, delta, drops, report
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 
@@ -125,9 +125,6 @@ def test_relay_replaced_resumes_through_the_slow_path(
         resumed_ms_after_ready=round(resumed_ms),
         slow_path=after["pass_slow_path"],
     )
-
-
-CONSENT_INTERVAL_MAX_MS = 6000  # aioice sends consent checks every 5 s x (0.8..1.2)
 
 
 def test_client_moved_with_redis_down_resumes_at_the_next_consent_check(

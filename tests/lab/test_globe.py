@@ -15,7 +15,7 @@ from lab import netns
 from lab.calldriver import CallDriver
 from lab.globe import TXR_ID, GlobeLab
 from lab.wait import wait_until
-from tests.e2e.e2ehelp import drops, report
+from tests.e2e.e2ehelp import CONSENT_INTERVAL_MAX_MS, drops, report
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 US, EU, AP = 0, 1, 2
@@ -57,6 +57,9 @@ def test_calls_cross_the_backbone_and_survive_a_withdrawn_region(lab: GlobeLab) 
         )
         s = far.wait_rtp(0, 100, timeout=30)
         assert s["state"] == "connected"
+        # What the design promises (docs/fleet.md): recovery at the next consent check, which
+        # comes within one consent interval, plus its round trip over the backbone.
+        assert s["max_gap_ms"] < CONSENT_INTERVAL_MAX_MS + 2 * lab.one_way_ms(AP, EU) + 1000, s
         assert near.wait_rtp(0, 50)["state"] == "connected"  # the US call never noticed
         eu = lab.stats(EU)
         assert eu["fwd_stun_new"] >= 1 and eu["fwd_flow"] >= 50 and eu["fwd_decap"] >= 50
