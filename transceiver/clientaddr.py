@@ -23,6 +23,7 @@ HEADER = "X-Forwarded-For"
 # keeps at most MAX_HOPS - 1 of a chain it was given, so what it forwards stays under this.
 MAX_HOPS = 16
 MAX_ENTRY = 64  # characters: the longest IPv6 with a zone and a port is well below this
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 UNKNOWN = "?"  # no peer address (a Unix socket): one shared key, as before
 
 
@@ -33,13 +34,18 @@ class ClientAddress(NamedTuple):
 
 def networks(values: Iterable[str]) -> tuple[Network, ...]:
     """CIDRs (or bare addresses: a /32 or /128) to networks; ValueError names a bad one.
-    IPv4-mapped IPv6 networks are kept as given, addresses are compared after unmapping."""
-    out = []
+    IPv4-mapped IPv6 ones become IPv4 (addresses are compared unmapped too)."""
+    out: list[Network] = []
     for v in values:
         try:
-            out.append(ipaddress.ip_network(v.strip(), strict=False))
+            n = ipaddress.ip_network(v.strip(), strict=False)
         except ValueError:
             raise ValueError(f"not an address or CIDR: {v!r}") from None
+        if isinstance(n, ipaddress.IPv6Network) and n.prefixlen >= 96 and n.subnet_of(_MAPPED):
+            mapped = n.network_address.ipv4_mapped
+            assert mapped is not None
+            n = ipaddress.IPv4Network((mapped, n.prefixlen - 96))
+        out.append(n)
     return tuple(out)
 
 
