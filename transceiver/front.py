@@ -328,8 +328,10 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
 async def _body(request: web.Request) -> bytes | web.Response:
     if (request.content_length or 0) > MAX_BODY:
         return _text(413, "body too large")
-    try:
-        return await asyncio.wait_for(request.content.read(MAX_BODY + 1), BACKEND_TIMEOUT)
+    try:  # all of it: content.read(n) returns only what has arrived (one TCP segment, a chunk)
+        return await asyncio.wait_for(request.read(), BACKEND_TIMEOUT)
+    except web.HTTPRequestEntityTooLarge:  # beyond client_max_size (MAX_BODY), chunked too
+        return _text(413, "body too large")
     except TimeoutError:
         return _text(408, "request body too slow", Connection="close")
 
