@@ -366,8 +366,12 @@ class GlobeLab(Lab):
         argv = [exe, "serve", f"--listen={a}:{HTTP_PORT}", f"--udp={a}:{TXR_PORT}",
                 f"--vip={self.vip}:{self.vip_port}", f"--cluster={cluster}", f"--id={TXR_ID}",
                 f"--redis={self.redis[i].url}", f"--relay-tunnel-port={RELAY_TUNNEL_PORT}",
-                f"--api-keys={lab_key_file(self.tmpdir)}", f"--advertise-http=http://{a}:{HTTP_PORT}",
-                "--post-rate=0"]  # fmt: skip
+                f"--api-keys={lab_key_file(self.tmpdir)}",
+                f"--advertise-http=http://{a}:{HTTP_PORT}"]  # fmt: skip
+        # The front (start_front) runs in the core and reaches region j's transceiver from the
+        # core's address on that backbone link: its X-Forwarded-For names the client, so each
+        # client keeps its own POST budget behind it (docs/front.md).
+        argv += [f"--trusted-proxy=10.255.{j + 1}.2/32" for j in range(len(self.regions))]
         log = self.tmpdir / f"txr{i}.log"
         with log.open("wb") as err:
             proc = self.spawn(self.ns(i, "t"), argv, stdout=subprocess.PIPE, stderr=err)

@@ -9,7 +9,7 @@ import signal
 
 import click
 
-from transceiver import auth, defaults, limits, turn
+from transceiver import auth, clientaddr, defaults, limits, turn
 from transceiver.aiortc_seam import SeamError
 from transceiver.config import Settings
 from transceiver.heap import freeze_startup_heap
@@ -51,6 +51,26 @@ def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
         return None if value is None else str(ipaddress.IPv4Address(value))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+
+
+def _trusted_proxies(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> list[clientaddr.Network]:
+    try:
+        return list(clientaddr.networks(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _trusted_proxy_option(help: str) -> object:
+    return click.option(
+        "--trusted-proxy",
+        "trusted_proxies",
+        metavar="CIDR",
+        multiple=True,
+        callback=_trusted_proxies,
+        help=help + " (repeatable) [default: none].",
+    )
 
 
 def _key_file(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
@@ -343,6 +363,13 @@ def main() -> None:
     show_default=True,
     help="POSTs per client address at once, before --post-rate applies.",
 )
+@_trusted_proxy_option(  # type: ignore[operator]
+    "A proxy in front (the fleet's signaling front, a load balancer) whose X-Forwarded-For "
+    "names the client, so that the POST budget is per client, not per proxy: only from a peer "
+    "in one of these CIDRs is the header read, from the right, skipping entries that are "
+    "themselves trusted proxies; a malformed one keys the request on the peer; anyone else's "
+    "is ignored. Without it every request is keyed on its TCP peer"
+)
 # --- TURN for clients without UDP (transceiver/turn.py) -------------------------------------
 @click.option(
     "--turn-url",
@@ -488,6 +515,11 @@ async def _serve(settings: Settings, gc_freeze: bool) -> None:
     default="",
     help="Where a request without a usable location is placed [default: the freest cluster].",
 )
+@_trusted_proxy_option(  # type: ignore[operator]
+    "A CDN or load balancer in front of the front: from a peer in one of these CIDRs the "
+    "X-Forwarded-For it sends is kept and the peer appended to it; from anyone else the "
+    "transceiver gets X-Forwarded-For with the peer's address alone (a client's own is dropped)"
+)
 @click.option(
     "--log-level",
     default="info",
@@ -502,6 +534,7 @@ def front(
     redis_prefix: str,
     location_header: str,
     default_region: str,
+    trusted_proxies: list[clientaddr.Network],
     log_level: str,
 ) -> None:
     """The fleet's signaling front: clients POST here; each call goes to the nearest cluster
@@ -520,7 +553,12 @@ def front(
         view = FleetView(url, prefix=redis_prefix)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--redis'") from None
-    app = make_front_app(view, Locator(view, location_header, default_region), FrontMetrics())
+    app = make_front_app(
+        view,
+        Locator(view, location_header, default_region),
+        FrontMetrics(),
+        trusted_proxies=trusted_proxies,
+    )
     try:
         web.run_app(app, host=listen[0], port=listen[1], access_log=None, print=None)
     except OSError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transceiver import auth, defaults, limits, turn
+from transceiver import auth, clientaddr, defaults, limits, turn
 from transceiver.paths import Addr
 
 
@@ -46,6 +46,8 @@ class Settings:
     body_timeout: float = limits.BODY_TIMEOUT
     post_rate: float = limits.POST_RATE  # per client address; 0 = unlimited
     post_burst: int = limits.POST_BURST
+    # --trusted-proxy: peers whose X-Forwarded-For names the client (transceiver/clientaddr.py)
+    trusted_proxies: list[clientaddr.Network] = field(default_factory=list)
     # TURN for clients without UDP (transceiver/turn.py): URLs announced in Link headers, the
     # secret shared with the TURN server (from a file or env, never argv), credential lifetime
     turn_urls: list[str] = field(default_factory=list)

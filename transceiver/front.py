@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from transceiver import clientaddr
 from wire import registry as wreg
 from wire.defaults import REACH_FRESH
 from wire.redisconn import Backoff, connect, redact
@@ -304,6 +305,7 @@ _VIEW: web.AppKey[FleetView] = web.AppKey("view")
 _LOCATOR: web.AppKey[Locator] = web.AppKey("locator")
 _METRICS: web.AppKey[FrontMetrics] = web.AppKey("metrics")
 _HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
+_TRUSTED: web.AppKey[tuple[clientaddr.Network, ...]] = web.AppKey("trusted_proxies")
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
@@ -311,12 +313,24 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
 
 
 def _forward_headers(request: web.Request) -> dict[str, str]:
-    return {h: request.headers[h] for h in _FORWARD if h in request.headers}
+    """The client's headers a transceiver gets, and X-Forwarded-For: the client's address (our
+    peer) appended to the chain a trusted proxy (--trusted-proxy) sent, else alone (a client's
+    own header never passes: the transceiver keys its POST budget on this, see clientaddr)."""
+    headers = {h: request.headers[h] for h in _FORWARD if h in request.headers}
+    chain = clientaddr.forward_chain(
+        request.remote, request.headers.getall(clientaddr.HEADER, []), request.app[_TRUSTED]
+    )
+    if chain:
+        headers[clientaddr.HEADER] = chain
+    return headers
 
 
 async def _body(request: web.Request) -> bytes | web.Response:
-    """The whole body (a body in several TCP segments included: it is read to its end, and
-    beyond MAX_BODY, client_max_size, it is a 413), or a 408 when it does not come in time."""
+    """The whole body (a body in several TCP segments or chunks included: content.read(n)
+    returns only what has arrived), a 413 beyond MAX_BODY (client_max_size, chunked too), or a
+    408 when it does not come in time."""
+    if (request.content_length or 0) > MAX_BODY:
+        return _text(413, "body too large")
     try:
         return await asyncio.wait_for(request.read(), BACKEND_TIMEOUT)
     except web.HTTPRequestEntityTooLarge:
@@ -463,10 +477,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_front_app(
-    view: FleetView, locator: Locator, front_metrics: FrontMetrics
+    view: FleetView,
+    locator: Locator,
+    front_metrics: FrontMetrics,
+    trusted_proxies: Sequence[clientaddr.Network] = (),
 ) -> web.Application:
+    """`trusted_proxies` (--trusted-proxy): the CDN or load balancers in front of the front,
+    whose X-Forwarded-For chain is kept (see `_forward_headers`)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[_VIEW], app[_LOCATOR], app[_METRICS] = view, locator, front_metrics
+    app[_TRUSTED] = tuple(trusted_proxies)
     view.read_failures = front_metrics.registry_failures
 
     async def http_session(app: web.Application) -> Any:

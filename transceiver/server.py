@@ -18,13 +18,13 @@ import json
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from transceiver import defaults
+from transceiver import clientaddr, defaults
 from transceiver.auth import Authenticator, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
 from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
@@ -69,8 +69,11 @@ class Signaling:
         rate: RateLimiter | None,
         body_timeout: float,
         turn: TurnServers | None = None,
+        trusted_proxies: Sequence[clientaddr.Network] = (),
     ) -> None:
         self.guard = guard
+        # --trusted-proxy: whose X-Forwarded-For says who the client is (transceiver/clientaddr.py)
+        self.trusted_proxies = tuple(trusted_proxies)
         self.turn = turn  # TURN servers announced in Link headers (transceiver/turn.py)
         self.rate = rate
         self.body_timeout = body_timeout
@@ -83,8 +86,32 @@ class Signaling:
             registry=metrics_.registry,
         )
 
+        self.bad_forwarded = Counter(
+            "txr_http_bad_forwarded_for",
+            "Requests from a trusted proxy with an unusable X-Forwarded-For (keyed on the proxy)",
+            registry=metrics_.registry,
+        )
+
     def count(self, reason: str) -> None:
         self.refused.labels(reason).inc()
+
+    def client(self, request: web.Request) -> str:
+        """The client's address, for its POST budget: the TCP peer's, or behind a trusted
+        proxy what its X-Forwarded-For says (transceiver/clientaddr.py)."""
+        got = clientaddr.client_address(
+            request.remote, request.headers.getall(clientaddr.HEADER, []), self.trusted_proxies
+        )
+        if got.malformed:
+            self.bad_forwarded.inc()
+            # The proxy's address and the header's size, never its content (client addresses);
+            # the RepeatFilter bounds these lines (transceiver/limits.py).
+            size = sum(len(v) for v in request.headers.getall(clientaddr.HEADER, []))
+            log.warning(
+                "unusable X-Forwarded-For (%d chars) from trusted proxy %s: keyed on the proxy",
+                size,
+                request.remote,
+            )
+        return got.address
 
     def secret(self, call_id: str) -> str:
         mac = hmac.new(self.resource_key, call_id.encode(), hashlib.sha256).digest()[:16]
@@ -108,7 +135,7 @@ def _rate_limited(request: web.Request) -> web.Response | None:
     sig = _sig(request)
     if sig.rate is None:
         return None
-    wait = sig.rate.take(request.remote or "?")
+    wait = sig.rate.take(sig.client(request))
     if not wait:
         return None
     sig.count("rate_limited")
@@ -373,13 +400,22 @@ def make_app(
     rate: RateLimiter | None = None,
     body_timeout: float = BODY_TIMEOUT,
     turn: TurnServers | None = None,
+    trusted_proxies: Sequence[clientaddr.Network] = (),
 ) -> web.Application:
-    """`auth=None` is --no-auth (anyone may place calls): callers must choose it explicitly."""
+    """`auth=None` is --no-auth (anyone may place calls): callers must choose it explicitly.
+    `trusted_proxies`: peers whose X-Forwarded-For names the client (--trusted-proxy)."""
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[_track])
     app[_MANAGER] = manager
     app[_METRICS] = metrics_
     app[_AUTH] = auth if auth is not None else Authenticator(None)
-    sig = Signaling(metrics_, guard=guard, rate=rate, body_timeout=body_timeout, turn=turn)
+    sig = Signaling(
+        metrics_,
+        guard=guard,
+        rate=rate,
+        body_timeout=body_timeout,
+        turn=turn,
+        trusted_proxies=trusted_proxies,
+    )
     app[_SIGNALING] = sig
     if guard is not None:
         guard.on_refuse = sig.count

@@ -207,6 +207,7 @@ class TransceiverService:
                 rate=limits.RateLimiter(s.post_rate, s.post_burst),
                 body_timeout=s.body_timeout,
                 turn=self.turn,
+                trusted_proxies=s.trusted_proxies,
             )
             self._runner = web.AppRunner(
                 http_app, access_log=None, keepalive_timeout=s.header_timeout

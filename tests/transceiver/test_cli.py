@@ -75,12 +75,37 @@ def test_listening_addresses(text: str, parsed: tuple[str, int]) -> None:
         (["--advertise", "example.com"], "is not an IPv4 address"),
         (["--key", "00" * 16], "No such option '--key'"),
         (["--key-file", "/nonexistent/key"], "No such file or directory"),
+        (["--trusted-proxy", "10.0.0.0/33"], "not an address or CIDR: '10.0.0.0/33'"),
+        (["--trusted-proxy", "front.example"], "not an address or CIDR"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["serve", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_trusted_proxies_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from transceiver import cli
+
+    got: list[Settings] = []
+
+    async def fake_serve(settings: Settings, gc_freeze: bool) -> None:
+        got.append(settings)
+
+    monkeypatch.setattr(cli, "_serve", fake_serve)
+    argv = ["serve", "--no-auth", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert got[0].trusted_proxies == [
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    ]
+    assert Settings().trusted_proxies == []  # default: nobody's X-Forwarded-For is read
+    result = CliRunner().invoke(main, ["front", "--redis", "redis://x", "--trusted-proxy", "x"])
+    assert result.exit_code == 2 and "not an address or CIDR" in result.output
 
 
 def test_help_shows_the_defaults() -> None:

@@ -200,3 +200,35 @@ async def test_forged_urls_bad_locations_and_no_room(
     assert not txrs[1].manager.sessions and not txrs[2].manager.sessions
     async with http.get(front.url + "/healthz") as resp:
         assert resp.status == 200 and (await resp.json())["clusters"] == 2
+
+
+async def test_an_offer_that_arrives_in_pieces_reaches_the_transceiver_whole(
+    fleet: tuple[Front, dict[int, TransceiverService]], http: aiohttp.ClientSession
+) -> None:
+    """The front forwards the whole body, not what had arrived when it first looked (a chunked
+    or segmented offer was cut: "m-line audio has no DTLS fingerprint", a 400); too large: 413."""
+    front, txrs = fleet
+    peer = ClientPeer(audio="opus", decode=False)
+    try:
+        offer = (await peer.make_offer()).encode()
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield offer[:100]
+            await asyncio.sleep(0.2)
+            yield offer[100:]
+
+        headers = {"Content-Type": "application/sdp", "X-Edge-Location": PARIS}
+        async with http.post(front.url + "/v1/calls", data=pieces(), headers=headers) as resp:
+            assert resp.status == 201, await resp.text()
+            peer.location = resp.headers["Location"]
+            peer.url = front.url
+        assert len(txrs[2].manager.sessions) == 1
+
+        async def too_much() -> AsyncIterator[bytes]:
+            for _ in range(80):
+                yield b"a=x" + b"y" * 1020 + b"\r\n"
+
+        async with http.post(front.url + "/v1/calls", data=too_much(), headers=headers) as resp:
+            assert resp.status == 413
+    finally:
+        await peer.hang_up(http)
