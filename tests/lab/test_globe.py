@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import netns
 from lab.calldriver import CallDriver
 from lab.globe import TXR_ID, GlobeLab
 from lab.wait import wait_until
 from tests.e2e.e2ehelp import CONSENT_INTERVAL_MAX_MS, drops, report
+from tests.lab.labhelp import assert_clean
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 US, EU, AP = 0, 1, 2
@@ -25,8 +25,7 @@ US, EU, AP = 0, 1, 2
 def lab() -> Iterator[GlobeLab]:
     with GlobeLab() as lab:
         yield lab
-    assert not netns.list_namespaces(lab.prefix), "lab namespaces left behind"
-    assert not [p for p in netns.BPFFS.iterdir() if p.name.startswith(lab.prefix)], "pins left"
+    assert_clean(lab.prefix)
     assert not lab.tmpdir.exists()
 
 

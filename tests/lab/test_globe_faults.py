@@ -14,16 +14,17 @@ The withdrawn region is tests/lab/test_globe.py's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from lab import netns
 from lab.calldriver import CallDriver
 from lab.globe import TXR_ID, GlobeLab, Region
 from lab.wait import wait_until
 from tests.e2e.e2ehelp import MAX_GAP_MS, delta, drops, report
+from tests.lab.labhelp import assert_clean
 from wire.defaults import REACH_FRESH, REGISTRY_TTL
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
@@ -37,8 +38,7 @@ def lab() -> Iterator[GlobeLab]:
     with GlobeLab() as lab:
         lab.start_front()
         yield lab
-    assert not netns.list_namespaces(lab.prefix), "lab namespaces left behind"
-    assert not [p for p in netns.BPFFS.iterdir() if p.name.startswith(lab.prefix)], "pins left"
+    assert_clean(lab.prefix)
     assert not lab.tmpdir.exists()
 
 
@@ -67,8 +67,6 @@ def served(lab: GlobeLab, i: int) -> set[tuple[int, int]]:
 
 def reach(lab: GlobeLab, cluster: int) -> list[str]:
     """The regions whose new calls the front places on `cluster` now (its /healthz)."""
-    import json
-
     body = lab.fetch(US, lab.front_url(US) + "/healthz")
     return list(json.loads(body)["reach"].get(str(cluster), [])) if body else []
 
