@@ -724,12 +724,24 @@ def _decode_keys(
 )
 @click.option(
     "--region",
+    envvar="RELAYCTL_REGION",
     help="This relay's region (1-32 of a-z, 0-9, '-', '_'): it reports, in every registry it "
     "reads, that its region reaches it, and the front places calls only where the client's "
-    "region reaches (docs/fleet.md). Needs --lat and --lon. [default: no reports]",
+    "region reaches (docs/fleet.md). Needs --lat and --lon. (env RELAYCTL_REGION) "
+    "[default: no reports]",
 )
-@click.option("--lat", type=click.FloatRange(-90, 90), help="The region's latitude, degrees.")
-@click.option("--lon", type=click.FloatRange(-180, 180), help="The region's longitude, degrees.")
+@click.option(
+    "--lat",
+    envvar="RELAYCTL_LAT",
+    type=click.FloatRange(-90, 90),
+    help="The region's latitude, degrees (env RELAYCTL_LAT).",
+)
+@click.option(
+    "--lon",
+    envvar="RELAYCTL_LON",
+    type=click.FloatRange(-180, 180),
+    help="The region's longitude, degrees (env RELAYCTL_LON).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def run_command(
     name: str,

@@ -167,6 +167,18 @@ def test_the_region_overlay_uses_a_managed_redis_and_scales() -> None:
     assert not [d for d in docs if d["metadata"]["name"].startswith("redis")]
     config = find(docs, "ConfigMap", "edge-config")["data"]
     assert config["EDGE_CLUSTER"] != "1" and "redis.eu-west" in config["REDIS_URL"]
+    # its relays report their region's reach (relayctl run reads RELAYCTL_REGION/LAT/LON)
+    assert config["RELAYCTL_REGION"] == "eu-west"
+    float(config["RELAYCTL_LAT"]), float(config["RELAYCTL_LON"])
+    run = next(
+        c
+        for c in find(docs, "DaemonSet", "relay")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "run"
+    )
+    env = {e["name"]: e for e in run["env"]}
+    for name in ("RELAYCTL_REGION", "RELAYCTL_LAT", "RELAYCTL_LON"):
+        assert env[name]["valueFrom"]["configMapKeyRef"] == {"name": "edge-config", "key": name}
+    assert "REDIS_URL" in env  # the base's entries kept
     hpa = find(docs, "HorizontalPodAutoscaler", "transceiver")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "transceiver"
     dep = find(docs, "Deployment", "transceiver")
