@@ -81,7 +81,7 @@ bench: install ## run the benchmarks and print their tables
 demo: install ## build the lab, run calls through the relay, print the report, tear it down
 	$(VPY) -m lab.demo
 
-demo-fleet: install ## the global fleet: 3 regions, a backbone, the front; a call from each region
+demo-fleet: install ## the global fleet: 3 regions, a backbone, the front; a call from each region (DEMO_BROWSER=1: + Chromium)
 	$(VPY) -m lab.demo_fleet
 
 clean: ## remove the venv and caches

@@ -1,7 +1,8 @@
 """One call from headless Chromium (the transceiver's demo page), run inside a client netns.
 
     python -m lab.browsercall [--api-keys FILE] [--relay-only] [--no-ice-servers]
-        [--chromium-arg ARG ...] [--timeout S] http://198.18.2.2:8080 [packets]
+        [--chromium-arg ARG ...] [--header "NAME: VALUE" ...] [--serve-page] [--timeout S]
+        http://198.18.2.2:8080 [packets]
 
 Loads the page the transceiver serves, clicks Call (fake microphone), waits until `packets`
 echoed audio packets came back, reads the call's state and hangs up. Prints one JSON line:
@@ -19,7 +20,14 @@ The JSON line then also has "pair" (the selected candidate pair: local/remote ty
 relayProtocol, RTT), "steady_rtt_ms" and "steady_checks" (the mean STUN round trip of the pair's
 checks after the first 10 echoed packets, and how many), "gather_ms" and "ice_servers" (the
 URLs, without credentials); with `--restart-ice`, "restart" ({ufrag, ms}) and
-"packets_after_restart".
+"packets_after_restart"; and "call_url" (the call's URL, the POST's Location).
+
+Through the fleet's front (`transceiver front`, docs/front.md): `--header "NAME: VALUE"`
+(repeatable) goes on every request the page makes and on the token POST, e.g. the location header
+a CDN in front would set ("X-Edge-Location: LAT,LON"); the front serves no page, so
+`--serve-page` serves the transceiver's demo page (transceiver/static/index.html) at the URL's
+origin from here (Playwright routing), as the application's own web server would: the page's
+requests (/v1/calls, its call URL) then all go to the front.
 """
 
 from __future__ import annotations
@@ -49,32 +57,59 @@ ARGS = [
 ]
 
 
-def mint_token(url: str, api_key: str) -> str:
+def mint_token(url: str, api_key: str, headers: dict[str, str] | None = None) -> str:
     """POST /v1/tokens with an API key: what the application server does for its page."""
     req = urllib.request.Request(
-        f"{url}/v1/tokens", method="POST", headers={"Authorization": f"Bearer {api_key}"}
+        f"{url}/v1/tokens",
+        method="POST",
+        headers={**(headers or {}), "Authorization": f"Bearer {api_key}"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return str(json.loads(resp.read())["value"])
 
 
+def parse_header(value: str) -> tuple[str, str]:
+    """A --header value, NAME: VALUE, as (NAME, VALUE) (as lab.callclient takes it)."""
+    name, sep, rest = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"not NAME: VALUE: {value!r}")
+    return name.strip(), rest.strip()
+
+
 @contextmanager
 def chromium_page(
-    url: str, api_key: str | None = None, extra_args: tuple[str, ...] = ()
+    url: str,
+    api_key: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+    serve_page: bool = False,
 ) -> Iterator[Any]:
     """A page of headless Chromium on `url`'s origin (treated as secure) with a fresh profile;
     with `api_key` the page's `window.getEdgeToken()` mints a client token for each call;
-    `extra_args` are more Chromium flags (a lab's TURN certificate pin)."""
+    `extra_args` are more Chromium flags (a lab's TURN certificate pin); `headers` go on every
+    request (and the token POST); `serve_page`: the demo page is served from here at `url`/."""
     from playwright.sync_api import sync_playwright
 
     args = [*ARGS, f"--unsafely-treat-insecure-origin-as-secure={url}", *extra_args]
     with tempfile.TemporaryDirectory(prefix="edge-chromium-") as profile, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=args
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=args,
+            extra_http_headers=headers or None,
         )
         try:
             if api_key:
-                ctx.expose_function("getEdgeToken", lambda: mint_token(url, api_key))
+                ctx.expose_function("getEdgeToken", lambda: mint_token(url, api_key, headers))
+            if serve_page:
+                from transceiver.server import STATIC_DIR  # the page `transceiver serve` serves
+
+                page_html = (STATIC_DIR / "index.html").read_bytes()
+                ctx.route(
+                    f"{url}/",
+                    lambda route: route.fulfill(body=page_html, content_type="text/html"),
+                )
             page = ctx.new_page()
             page.goto(f"{url}/")
             yield page
@@ -92,8 +127,10 @@ def call(
     extra_args: tuple[str, ...] = (),
     timeout: float = 30.0,
     restart_ice: bool = False,
+    headers: dict[str, str] | None = None,
+    serve_page: bool = False,
 ) -> dict[str, Any]:
-    with chromium_page(url, api_key, extra_args) as page:
+    with chromium_page(url, api_key, extra_args, headers, serve_page) as page:
         if relay_only:
             page.evaluate("window.edgeIcePolicy = 'relay'")
         if no_ice_servers:
@@ -115,7 +152,7 @@ def call(
             page.evaluate(
                 "({state: window.callState, error: window.callError,"
                 " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
-                " setup_ms: window.setupMs, gather_ms: window.gatherMs,"
+                " setup_ms: window.setupMs, gather_ms: window.gatherMs, call_url: window.callUrl,"
                 " ice_servers: window.iceServers.map((s) => s.urls)})"
             )
         )
@@ -181,6 +218,19 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="then restart ICE (window.restartIce(), a PATCH) and wait for as many echoes again",
     )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=parse_header,
+        metavar='"NAME: VALUE"',
+        help="one more request header on every request of the page (and the token POST)",
+    )
+    parser.add_argument(
+        "--serve-page",
+        action="store_true",
+        help="serve the demo page at URL/ from here (URL serves none: the fleet's front)",
+    )
     args = parser.parse_args(argv)
     try:
         from lab.peer import read_api_key
@@ -195,6 +245,8 @@ def main(argv: list[str]) -> int:
             extra_args=tuple(args.chromium_arg),
             timeout=args.timeout,
             restart_ice=args.restart_ice,
+            headers=dict(args.header),
+            serve_page=args.serve_page,
         )
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}

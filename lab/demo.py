@@ -79,22 +79,32 @@ def run_calls(lab: EdgeLab, calls: int, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def browser_call(lab: EdgeLab) -> dict[str, Any]:
-    """DEMO_BROWSER=1: headless Chromium in the client namespace calls through the VIP."""
-    proc = lab.spawn_client(
+def browser_call(
+    host: Any, url: str, *extra: str, packets: int = 50, timeout: float = 90
+) -> dict[str, Any]:
+    """One headless Chromium call (lab/browsercall.py) from `host`'s client namespace (an
+    EdgeLab, or a GlobeLab's client host) to `url`, its page's tokens minted with the lab's API
+    key; `extra`: more lab.browsercall options. Its JSON line, or a failed state."""
+    proc = host.spawn_client(
         [
             sys.executable,
             "-m",
             "lab.browsercall",
             "--api-keys",
-            str(lab_key_file(lab.tmpdir)),
-            lab.txrs[0].url,
-            "50",
+            str(lab_key_file(host.tmpdir)),
+            *extra,
+            url,
+            str(packets),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    out, _ = proc.communicate(timeout=90)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"state": "failed", "error": f"no result in {timeout:.0f} s"}
     lines = out.decode().strip().splitlines()
     return dict(json.loads(lines[-1])) if lines else {"state": "failed", "error": "no output"}
 
@@ -150,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rows = run_calls(lab, args.calls, args.seconds)
-            browser = browser_call(lab) if os.environ.get("DEMO_BROWSER") == "1" else None
+            browser = None
+            if os.environ.get("DEMO_BROWSER") == "1":
+                browser = browser_call(lab, lab.txrs[0].url)
             report(lab, rows, setup_s)
             if browser is not None:
                 print(f"\nheadless Chromium call (the page at {lab.txrs[0].url}/): {browser}")

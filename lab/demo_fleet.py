@@ -9,15 +9,23 @@ a header ("LAT,LON", as a CDN in front would set it), the front places the call 
 cluster with room, and the client's audio enters the fleet at its own region's relay, which
 tunnels it across the backbone when the cluster is elsewhere. Prints per call: the client's
 region, the relay that carried it, the cluster, set-up time, RTT (STUN round trips through the
-relay), RTP sent and echoed (loss), the longest gap; and the relays' counters. Everything is
-removed at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed or its audio did not
-come back.
+relay), RTP sent and echoed (loss), the longest gap; and the relays' counters.
+
+With DEMO_BROWSER=1, also a headless Chromium call from every region's client host through the
+front (lab/browsercall.py: the demo page served at the front's origin, the location header on
+its requests, a single-use client token minted with the lab's API key, as for the aiortc calls),
+one row each in the same table: the relay by its selected candidate pair's local address, the
+cluster, set-up time, RTT (the pair's currentRoundTripTime), the echoed packets it received.
+
+Everything is removed at the end, also on Ctrl-C or SIGTERM. Exits 1 if a call failed or its
+audio did not come back.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import statistics
 import sys
@@ -25,7 +33,7 @@ import time
 from typing import Any
 
 from lab.calldriver import CallDriver
-from lab.demo import Interrupted, _on_signal, failed_calls
+from lab.demo import Interrupted, _on_signal, browser_call, failed_calls
 from lab.globe import GlobeLab
 from lab.topology import sweep_stale_labs
 
@@ -52,8 +60,40 @@ def run_calls(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
             d.close()
     for i, c in enumerate(calls):
         rows.append({**c, **finals[i], "region": lab.regions[i].name, "rtts": rtts[i],
-                     "where": where[i]})  # fmt: skip
+                     "where": where[i], "client": "aiortc"})  # fmt: skip
     return rows
+
+
+def browser_rows(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
+    """DEMO_BROWSER=1: a headless Chromium call from every region's client host through the
+    front, one after the other (three Chromiums at once crowd a small host). A row as
+    run_calls's; what the page does not measure is None: the RTP it sent (so no loss) and the
+    longest gap (the page counts received packets, it times none)."""
+    rows = []
+    for i, region in enumerate(lab.regions):
+        res = browser_call(
+            lab.client(i),
+            lab.front_url(i),
+            "--serve-page",  # the front serves no page: the application's server would
+            "--header",
+            f"X-Edge-Location: {region.lat},{region.lon}",
+            packets=max(50, int(seconds * 50)),
+        )
+        # The relay that held the call's flow, by the browser's side of the selected pair (the
+        # client host has no NAT: the relay saw that address and port). browsercall hangs up
+        # before it reports, but a relay keeps a flow until it idles out, so it is still there.
+        local = ((res.get("pair") or {}).get("local")) or {}
+        where = lab.carrier((local["address"], local["port"])) if local.get("address") else []
+        rtt = (res.get("pair") or {}).get("rtt")
+        rows.append({"region": region.name, "client": "chromium", "where": where,
+                     "setup_ms": res.get("setup_ms"), "rtts": [] if rtt is None else [1000 * rtt],
+                     "sent": None, "rtp": res.get("packets"), "max_gap_ms": None,
+                     "state": res.get("state"), "error": res.get("error")})  # fmt: skip
+    return rows
+
+
+def _cell(value: Any, width: int, spec: str = "") -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
 
 def report(lab: GlobeLab, rows: list[dict[str, Any]], setup_s: float) -> None:
@@ -62,19 +102,24 @@ def report(lab: GlobeLab, rows: list[dict[str, Any]], setup_s: float) -> None:
           + ", ".join(f"{names[i]}-{names[j]} {lab.one_way_ms(i, j):.0f} ms"
                       for i in range(len(names)) for j in range(i + 1, len(names))))  # fmt: skip
     print("\ncalls (client -> front places it -> global VIP at its region's relay -> cluster)")
-    head = f"{'client region':<14} {'relay':<10} {'cluster':>7} {'setup ms':>9} {'RTT p50':>8} "
-    print(head + f"{'RTT p99':>8} {'RTP sent':>8} {'echoed':>7} {'loss %':>6} {'max gap ms':>10}")
+    head = f"{'client region':<14} {'client':<8} {'relay':<10} {'cluster':>7} {'setup ms':>9} "
+    print(head + f"{'RTT p50':>8} {'RTT p99':>8} {'RTP sent':>8} {'echoed':>7} {'loss %':>6} "
+          f"{'max gap ms':>10}")  # fmt: skip
     for r in rows:
         relay = ",".join(names[w[0]] for w in r["where"]) or "-"
         cluster = ",".join(str(w[1]) for w in r["where"]) or "-"
         rtts = sorted(r["rtts"])
-        sent = r["sent"] or 0
-        # the packets still on their way back at hang-up are not lost: one RTT's worth
-        in_flight = math.ceil(statistics.median(rtts) / 20)
-        loss = 100 * max(0, sent - r["rtp"] - in_flight) / sent if sent else 100.0
-        print(f"{r['region']:<14} {relay:<10} {cluster:>7} {r['setup_ms']:>9.1f} "
-              f"{statistics.median(rtts):>8.2f} {rtts[-1]:>8.2f} {sent:>8} {r['rtp']:>7} "
-              f"{loss:>6.1f} {r['max_gap_ms']:>10.1f}")  # fmt: skip
+        p50 = statistics.median(rtts) if rtts else None
+        p99 = rtts[-1] if len(rtts) > 1 else None  # one sample (Chromium's): no p99
+        sent, loss = r["sent"], None
+        if sent is not None:
+            # the packets still on their way back at hang-up are not lost: one RTT's worth
+            in_flight = math.ceil((p50 or 0) / 20)
+            loss = 100 * max(0, sent - r["rtp"] - in_flight) / sent if sent else 100.0
+        print(f"{r['region']:<14} {r['client']:<8} {relay:<10} {cluster:>7} "
+              f"{_cell(r['setup_ms'], 9, '.1f')} {_cell(p50, 8, '.2f')} {_cell(p99, 8, '.2f')} "
+              f"{_cell(sent, 8)} {_cell(r['rtp'], 7)} {_cell(loss, 6, '.1f')} "
+              f"{_cell(r['max_gap_ms'], 10, '.1f')}")  # fmt: skip
     for i, name in enumerate(names):
         stats = {k: v for k, v in lab.stats(i).items() if v}
         print(f"\n$ relayctl stats   (relay of {name})")
@@ -92,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed leftover {leftover}")
     lab = GlobeLab()
     rows: list[dict[str, Any]] = []
+    browsers: list[dict[str, Any]] = []
     try:
         print(f"building lab {lab.prefix}: 3 regions, 3 relays, 2 transceivers, 3 registries, "
               "a backbone ...", flush=True)  # fmt: skip
@@ -101,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             setup_s = time.monotonic() - t0
             print(f"lab up in {setup_s:.1f} s: placing a call from every region ...", flush=True)
             rows = run_calls(lab, args.seconds)
-            report(lab, rows, setup_s)
+            if os.environ.get("DEMO_BROWSER") == "1":
+                print("placing a headless Chromium call from every region ...", flush=True)
+                browsers = browser_rows(lab, args.seconds)
+            report(lab, rows + browsers, setup_s)
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted: lab removed", file=sys.stderr)
         return 130
@@ -110,11 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\nlab removed")
     bad = failed_calls(rows, "region")
+    for b in browsers:
+        if b["state"] != "connected":
+            print(f"FAILED: the Chromium call from {b['region']}: {b['error'] or b['state']}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if len(b["where"]) != 1:
+            print(f"FAILED: the Chromium call from {b['region']}: not on one relay "
+                  f"({len(b['where'])} hold its flow)", file=sys.stderr)  # fmt: skip
+            return 1
     if bad:
         print(f"FAILED: calls from {bad}: audio not echoed or not on one relay",
               file=sys.stderr)  # fmt: skip
         return 1
-    print(f"OK: {len(rows)} calls, one from each region, placed by the front, echoed")
+    more = f" and {len(browsers)} Chromium calls" if browsers else ""
+    print(f"OK: {len(rows)} calls{more}, one from each region, placed by the front, echoed")
     return 0
 
 
