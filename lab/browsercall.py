@@ -1,7 +1,7 @@
 """One call from headless Chromium (the transceiver's demo page), run inside a client netns.
 
     python -m lab.browsercall [--api-keys FILE] [--relay-only] [--no-ice-servers]
-        [--chromium-arg ARG ...] [--header "NAME: VALUE" ...] [--serve-page] [--timeout S]
+        [--chromium-arg ARG ...] [--header "NAME: VALUE" ...] [--serve-page] [--gaps] [--timeout S]
         http://198.18.2.2:8080 [packets]
 
 Loads the page the transceiver serves, clicks Call (fake microphone), waits until `packets`
@@ -129,12 +129,15 @@ def call(
     restart_ice: bool = False,
     headers: dict[str, str] | None = None,
     serve_page: bool = False,
+    watch_gaps: bool = False,
 ) -> dict[str, Any]:
     with chromium_page(url, api_key, extra_args, headers, serve_page) as page:
         if relay_only:
             page.evaluate("window.edgeIcePolicy = 'relay'")
         if no_ice_servers:
             page.evaluate("window.edgeIceServers = []")
+        if watch_gaps:
+            page.evaluate("window.watchGaps()")
         page.click("#call")
         # The pair's STUN round trips once audio flows, so that the RTT of the checks after it
         # (steady_rtt_ms) leaves out the first ones, which run while ICE and DTLS start.
@@ -152,6 +155,8 @@ def call(
             page.evaluate(
                 "({state: window.callState, error: window.callError,"
                 " packets: window.packetsReceived, energy: window.inboundAudioEnergy,"
+                " sent: window.packetsSent, lost: window.packetsLost,"
+                " max_gap_ms: window.edgeGap ? window.edgeGap.max : null,"
                 " setup_ms: window.setupMs, gather_ms: window.gatherMs, call_url: window.callUrl,"
                 " ice_servers: window.iceServers.map((s) => s.urls)})"
             )
@@ -227,6 +232,12 @@ def main(argv: list[str]) -> int:
         help="one more request header on every request of the page (and the token POST)",
     )
     parser.add_argument(
+        "--gaps",
+        action="store_true",
+        help="time the longest gap between received audio packets (max_gap_ms; a 10 ms timer "
+        "in the page)",
+    )
+    parser.add_argument(
         "--serve-page",
         action="store_true",
         help="serve the demo page at URL/ from here (URL serves none: the fleet's front)",
@@ -247,6 +258,7 @@ def main(argv: list[str]) -> int:
             restart_ice=args.restart_ice,
             headers=dict(args.header),
             serve_page=args.serve_page,
+            watch_gaps=args.gaps,
         )
     except Exception as exc:  # one line for the caller, no traceback
         result = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}

@@ -67,14 +67,17 @@ def run_calls(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
 def browser_rows(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
     """DEMO_BROWSER=1: a headless Chromium call from every region's client host through the
     front, one after the other (three Chromiums at once crowd a small host). A row as
-    run_calls's; what the page does not measure is None: the RTP it sent (so no loss) and the
-    longest gap (the page counts received packets, it times none)."""
+    run_calls's: RTP sent and received from Chromium's getStats, loss from its packetsLost
+    (what RTP sequence numbers say, not a count against what was sent: the page cannot know
+    what the echo did not send), the longest gap timed in the page (--gaps), the RTT Chromium's
+    last STUN round trip."""
     rows = []
     for i, region in enumerate(lab.regions):
         res = browser_call(
             lab.client(i),
             lab.front_url(i),
             "--serve-page",  # the front serves no page: the application's server would
+            "--gaps",
             "--header",
             f"X-Edge-Location: {region.lat},{region.lon}",
             packets=max(50, int(seconds * 50)),
@@ -87,7 +90,8 @@ def browser_rows(lab: GlobeLab, seconds: float) -> list[dict[str, Any]]:
         rtt = (res.get("pair") or {}).get("rtt")
         rows.append({"region": region.name, "client": "chromium", "where": where,
                      "setup_ms": res.get("setup_ms"), "rtts": [] if rtt is None else [1000 * rtt],
-                     "sent": None, "rtp": res.get("packets"), "max_gap_ms": None,
+                     "sent": res.get("sent"), "rtp": res.get("packets"),
+                     "lost": res.get("lost"), "max_gap_ms": res.get("max_gap_ms"),
                      "state": res.get("state"), "error": res.get("error")})  # fmt: skip
     return rows
 
@@ -112,7 +116,9 @@ def report(lab: GlobeLab, rows: list[dict[str, Any]], setup_s: float) -> None:
         p50 = statistics.median(rtts) if rtts else None
         p99 = rtts[-1] if len(rtts) > 1 else None  # one sample (Chromium's): no p99
         sent, loss = r["sent"], None
-        if sent is not None:
+        if r.get("lost") is not None:  # Chromium: its own count of packets that never came
+            loss = 100 * r["lost"] / max(1, r["lost"] + (r["rtp"] or 0))
+        elif sent is not None:
             # the packets still on their way back at hang-up are not lost: one RTT's worth
             in_flight = math.ceil((p50 or 0) / 20)
             loss = 100 * max(0, sent - r["rtp"] - in_flight) / sent if sent else 100.0

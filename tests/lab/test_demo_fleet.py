@@ -44,10 +44,20 @@ def _prefix(out: str) -> str:
     return found.group(1)
 
 
+COLUMNS = ("region", "client", "relay", "cluster", "setup", "rtt", "rtt99", "sent", "echoed",
+           "loss", "gap")  # fmt: skip
+
+
+def _table(out: str, client: str) -> list[dict[str, str]]:
+    """The table's rows of `client` (aiortc, chromium), by column."""
+    rows = [dict(zip(COLUMNS, line.split(), strict=True)) for line in out.splitlines()
+            if len(line.split()) == len(COLUMNS) and line.split()[1] == client]  # fmt: skip
+    return [r for r in rows if r["cluster"].isdigit()]
+
+
 def _rows(out: str, client: str) -> list[tuple[str, str, str, str]]:
-    """(region, relay, cluster, RTT p50) of the table's rows of `client` (aiortc, chromium)."""
-    pattern = rf"^(\S+)\s+{client}\s+(\S+)\s+(\d)\s+[\d.]+\s+([\d.]+)\s"
-    return re.findall(pattern, out, re.M)
+    """(region, relay, cluster, RTT p50) of the table's rows of `client`."""
+    return [(r["region"], r["relay"], r["cluster"], r["rtt"]) for r in _table(out, client)]
 
 
 def _demo(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -106,6 +116,9 @@ def test_demo_fleet_with_chromium_places_a_browser_call_from_every_region() -> N
         rtt = {region: float(r) for region, _, _, r in chromium}
         assert rtt["ap-south"] >= 120 > rtt["eu-west"]  # Chromium's pair RTT: the backbone too
         assert "OK: 3 calls and 3 Chromium calls" in out
+        for row in _table(out, "chromium"):  # loss and the longest gap, measured in the page
+            assert float(row["loss"]) < 5 and 0 < float(row["gap"]) < 1000, row
+            assert int(row["sent"]) > 0 and int(row["echoed"]) >= 50, row
     finally:
         sweep_lab(prefix)
     assert_clean(prefix)
