@@ -387,8 +387,10 @@ async def post_call(request: web.Request) -> web.Response:
         if got is None:
             continue
         status, data, headers = got
-        if status in (503, 429) and "Retry-After" in headers:  # full or draining: the next one
+        if status == 503 and "Retry-After" in headers:  # full or draining: the next one
             continue
+        # a 429 is this client's own POST budget (transceiver/clientaddr.py): passed back as it
+        # is, never spent again on the next transceiver
         if status == 201:
             location = (headers.pop("Location", [""]) or [""])[0]
             resource = location.rsplit("/", 1)[-1]
