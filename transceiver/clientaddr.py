@@ -78,6 +78,14 @@ def parse_entry(entry: str) -> Address | None:
         return None
 
 
+def _peer_ip(peer: str) -> Address | None:
+    """The TCP peer's address (request.remote), its zone id left out; None if it is none."""
+    try:
+        return _unmap(ipaddress.ip_address(peer.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
 def _trusted(ip: Address, trusted: Sequence[Network]) -> bool:
     return any(ip.version == n.version and ip in n for n in trusted)
 
@@ -93,9 +101,8 @@ def client_address(
     hops: the peer's address, and `malformed` set (the caller counts it)."""
     if peer is None:
         return ClientAddress(UNKNOWN, False)
-    try:
-        peer_ip = _unmap(ipaddress.ip_address(peer.split("%", 1)[0]))
-    except ValueError:
+    peer_ip = _peer_ip(peer)
+    if peer_ip is None:
         return ClientAddress(peer, False)
     if not trusted or not _trusted(peer_ip, trusted):
         return ClientAddress(str(peer_ip), False)
@@ -125,11 +132,8 @@ def forward_chain(peer: str | None, forwarded: Sequence[str], trusted: Sequence[
     it, the rightmost, are kept: the rest cannot matter), else `peer` alone (a client's own
     header is dropped, so it cannot choose the address it is keyed on). "" when there is no peer
     address to append (then the header is not sent)."""
-    if peer is None:
-        return ""
-    try:
-        peer_ip = _unmap(ipaddress.ip_address(peer.split("%", 1)[0]))
-    except ValueError:
+    peer_ip = _peer_ip(peer) if peer is not None else None
+    if peer_ip is None:
         return ""
     mine = str(peer_ip)
     if not forwarded or not _trusted(peer_ip, trusted):
