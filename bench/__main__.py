@@ -32,6 +32,7 @@ BENCHMARKS = (
     ("bench.setup_rtts", "Call set-up counted in round trips"),
     ("bench.calls", "Transceiver calls per core"),
     ("bench.media_stall", "Media stalls while calls set up"),
+    ("bench.media_burst", "Media while a burst of calls arrives"),
     ("bench.datachannel", "Data channel messages"),
     ("bench.registry_read", "Registry read beside the flow cache"),
     ("bench.flow_export", "Flow export at 1 M flows"),

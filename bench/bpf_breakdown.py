@@ -107,12 +107,12 @@ VARIANTS = (
     Variant(
         "inner header checksum check (decap)",
         "check_inner_udp4 without its checksum",
-        (("\tif (ipv4_csum_fold(ip) != 0)\n\t\treturn REASON_DROP_TUNNEL_BAD_INNER;", ""),),
+        (("\tif (!ipv4_csum_ok(ip))\n\t\treturn REASON_DROP_TUNNEL_BAD_INNER;", ""),),
     ),
     Variant(
         "outer header checksum (encap)",
         "left 0",
-        (("\touter.check = ipv4_csum_fold(&outer);", ""),),
+        (("\touter.check = (__sum16)~ipv4_hdr_sum(&outer); /* summed with check 0 */", ""),),
     ),
     Variant(
         "tunnel link check (decap)",

@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
+from bench import prom
 from bench.calls import Running, transceiver_server
 from bench.table import Table
 from lab import procstat
@@ -68,41 +67,6 @@ VARIANTS = (("start-up heap in the collector (before)", "--no-gc-freeze", 0),
 BUSY = "while True: pass"
 
 
-def _metrics(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        return resp.read().decode()
-
-
-def _buckets(text: str, name: str, labels: str = "") -> dict[float, float]:
-    """{le: cumulative count} of one histogram series in Prometheus text."""
-    out = {}
-    pattern = rf'^{name}_bucket\{{{labels}le="([^"]+)"\}} (\S+)$'
-    for le, value in re.findall(pattern, text, re.M):
-        out[float("inf") if le == "+Inf" else float(le)] = float(value)
-    return out
-
-
-def _delta(after: str, before: str, name: str, labels: str = "") -> dict[float, float]:
-    b = _buckets(before, name, labels)
-    return {le: n - b.get(le, 0.0) for le, n in _buckets(after, name, labels).items()}
-
-
-def _over(buckets: dict[float, float], le: float) -> float:
-    """How many observations were above the bucket bound `le`."""
-    return buckets.get(float("inf"), 0.0) - buckets.get(le, 0.0)
-
-
-def _worst_bound(buckets: dict[float, float]) -> str:
-    """The smallest bucket bound that holds every observation: the worst one is at most that."""
-    total = buckets.get(float("inf"), 0.0)
-    if not total:
-        return "-"
-    for le in sorted(buckets):
-        if buckets[le] >= total:
-            return "inf" if le == float("inf") else f"<= {le * 1000:.0f}"
-    return "-"
-
-
 def one_round(flag: str, calls: int, seconds: float, busy: int = 0) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -111,7 +75,7 @@ def one_round(flag: str, calls: int, seconds: float, busy: int = 0) -> dict[str,
     running = Running(server)
     with running as (pid, url):
         assert running.api_key is not None
-        before = _metrics(url)
+        before = prom.fetch(url)
         cpu0, wait0 = procstat.cpu_seconds(pid), procstat.runqueue_wait_seconds(pid)
         with tempfile.TemporaryDirectory(prefix="bench-stall-") as profile, sync_playwright() as pw:
             ctx = pw.chromium.launch_persistent_context(
@@ -146,21 +110,21 @@ def one_round(flag: str, calls: int, seconds: float, busy: int = 0) -> dict[str,
                     hog.kill()
                     hog.wait()
                 ctx.close()
-        after = _metrics(url)
+        after = prom.fetch(url)
     if states != ["connected"] * calls:
         raise RuntimeError(f"{flag}: calls ended {states}")
     # the round's own observations: the histograms after minus before (start-up left out)
-    gc2 = _delta(after, before, "txr_gc_pause_seconds", 'generation="2",')
-    lag = _delta(after, before, "txr_event_loop_lag_seconds")
+    gc2 = prom.delta(after, before, "txr_gc_pause_seconds", 'generation="2",')
+    lag = prom.delta(after, before, "txr_event_loop_lag_seconds")
     return {
         "gaps": gaps,
         "packets": packets,
         "gc2": gc2.get(float("inf"), 0),
-        "gc2_over_50ms": _over(gc2, 0.05),
-        "lag_over_50ms": _over(lag, 0.05),
-        "lag_over_100ms": _over(lag, 0.1),
-        "lag_worst": _worst_bound(lag),
-        "gc2_worst": _worst_bound(gc2),
+        "gc2_over_50ms": prom.over(gc2, 0.05),
+        "lag_over_50ms": prom.over(lag, 0.05),
+        "lag_over_100ms": prom.over(lag, 0.1),
+        "lag_worst": prom.worst_bound(lag),
+        "gc2_worst": prom.worst_bound(gc2),
         "cpu_pct": 100 * cpu / elapsed,  # the server's CPU over the round (from the clicks)
         "wait_pct": 100 * wait / elapsed,  # its threads runnable, waiting for a CPU
     }

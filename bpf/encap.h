@@ -74,7 +74,7 @@ static __always_inline __u32 encap_udp4(struct xdp_md *ctx, __u8 tos, __u16 inne
 	outer.protocol = IPPROTO_UDP;
 	outer.saddr = saddr;
 	outer.daddr = daddr;
-	outer.check = ipv4_csum_fold(&outer);
+	outer.check = (__sum16)~ipv4_hdr_sum(&outer); /* summed with check 0 */
 
 	__builtin_memcpy(data, &eth_copy, ETH_HDR_LEN);
 	__builtin_memcpy(data + ETH_HDR_LEN, &outer, IPV4_HDR_LEN);

@@ -5,21 +5,6 @@
 #include "constants.h"
 #include "reasons.h"
 
-/* Whether a 20-byte IPv4 header's checksum verifies: the same one's-complement sum as
- * ipv4_csum_fold (parse.h), read as five 32-bit words (half the loads and adds, on every client
- * packet; the sum of 16-bit halves folds to the same 16 bits). */
-static __always_inline int ipv4_csum_ok(const struct iphdr *ip)
-{
-	const __u32 *w = (const __u32 *)ip;
-	__u64 sum = (__u64)w[0] + w[1] + w[2] + w[3] + w[4];
-
-	sum = (sum & 0xffffffffULL) + (sum >> 32);
-	sum = (sum & 0xffffffffULL) + (sum >> 32);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
-}
-
 /* One hop less, with the header checksum updated incrementally (RFC 1624, as the kernel's
  * ip_decrease_ttl): the TTL is the high byte of its 16-bit word. The caller has checked
  * ttl > 1. */

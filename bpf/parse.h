@@ -108,18 +108,26 @@ static __always_inline __u32 check_udp4(const struct udp4 *d, __u32 l3_len)
 	return REASON_CONTINUE;
 }
 
-/* One's-complement sum of a 20-byte IPv4 header (checksum field included). */
-static __always_inline __u16 ipv4_csum_fold(const void *hdr)
+/* The one's-complement sum of a 20-byte IPv4 header (checksum field included), folded to 16
+ * bits: 0xffff when its checksum verifies. Read as five 32-bit words, which fold to the same 16
+ * bits as its ten 16-bit halves (RFC 1071 §2: the sum is order- and grouping-independent), in
+ * half the loads and adds. */
+static __always_inline __u16 ipv4_hdr_sum(const void *hdr)
 {
-	const __u16 *w = hdr;
-	__u32 sum = 0;
+	const __u32 *w = hdr;
+	__u64 sum = (__u64)w[0] + w[1] + w[2] + w[3] + w[4];
 
-#pragma unroll
-	for (int i = 0; i < IPV4_HDR_LEN / 2; i++)
-		sum += w[i];
+	sum = (sum & 0xffffffffULL) + (sum >> 32);
+	sum = (sum & 0xffffffffULL) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
+	return (__u16)sum;
+}
+
+/* Whether a 20-byte IPv4 header's checksum verifies. */
+static __always_inline int ipv4_csum_ok(const struct iphdr *ip)
+{
+	return ipv4_hdr_sum(ip) == 0xffff;
 }
 
 /* The tunnel payload (len bytes at inner) must be a complete IPv4/UDP packet without options or
@@ -138,7 +146,7 @@ static __always_inline __u32 check_inner_udp4(void *inner, void *data_end, __u32
 		return REASON_DROP_TUNNEL_BAD_INNER;
 	if (edge_ntohs(ip->tot_len) != len || edge_ntohs(udp->len) != len - IPV4_HDR_LEN)
 		return REASON_DROP_TUNNEL_BAD_INNER;
-	if (ipv4_csum_fold(ip) != 0)
+	if (!ipv4_csum_ok(ip))
 		return REASON_DROP_TUNNEL_BAD_INNER;
 	return REASON_CONTINUE;
 }

@@ -8,8 +8,10 @@ Why (issue 8 item 5): ~1,100 half-sent requests took every descriptor of a 1,024
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -167,6 +169,46 @@ class ConnectionGuard:
             conn.abort()
         self._conns.clear()
         self._by_handler.clear()
+
+
+class ListenSocket(socket.socket):
+    """The HTTP listening socket. When accept() finds the descriptors used up (EMFILE, ENFILE)
+    it counts that and says "nothing to accept now" (BlockingIOError), so asyncio tries again on
+    its next pass. Why: asyncio makes an accepted connection's protocol two loop passes after
+    the accept and closes an evicted one a pass later, so a flood's batches (up to `backlog`
+    accepts a wake-up) can run past FD_RESERVE for a moment. asyncio's own answer to EMFILE is
+    an ERROR with a traceback and no accepts for a second (no /healthz either); by the next pass
+    the evicted connections' descriptors are free."""
+
+    on_exhausted: Callable[[], None] = staticmethod(lambda: None)
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self.on_exhausted()
+            raise BlockingIOError(errno.EAGAIN, "no descriptor free yet") from None
+
+
+def listen_socket(host: str, port: int, on_exhausted: Callable[[], None]) -> ListenSocket:
+    """A bound ListenSocket for host:port (the first address it resolves to; IPv6 without the
+    IPv4-mapped half, as asyncio binds it). asyncio's create_server(sock=) calls listen()."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = ListenSocket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    sock.on_exhausted = on_exhausted
+    return sock
 
 
 class RateLimiter:

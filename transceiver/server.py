@@ -27,7 +27,13 @@ from prometheus_client import Counter
 from transceiver import clientaddr, defaults
 from transceiver.auth import Authenticator, Unauthorized, bearer
 from transceiver.calls import CallManager, Refused
-from transceiver.limits import ACCEPT_BACKLOG, BODY_TIMEOUT, ConnectionGuard, RateLimiter
+from transceiver.limits import (
+    ACCEPT_BACKLOG,
+    BODY_TIMEOUT,
+    ConnectionGuard,
+    RateLimiter,
+    listen_socket,
+)
 from transceiver.metrics import Metrics
 from transceiver.sdp import (
     MAX_OFFER_BYTES,
@@ -447,8 +453,11 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        sock = listen_socket(
+            self._host, self._port, lambda: self._guard.on_refuse("accept_no_descriptor")
+        )
         self._server = await loop.create_server(
-            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+            self._guard.factory(server), sock=sock, backlog=self._backlog
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 

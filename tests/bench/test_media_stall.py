@@ -21,14 +21,3 @@ def test_a_short_round_of_each_server() -> None:
         assert 0 < r["cpu_pct"] < 200 and r["wait_pct"] >= 0, (label, r)  # the server was read
     table = media_stall.table(results, 2, 2)
     assert [row[0] for row in table.rows] == [label for label, _, _ in media_stall.VARIANTS]
-
-
-def test_histogram_arithmetic() -> None:
-    before = 'h_bucket{le="0.05"} 3\nh_bucket{le="0.1"} 4\nh_bucket{le="+Inf"} 4\n'
-    after = 'h_bucket{le="0.05"} 5\nh_bucket{le="0.1"} 7\nh_bucket{le="+Inf"} 8\n'
-    delta = media_stall._delta(after, before, "h")
-    assert delta == {0.05: 2, 0.1: 3, float("inf"): 4}
-    assert media_stall._over(delta, 0.05) == 2 and media_stall._over(delta, 0.1) == 1
-    assert media_stall._worst_bound(delta) == "inf"
-    assert media_stall._worst_bound({0.05: 1, 0.1: 1, float("inf"): 1}) == "<= 50"
-    assert media_stall._worst_bound({float("inf"): 0}) == "-"
