@@ -69,7 +69,14 @@ async def _server(
         )
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         return proc, re.search(rb"http=(\S+)", line).group(1).decode()
-    args = ["serve", "--listen=127.0.0.1:0", "--udp=127.0.0.1:0", "--log-level=warning"]
+    # --no-auth: one local call on loopback, no application server to hold a key
+    args = [
+        "serve",
+        "--listen=127.0.0.1:0",
+        "--udp=127.0.0.1:0",
+        "--log-level=warning",
+        "--no-auth",
+    ]
     if media_path:
         args.append(f"--media-path={media_path}")
     if source:
