@@ -22,6 +22,16 @@ An application is any object with this shape (see `CallApp`):
 - `media = "pcm"`: `call.recv()` yields `av.AudioFrame`s (48 kHz, s16, decoded by aiortc) and
   `call.send()` takes `av.AudioFrame`s, which aiortc encodes to Opus.
 
+For an app that answers each frame at once (a pass-through, a filter), `call.on_frame(fn)` hands
+every frame to `fn(frame)` as it arrives, in the socket's callback, instead of queueing it for
+`recv()`: no future and no task wake-up per frame (the per-packet Python the echo pays was a
+third asyncio). `fn` must not block or await; if it raises, the call hangs up ("app_error").
+`await call.closed()` then waits for the end:
+
+    async def handle_call(self, call: Call) -> None:
+        call.on_frame(call.send)             # echo, frame by frame, in the socket's callback
+        await call.closed()
+
 `call.send()` never blocks. Opus calls on the fast path (transceiver/fastpath.py) send the frame
 at once; otherwise the outbound queue holds about a second of audio, the oldest frame dropped
 when an app sends faster than real time (counted in `call.dropped_out`).
@@ -107,6 +117,8 @@ class Call:
         self._sink: Callable[[OpusFrame], None] | None = None
         self.channels = Channels(call_id)  # data channel events; fed by transceiver/session.py
         self.ended = False
+        self._on_frame: Callable[[Frame], None] | None = None  # on_frame(): instead of _in
+        self._closed: asyncio.Future[None] | None = None  # closed(): the end, or fn's error
 
     async def recv(self) -> Frame:
         """The next frame; frames that arrived before the end are still returned first."""
@@ -133,6 +145,32 @@ class Call:
             return await self.recv()
         except CallEnded:
             raise StopAsyncIteration from None
+
+    def on_frame(self, fn: Callable[[Frame], None]) -> None:
+        """Hand every frame to fn(frame) as it arrives instead of to recv(); frames already
+        queued go to fn first. fn runs in the socket's callback: it must not block."""
+        self._on_frame = fn
+        while self._in and self._on_frame is fn:
+            self._call_on_frame(self._in.popleft())
+
+    async def closed(self) -> None:
+        """Until the call ends; raises what an on_frame function raised (the call then hangs
+        up with "app_error", as when handle_call raises)."""
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self._closed.set_result(None)
+        await asyncio.shield(self._closed)
+
+    def _call_on_frame(self, frame: Frame) -> None:
+        try:
+            self._on_frame(frame)  # type: ignore[misc]
+        except Exception as exc:  # given to closed(): the app's own failure, not ours
+            self._on_frame = None
+            if self._closed is None:
+                self._closed = asyncio.get_running_loop().create_future()
+            if not self._closed.done():
+                self._closed.set_exception(exc)
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -166,6 +204,9 @@ class Call:
     def _deliver(self, frame: Frame) -> None:
         if not self.ended:
             self.frames_in += 1
+            if self._on_frame is not None:
+                self._call_on_frame(frame)
+                return
             self._in.append(frame)
             if self._waiters:
                 self._wake_one()
@@ -177,7 +218,10 @@ class Call:
         if not self.ended:
             self.ended = True
             self._sink = None
+            self._on_frame = None
             self.channels._end()
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
             while self._waiters:  # every waiting recv() sees the end
                 waiter = self._waiters.popleft()
                 if not waiter.done():
@@ -205,8 +249,8 @@ class EchoApp:
     async def handle_call(self, call: Call) -> None:
         messages = asyncio.ensure_future(self.echo_messages(call))
         try:
-            async for frame in call:
-                call.send(frame)
+            call.on_frame(call.send)  # each frame back in the socket's callback: no task hop
+            await call.closed()
         finally:
             messages.cancel()
 

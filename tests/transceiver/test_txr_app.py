@@ -187,3 +187,69 @@ async def test_greet_echo_speaks_first_then_echoes(start_txr, http: aiohttp.Clie
         assert client.rtp_in >= seen + 30 and client.greeting_in == greeted
     finally:
         await client.close()
+
+
+async def test_on_frame_takes_queued_frames_first_then_each_as_it_arrives() -> None:
+    c = Call("c1", "opus")
+    c._deliver(OpusFrame(b"a"))
+    c._deliver(OpusFrame(b"b"))
+    got: list[bytes] = []
+    c.on_frame(lambda f: got.append(f.payload))  # type: ignore[union-attr]
+    assert got == [b"a", b"b"]
+    c._deliver(OpusFrame(b"c"))
+    assert got == [b"a", b"b", b"c"] and c.frames_in == 3 and not c._in  # nothing for recv()
+    closed = asyncio.ensure_future(c.closed())
+    await asyncio.sleep(0)
+    assert not closed.done()
+    c._end()
+    await asyncio.wait_for(closed, 1)
+    c._deliver(OpusFrame(b"d"))  # after the end: not handed on
+    assert got == [b"a", b"b", b"c"]
+    await asyncio.wait_for(c.closed(), 1)  # and closed() after the end returns at once
+
+
+async def test_an_on_frame_function_that_raises_fails_closed() -> None:
+    c = Call("c2", "opus")
+
+    def fails(frame: object) -> None:
+        raise ValueError("bad frame")
+
+    c.on_frame(fails)
+    c._deliver(OpusFrame(b"a"))  # the socket's callback is not the one that fails
+    with pytest.raises(ValueError, match="bad frame"):
+        await asyncio.wait_for(c.closed(), 1)
+    c._deliver(OpusFrame(b"b"))  # fn is no longer called; frames queue for recv()
+    assert (await c.recv()).payload == b"b"  # type: ignore[union-attr]
+
+
+class FailingFrameApp:
+    """An on_frame app whose function raises on the first frame: the call ends app_error."""
+
+    media = "opus"
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    async def handle_call(self, call: Call) -> None:
+        def first(frame: object) -> None:
+            raise RuntimeError("cannot take it")
+
+        call.on_frame(first)
+        await call.closed()
+
+    async def call_ended(self, call: Call, reason: str) -> None:
+        self.ended.append(reason)
+
+
+async def test_an_app_whose_frame_function_raises_hangs_up(start_txr, http) -> None:
+    app = FailingFrameApp()
+    txr = await start_txr(app=app)
+    client = await call(http, txr.http_url)
+    try:
+        await client.wait_state("connected")
+        (session,) = txr.manager.sessions.values()
+        await asyncio.wait_for(session.ended.wait(), 10)
+        assert session.end_reason == "app_error" and app.ended == ["app_error"]
+        assert session.call.frames_in >= 1
+    finally:
+        await client.close()
