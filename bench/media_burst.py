@@ -63,6 +63,7 @@ from bench.table import Table
 from lab import procstat
 from lab.peer import ClientPeer
 from transceiver import aiortc_seam
+from transceiver.fastpath import is_rtp
 
 ESTABLISHED = int(os.environ.get("BENCH_BURST_ESTABLISHED", "100"))
 BURST = int(os.environ.get("BENCH_BURST_CALLS", "50"))
@@ -76,11 +77,6 @@ OPUS_PAYLOAD = bytes([0xFC]) + bytes(79)  # an 80-byte Opus packet (CELT FB 20 m
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 LAG = "txr_event_loop_lag_seconds"
 TARGET_MS = 20.0  # what the issue allows a burst to add to the p99 gap
-
-
-def _is_rtp(data: bytes) -> bool:
-    """RTP, not RTCP (RFC 5761 §4: RTCP packet types 192-223 sit where RTP's M+PT would)."""
-    return len(data) > 1 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223
 
 
 @dataclass
@@ -160,7 +156,7 @@ class Media:
                             data, cmsgs, _, addr = call.sock.recvmsg(2048, anc)
                         except BlockingIOError:
                             break
-                        if not _is_rtp(data):  # consent responses, RTCP: to aiortc
+                        if not is_rtp(data):  # consent responses, RTCP: to aiortc
                             self.loop.call_soon_threadsafe(
                                 call.protocol.datagram_received, data, addr
                             )
@@ -187,8 +183,11 @@ class Media:
         return [late for late, at in zip(self.late, self.sent_at, strict=True) if start <= at < end]
 
 
-async def establish(url: str, token: str | None, n: int, packets_each: int) -> list[Established]:
-    """n calls set up by aiortc clients at RAMP_PER_S; each then handed to the media threads."""
+async def establish(
+    url: str, token: str | None, n: int, packets_each: int
+) -> tuple[list[Established], list[ClientPeer]]:
+    """n calls set up by aiortc clients at RAMP_PER_S; each then handed to the media threads
+    (the peers are returned too: they are closed at the end)."""
     peers = [ClientPeer(audio="opus", decode=False) for _ in range(n)]
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -222,7 +221,7 @@ async def establish(url: str, token: str | None, n: int, packets_each: int) -> l
         calls.append(
             Established(sock, pair.remote_addr, [tx.protect(r) for r in rtps], pair.protocol)
         )
-    return calls, peers  # type: ignore[return-value]
+    return calls, peers
 
 
 @dataclass

@@ -30,6 +30,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from lab.procstat import cpu_seconds, user_system_seconds
 from transceiver import aiortc_seam
+from transceiver.fastpath import is_rtp
 
 EXE = Path(sys.executable).parent / "transceiver"
 # Runs `transceiver serve` from argv[1]'s tree; the editable install's finder would win over
@@ -119,7 +120,7 @@ async def blast(
 
         def count(data: bytes, addr: object) -> None:  # replaces the client's whole rx path
             nonlocal echoed
-            if len(data) > 1 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+            if is_rtp(data):
                 echoed += 1
 
         pair.protocol.datagram_received = count

@@ -24,6 +24,7 @@ import aiohttp
 from lab.peer import call
 from lab.procstat import cpu_seconds
 from transceiver.config import Settings
+from transceiver.fastpath import is_rtp
 from transceiver.service import TransceiverService
 
 EXE = Path(sys.executable).parent / "transceiver"
@@ -79,10 +80,6 @@ def _histogram_p50(text: str, name: str) -> float:
     return float("inf")
 
 
-def _is_rtp(data: bytes) -> bool:
-    return len(data) > 1 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223
-
-
 async def latency(app: str, frames: int = 300) -> None:
     txr = TransceiverService(Settings(http=("127.0.0.1", 0), udp=("127.0.0.1", 0), app=app))
     await txr.start()
@@ -94,12 +91,12 @@ async def latency(app: str, frames: int = 300) -> None:
     sendto = transport.sendto
 
     def timed_received(data: bytes, addr: tuple[str, int]) -> None:
-        if _is_rtp(data):
+        if is_rtp(data):
             ins.append(time.perf_counter())
         received(data, addr)
 
     def timed_sendto(data: bytes, addr: tuple[str, int] | None = None) -> None:
-        if _is_rtp(data):
+        if is_rtp(data):
             outs.append(time.perf_counter())
         sendto(data, addr)
 

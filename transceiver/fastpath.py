@@ -42,6 +42,13 @@ _HEAD = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 STATS_EVERY = 16  # packets between updates of the SR counters aiortc's sender reports
 
 
+def is_rtp(data: bytes) -> bool:
+    """RTP, not RTCP: first byte 128..191 (version 2, RFC 7983), and not where RTCP's packet
+    types 192..223 sit in the second byte (RFC 5761 §4). (paths.Route.received inlines the
+    second half: the mux has checked the first byte by then.)"""
+    return len(data) > 1 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223
+
+
 def parse_rtp(data: bytes) -> tuple[int, int, int, bytes] | None:
     """(payload type, sequence, timestamp, payload) of a plain RTP packet; None if malformed."""
     if len(data) < 12:

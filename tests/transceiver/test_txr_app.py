@@ -150,9 +150,36 @@ class HangUpApp:
         self.ended.append(reason)
 
 
-@pytest.mark.parametrize(("fail", "reason"), [(False, "app_done"), (True, "app_error")])
-async def test_app_hangs_up_by_returning_or_failing(start_txr, http, fail, reason) -> None:
-    app = HangUpApp(fail)
+class FailingFrameApp:
+    """An on_frame app whose function raises on the first frame: the call ends app_error."""
+
+    media = "opus"
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    async def handle_call(self, call: Call) -> None:
+        def first(frame: object) -> None:
+            raise RuntimeError("cannot take it")
+
+        call.on_frame(first)
+        await call.closed()
+
+    async def call_ended(self, call: Call, reason: str) -> None:
+        self.ended.append(reason)
+
+
+@pytest.mark.parametrize(
+    ("make_app", "reason"),
+    [
+        (lambda: HangUpApp(False), "app_done"),
+        (lambda: HangUpApp(True), "app_error"),
+        (FailingFrameApp, "app_error"),  # its on_frame function raises
+    ],
+    ids=["returns", "raises", "on_frame-raises"],
+)
+async def test_app_hangs_up_by_returning_or_failing(start_txr, http, make_app, reason) -> None:
+    app = make_app()
     txr = await start_txr(app=app)
     client = await call(http, txr.http_url)
     try:
@@ -160,6 +187,7 @@ async def test_app_hangs_up_by_returning_or_failing(start_txr, http, fail, reaso
         (session,) = txr.manager.sessions.values()
         await asyncio.wait_for(session.ended.wait(), 10)
         assert session.end_reason == reason and app.ended == [reason]
+        assert session.call.frames_in >= 1
         assert await client.wait_state("closed", "failed") in ("closed", "failed")
     finally:
         await client.close()
@@ -220,36 +248,3 @@ async def test_an_on_frame_function_that_raises_fails_closed() -> None:
         await asyncio.wait_for(c.closed(), 1)
     c._deliver(OpusFrame(b"b"))  # fn is no longer called; frames queue for recv()
     assert (await c.recv()).payload == b"b"  # type: ignore[union-attr]
-
-
-class FailingFrameApp:
-    """An on_frame app whose function raises on the first frame: the call ends app_error."""
-
-    media = "opus"
-
-    def __init__(self) -> None:
-        self.ended: list[str] = []
-
-    async def handle_call(self, call: Call) -> None:
-        def first(frame: object) -> None:
-            raise RuntimeError("cannot take it")
-
-        call.on_frame(first)
-        await call.closed()
-
-    async def call_ended(self, call: Call, reason: str) -> None:
-        self.ended.append(reason)
-
-
-async def test_an_app_whose_frame_function_raises_hangs_up(start_txr, http) -> None:
-    app = FailingFrameApp()
-    txr = await start_txr(app=app)
-    client = await call(http, txr.http_url)
-    try:
-        await client.wait_state("connected")
-        (session,) = txr.manager.sessions.values()
-        await asyncio.wait_for(session.ended.wait(), 10)
-        assert session.end_reason == "app_error" and app.ended == ["app_error"]
-        assert session.call.frames_in >= 1
-    finally:
-        await client.close()
