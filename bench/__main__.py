@@ -31,6 +31,7 @@ BENCHMARKS = (
     ("bench.relay_rtt", "Round trip and call set-up through the relay"),
     ("bench.setup_rtts", "Call set-up counted in round trips"),
     ("bench.calls", "Transceiver calls per core"),
+    ("bench.calls_scale", "Transceiver calls per core at scale"),
     ("bench.media_stall", "Media stalls while calls set up"),
     ("bench.media_burst", "Media while a burst of calls arrives"),
     ("bench.datachannel", "Data channel messages"),

@@ -5,13 +5,14 @@ Issue 12 asks that a burst of 50 new calls in one second add at most 20 ms to th
 inter-arrival gap of the echoed audio on 100 established calls. `transceiver serve` runs as a
 subprocess (127.0.0.1, the default echo app, Opus fast path). This process holds the
 established calls: each is set up by a real aiortc client (ICE-lite, DTLS, SRTP keys); then its
-media is sent by a pacing thread from SRTP packets protected beforehand (one 80-byte Opus
-packet per call every 20 ms, the calls' phases spread over the period), and its echoes are read
-by another thread with the kernel's receive timestamps (SO_TIMESTAMPNS). So neither this
-process's event loop nor its Python speed is in the measured gaps: what moves them is when the
-server sent (and the pacer's lateness, which the table shows). A second process places the
-burst: 50 aiortc calls (bench/callgen.py's client: a pre-encoded tone, the echo counted) at
-50 per second, kept up and sending until the round ends, so the burst's own media is load too.
+media is sent by a pacing thread (bench/paced.py) from SRTP packets protected beforehand (one
+80-byte Opus packet per call every 20 ms, the calls' phases spread over the period), and its
+echoes are read by another thread with the kernel's receive timestamps (SO_TIMESTAMPNS). So
+neither this process's event loop nor its Python speed is in the measured gaps: what moves
+them is when the server sent (and the pacer's lateness, which the table shows). A second
+process places the burst: 50 aiortc calls (bench/callgen.py's client: a pre-encoded tone, the
+echo counted) at 50 per second, kept up and sending until the round ends, so the burst's own
+media is load too.
 
 Per round two windows of the same calls: **quiet** (3 s before the burst's first POST: the
 baseline) and **burst** (from the first POST until 1 s after the last burst call connected).
@@ -38,190 +39,33 @@ if a larger burst per core is wanted (the DTLS handshake is the largest piece).
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
-import itertools
 import json
 import os
-import re
-import selectors
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from bench import prom
 from bench.calls import Running, transceiver_server
+from bench.paced import PTIME, Media, establish
 from bench.table import Table
 from lab import procstat
-from lab.peer import ClientPeer
-from transceiver import aiortc_seam
-from transceiver.fastpath import is_rtp
 
 ESTABLISHED = int(os.environ.get("BENCH_BURST_ESTABLISHED", "100"))
 BURST = int(os.environ.get("BENCH_BURST_CALLS", "50"))
 ROUNDS = int(os.environ.get("BENCH_BURST_ROUNDS", "3"))
 QUIET_S = 3.0  # the baseline window before each burst
 TAIL_S = 1.0  # the burst window runs on this long after its last call connected
-RAMP_PER_S = 20.0  # established calls are set up at this rate, before any window
 ROUND_S = 15.0  # the most a round can take (for the packets protected beforehand)
-PTIME = 0.020
-OPUS_PAYLOAD = bytes([0xFC]) + bytes(79)  # an 80-byte Opus packet (CELT FB 20 ms, silence)
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 LAG = "txr_event_loop_lag_seconds"
 TARGET_MS = 20.0  # what the issue allows a burst to add to the p99 gap
-
-
-@dataclass
-class Established:
-    """One established call: its socket (a dup of the aiortc client's), where it sends, the
-    SRTP packets it will send, and the kernel times its echoes arrived."""
-
-    sock: socket.socket
-    dest: tuple[str, int]
-    packets: list[bytes]
-    protocol: Any  # aioice's protocol for the socket: STUN, DTLS and RTCP go back to it
-    arrivals: array.array = field(default_factory=lambda: array.array("d"))
-
-
-class Media:
-    """The pacing thread and the receiving thread for all established calls."""
-
-    def __init__(self, calls: list[Established], loop: asyncio.AbstractEventLoop) -> None:
-        self.calls = calls
-        self.loop = loop
-        self.stop = threading.Event()
-        self.late = array.array("d")  # per packet: seconds after its due time it was sent
-        self.sent_at = array.array("d")  # and when (monotonic), to cut by window
-        self.start_at = 0.0
-        self.ran_out = False
-        self._threads = [
-            threading.Thread(target=self._pace, name="burst-pacer", daemon=True),
-            threading.Thread(target=self._receive, name="burst-receiver", daemon=True),
-        ]
-        # kernel receive timestamps are CLOCK_REALTIME; the windows are monotonic
-        self._offset = time.time() - time.monotonic()
-
-    def start(self) -> None:
-        self.start_at = time.monotonic() + 0.1
-        for t in self._threads:
-            t.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self._threads:
-            t.join(5)
-
-    def _pace(self) -> None:
-        n = len(self.calls)
-        slots = [(i * PTIME / n, c) for i, c in enumerate(self.calls)]  # phases over 20 ms
-        k = 0  # packet index of the current period
-        while not self.stop.is_set():
-            period = self.start_at + k * PTIME
-            for phase, call in slots:
-                due = period + phase
-                now = time.monotonic()
-                if due > now:
-                    time.sleep(due - now)
-                    now = time.monotonic()
-                if k >= len(call.packets):
-                    self.ran_out = True
-                    return
-                try:
-                    call.sock.sendto(call.packets[k], call.dest)
-                except OSError:  # a full buffer counts as lost, it does not end the bench
-                    continue
-                self.late.append(now - due)
-                self.sent_at.append(now)
-            k += 1
-
-    def _receive(self) -> None:
-        sel = selectors.DefaultSelector()
-        for c in self.calls:
-            sel.register(c.sock, selectors.EVENT_READ, c)
-        anc = socket.CMSG_SPACE(16)
-        try:
-            while not self.stop.is_set():
-                for key, _ in sel.select(0.1):
-                    call: Established = key.data
-                    while True:
-                        try:
-                            data, cmsgs, _, addr = call.sock.recvmsg(2048, anc)
-                        except BlockingIOError:
-                            break
-                        if not is_rtp(data):  # consent responses, RTCP: to aiortc
-                            self.loop.call_soon_threadsafe(
-                                call.protocol.datagram_received, data, addr
-                            )
-                            continue
-                        for level, kind, raw in cmsgs:
-                            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                                sec, nsec = struct.unpack("qq", raw[:16])
-                                call.arrivals.append(sec + nsec / 1e9 - self._offset)
-        finally:
-            sel.close()
-
-    def gaps(self, start: float, end: float) -> tuple[list[float], int, int]:
-        """Every call's echo inter-arrival gaps (s) within [start, end), the echoes that
-        arrived, and the echoes expected (50 per call-second)."""
-        out: list[float] = []
-        got = 0
-        for c in self.calls:
-            times = [t for t in c.arrivals if start <= t < end]
-            got += len(times)
-            out += [b - a for a, b in itertools.pairwise(times)]
-        return out, got, round(len(self.calls) * (end - start) / PTIME)
-
-    def lateness(self, start: float, end: float) -> list[float]:
-        return [late for late, at in zip(self.late, self.sent_at, strict=True) if start <= at < end]
-
-
-async def establish(
-    url: str, token: str | None, n: int, packets_each: int
-) -> tuple[list[Established], list[ClientPeer]]:
-    """n calls set up by aiortc clients at RAMP_PER_S; each then handed to the media threads
-    (the peers are returned too: they are closed at the end)."""
-    peers = [ClientPeer(audio="opus", decode=False) for _ in range(n)]
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-
-        async def one(i: int, peer: ClientPeer) -> None:
-            await asyncio.sleep(i / RAMP_PER_S)
-            await peer.start(http, url, token=token, timeout=30)
-
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(peers)))
-    calls = []
-    for peer in peers:
-        peer.tone.stop()  # from here the pacing thread sends this call's audio
-        pc = peer.pc
-        answer = peer.answer_sdp
-        pt = int(re.search(r"a=rtpmap:(\d+) opus/48000", answer, re.I).group(1))  # type: ignore[union-attr]
-        pair = aiortc_seam.nominated_pair(aiortc_seam.ice_connection(pc))
-        assert pair is not None, "no nominated pair"
-        transport = pair.protocol.transport
-        transport.pause_reading()  # the receiving thread reads this socket from now on
-        fd = transport.get_extra_info("socket").fileno()
-        sock = socket.socket(fileno=os.dup(fd))
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        tx = aiortc_seam.srtp_sessions(pc.getTransceivers()[0].sender.transport)[1]
-        ssrc = int.from_bytes(os.urandom(4), "big")
-        head = struct.Struct("!BBHII")
-        rtps = (
-            head.pack(0x80, pt, k & 0xFFFF, (k * 960) & 0xFFFFFFFF, ssrc) + OPUS_PAYLOAD
-            for k in range(packets_each)
-        )
-        calls.append(
-            Established(sock, pair.remote_addr, [tx.protect(r) for r in rtps], pair.protocol)
-        )
-    return calls, peers
 
 
 @dataclass

@@ -4,7 +4,6 @@ gaps are cut by window as the table says."""
 
 from __future__ import annotations
 
-import array
 import math
 
 import pytest
@@ -32,16 +31,5 @@ def test_a_short_round() -> None:
     ]
 
 
-def test_gaps_are_cut_by_window_per_call() -> None:
-    def call(times: list[float]) -> media_burst.Established:
-        c = media_burst.Established(None, ("127.0.0.1", 1), [], None)  # type: ignore[arg-type]
-        c.arrivals = array.array("d", times)
-        return c
-
-    media = media_burst.Media([call([0.0, 0.02, 0.04, 0.10]), call([0.03, 0.05])], None)  # type: ignore[arg-type]
-    gaps, got, expected = media.gaps(0.0, 0.06)
-    # per call, never across calls: 0.02, 0.02 from the first, 0.02 from the second
-    assert [round(g, 3) for g in gaps] == [0.02, 0.02, 0.02]
-    assert (got, expected) == (5, 6)  # 2 calls x 0.06 s / 20 ms
-    assert media.gaps(0.2, 0.3)[:2] == ([], 0)
+def test_quantile_of_nothing_is_nan() -> None:
     assert math.isnan(media_burst._q([], 99))
