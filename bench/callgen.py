@@ -1,7 +1,8 @@
 """Call generator: N concurrent aiortc clients against a WHIP-style server, bounded in time.
 
 Each client (lab.peer.ClientPeer) sends 20 ms Opus frames of a tone at real-time pace and
-counts what comes back. Per call it measures set-up time (offer POST -> connectionState
+counts what comes back; its RTCP goes out every ~5 s, as a browser's does for audio (aiortc's
+own 1 s with `--rtcp-interval 1`). Per call it measures set-up time (offer POST -> connectionState
 "connected"), packets sent and received; given the server's pid it also reads the SERVER's CPU
 time over the steady window and its RSS before the calls and during them (from /proc; this runs
 in its own processes, so the clients' CPU is not counted; `--procs K` spreads the calls over K
@@ -25,7 +26,7 @@ import aiohttp
 from aiortc.mediastreams import MediaStreamTrack
 
 from lab import procstat
-from lab.peer import ClientPeer, read_api_key
+from lab.peer import BROWSER_RTCP_INTERVAL, ClientPeer, read_api_key
 from transceiver import aiortc_seam
 
 DRAIN_S = 0.5  # echoes still in flight after the clients stop sending
@@ -130,6 +131,7 @@ class WorkerGroup:
         self.argv = [sys.executable, "-m", "bench.callgen", "--worker", "--url", url]
         self.argv += ["--calls", str(calls), "--ramp", str(ramp_per_s)]
         self.argv += ["--setup-timeout", str(setup_timeout)]
+        self.argv += ["--rtcp-interval", str(aiortc_seam.rtcp_interval())]
         self.deadline = calls / ramp_per_s + 2 * setup_timeout + 30
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -347,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-address", default="127.0.0.1")
     parser.add_argument("--per-call", action="store_true", help="include every call's numbers")
     parser.add_argument("--procs", type=int, default=1, help="client processes to spread calls on")
+    parser.add_argument(
+        "--rtcp-interval",
+        type=float,
+        default=BROWSER_RTCP_INTERVAL,
+        help="the clients' mean RTCP interval, s (default: a browser's for audio; 1: aiortc's)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--api-keys",
@@ -363,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.server_pid is not None and not procstat.exists(args.server_pid):
         parser.error(f"no process {args.server_pid}")
     client_address_only(args.client_address)
+    try:
+        aiortc_seam.set_rtcp_interval(args.rtcp_interval)
+    except ValueError as exc:
+        parser.error(str(exc))
     global API_KEY
     API_KEY = read_api_key(args.api_keys)
     if args.api_keys:

@@ -33,6 +33,7 @@ from transceiver.fastpath import is_rtp
 RAMP_PER_S = 20.0  # calls are set up at this rate
 PTIME = 0.020
 OPUS_PAYLOAD = bytes([0xFC]) + bytes(79)  # an 80-byte Opus packet (CELT FB 20 ms, silence)
+TONE_SETTLE_S = 0.3  # the clients' own tone stops, its echoes come back, then the hand-over
 SRTP_TAG_LEN = 10  # AES_CM_128_HMAC_SHA1_80, what aiortc negotiates
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _RTP_HEAD = struct.Struct("!BBHII")
@@ -57,6 +58,9 @@ class Media:
     slack: a packet due within this many seconds is sent now, with the others due by then
     (0: each at its own time; more: fewer sleeps for the pacer, packets in short trains).
     timestamps: keep every echo's kernel arrival time (gaps); else only count echoes.
+    poll_every: None: the receiver sleeps in select() until an echo arrives; else it looks
+    every this many seconds and sleeps in between, so no echo has to wake it: over loopback
+    the sender's sendto (the server's) pays that wake-up, which a NIC would not charge it.
     """
 
     def __init__(
@@ -65,12 +69,15 @@ class Media:
         loop: asyncio.AbstractEventLoop,
         slack: float = 0.0,
         timestamps: bool = True,
+        poll_every: float | None = None,
     ) -> None:
         self.calls = calls
         self.loop = loop
         self.slack = slack
         self.timestamps = timestamps
+        self.poll_every = poll_every
         self.stop = threading.Event()
+        self.stop_sending = threading.Event()  # the pacer stops, the receiver goes on
         self.late = array.array("d")  # per packet: seconds after its due time it was sent
         self.sent_at = array.array("d")  # and when (monotonic), to cut by window
         self.start_at = 0.0
@@ -93,14 +100,29 @@ class Media:
             t.join(5)
 
     def echoes(self) -> int:
-        """Echoes counted so far, over all calls (timestamps=False)."""
+        """Echoes counted so far, over all calls."""
         return sum(c.echoes for c in self.calls)
+
+    def sent(self) -> int:
+        """Packets sent so far, over all calls."""
+        return len(self.sent_at)
+
+    def settle(self, quiet: float = 0.2, timeout: float = 3.0) -> int:
+        """Stop sending, wait until no echo has arrived for `quiet` s (at most `timeout`), and
+        return the packets that were never echoed."""
+        self.stop_sending.set()
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while time.monotonic() < deadline and self.echoes() != seen:
+            seen = self.echoes()
+            time.sleep(quiet)
+        return self.sent() - self.echoes()
 
     def _pace(self) -> None:
         n = len(self.calls)
         slots = [(i * PTIME / n, c) for i, c in enumerate(self.calls)]  # phases over 20 ms
         k = 0  # packet index of the current period
-        while not self.stop.is_set():
+        while not (self.stop.is_set() or self.stop_sending.is_set()):
             period = self.start_at + k * PTIME
             for phase, call in slots:
                 due = period + phase
@@ -125,8 +147,11 @@ class Media:
             sel.register(c.sock, selectors.EVENT_READ, c)
         anc = socket.CMSG_SPACE(16)
         try:
+            poll = self.poll_every
             while not self.stop.is_set():
-                for key, _ in sel.select(0.1):
+                if poll is not None:
+                    time.sleep(poll)
+                for key, _ in sel.select(0.1 if poll is None else 0):
                     call: Established = key.data
                     while True:
                         try:
@@ -182,9 +207,13 @@ async def establish(
             await peer.start(http, url, token=token, timeout=30)
 
         await asyncio.gather(*(one(i, p) for i, p in enumerate(peers)))
-    calls = []
     for peer in peers:
         peer.tone.stop()  # from here the pacing thread sends this call's audio
+    # the tone's last echoes are still in flight: they are let arrive, and what the socket
+    # holds at the hand-over is dropped, so the receiver counts only echoes of the pacer's
+    await asyncio.sleep(TONE_SETTLE_S)
+    calls = []
+    for peer in peers:
         pc = peer.pc
         answer = peer.answer_sdp
         pt = int(re.search(r"a=rtpmap:(\d+) opus/48000", answer, re.I).group(1))  # type: ignore[union-attr]
@@ -195,6 +224,7 @@ async def establish(
         fd = transport.get_extra_info("socket").fileno()
         sock = socket.socket(fileno=os.dup(fd))
         sock.setblocking(False)
+        _drop_backlog(sock, pair.protocol)
         if timestamps:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         tx = aiortc_seam.srtp_sessions(pc.getTransceivers()[0].sender.transport)[1]
@@ -202,6 +232,18 @@ async def establish(
         packets = [tx.protect(_rtp(pt, ssrc, k)) for k in range(packets_each)]
         calls.append(Established(sock, pair.remote_addr, packets, pair.protocol))
     return calls, peers
+
+
+def _drop_backlog(sock: socket.socket, protocol: Any) -> None:
+    """Empty a client's socket at the hand-over: while hundreds of calls set up, aiortc falls
+    seconds behind on reading the tone's echoes. RTP is dropped; STUN and RTCP go to aiortc."""
+    while True:
+        try:
+            data, addr = sock.recvfrom(2048)
+        except BlockingIOError:
+            return
+        if not is_rtp(data):
+            protocol.datagram_received(data, addr)
 
 
 def plain_calls(dest: tuple[str, int], n: int, packets_each: int) -> list[Established]:

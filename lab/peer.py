@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import queue
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,19 @@ from transceiver.app import GREETING_PAYLOAD
 CALLS_PATH = "/v1/calls"
 TOKENS_PATH = "/v1/tokens"
 SETUP_TIMEOUT = 20.0
+BROWSER_RTCP_INTERVAL = 5.0  # libwebrtc's RTCP report interval for audio (aiortc's is 1 s)
+
+
+@contextlib.contextmanager
+def browser_rtcp() -> Iterator[None]:
+    """This process's aiortc clients send RTCP as a browser does for audio, every ~5 s: a
+    server measured with them gets a browser's RTCP load per call. Restored on exit."""
+    before = seam.rtcp_interval()
+    seam.set_rtcp_interval(BROWSER_RTCP_INTERVAL)
+    try:
+        yield
+    finally:
+        seam.set_rtcp_interval(before)
 
 
 class _NoDecode:

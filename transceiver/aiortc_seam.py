@@ -16,6 +16,7 @@ and an ICE restart onto a new local address (aiortc has no restartIce()).
 from __future__ import annotations
 
 import dis
+import random as _random
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import Any, Literal, Protocol
 
 import aioice
 import aiortc.rtcpeerconnection as aiortc_pc
+import aiortc.rtcrtpreceiver as aiortc_receiver
+import aiortc.rtcrtpsender as aiortc_sender
 import aiortc.rtcsctptransport as aiortc_sctp
 import pylibsrtp
 import pylibsrtp._binding as srtp_binding
@@ -131,6 +134,10 @@ TOUCHES: tuple[Touch, ...] = (
         "_run_rtcp",
         tuple(_SENDER + c for c in _SENDER_COUNTERS),
     ),
+    Touch("RTCP interval: sender draws it", RTCRtpSender, "_run_rtcp", ("random", "sleep")),
+    Touch("RTCP interval: receiver draws it", RTCRtpReceiver, "_run_rtcp", ("random", "sleep")),
+    Touch("RTCP interval: swapped global", aiortc_sender, "random"),
+    Touch("RTCP interval: swapped global", aiortc_receiver, "random"),
     Touch("decoder queue replaced", RTCRtpReceiver, "__init__", (_DECODER_QUEUE,)),
     Touch("decoder queue read at start", RTCRtpReceiver, "receive", (_DECODER_QUEUE,)),
     Touch("receiver's RTP streams (tests)", RTCRtpReceiver, "__init__", (_REMOTE_STREAMS,)),
@@ -342,6 +349,44 @@ def publish_sender_stats(sender: RTCRtpSender, counters: SenderCounters) -> None
 
 def sender_counters(sender: RTCRtpSender) -> SenderCounters:
     return SenderCounters(*(getattr(sender, _SENDER + name) for name in _SENDER_COUNTERS))
+
+
+class RtcpInterval:
+    """Stands in for the `random` module in aiortc's sender and receiver modules, whose only
+    use of it is their RTCP loops' `await asyncio.sleep(0.5 + random.random())`: 0.5-1.5 s.
+
+    Its random() makes that sleep `seconds` x [0.5, 1.5] (RFC 3550 §6.3.1's randomisation);
+    anything else is the real module's.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def random(self) -> float:
+        return self.seconds * (0.5 + _random.random()) - 0.5
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_random, name)
+
+
+def set_rtcp_interval(seconds: float) -> None:
+    """Mean interval of every RTCP report aiortc's senders and receivers send, process-wide.
+
+    aiortc sends one per sender and one per receiver every 0.5-1.5 s; libwebrtc's default for
+    audio is 5 s and RFC 3550 §6.2 recommends a 5 s minimum, so a call costs a fifth of the
+    RTCP wake-ups (see docs/transceiver.md). 1.0 is aiortc's own.
+    """
+    if not 0.5 <= seconds <= 60:
+        raise ValueError(f"RTCP interval {seconds!r} s: must be within 0.5-60")
+    shim = RtcpInterval(seconds)
+    aiortc_sender.random = shim  # type: ignore[assignment]
+    aiortc_receiver.random = shim  # type: ignore[assignment]
+
+
+def rtcp_interval() -> float:
+    """The mean interval set_rtcp_interval() set (1.0: aiortc's own)."""
+    shim = aiortc_sender.random
+    return shim.seconds if isinstance(shim, RtcpInterval) else 1.0
 
 
 class DecoderQueue(Protocol):

@@ -274,6 +274,13 @@ def main() -> None:
     help="End a call that got no authenticated ICE check this long after its answer.",
 )
 @click.option(
+    "--rtcp-interval",
+    default=defaults.RTCP_INTERVAL,
+    type=click.FloatRange(0.5, 60),
+    show_default=True,
+    help="Mean seconds between a call's RTCP reports (randomised x0.5-1.5, RFC 3550).",
+)
+@click.option(
     "--app",
     metavar="APP",
     default=defaults.APP,

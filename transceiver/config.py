@@ -31,6 +31,7 @@ class Settings:
     relay_tunnel_port: int = defaults.RELAY_TUNNEL_PORT
     consent_timeout: float = defaults.CONSENT_TIMEOUT
     setup_timeout: float = defaults.SETUP_TIMEOUT
+    rtcp_interval: float = defaults.RTCP_INTERVAL  # process-wide (aiortc_seam.set_rtcp_interval)
     registry_ttl: float = defaults.REGISTRY_TTL
     registry_refresh: float = defaults.REGISTRY_REFRESH
     app: str = defaults.APP

@@ -38,6 +38,7 @@ __all__ = [
     "RELAY_REFRESH",
     "RELAY_TUNNEL_PORT",
     "RETRY_AFTER",
+    "RTCP_INTERVAL",
     "SEND_CREDIT_FACTOR",
     "SEND_CREDIT_MAX",
     "SEND_CREDIT_VERIFIED",
@@ -67,6 +68,9 @@ SETUP_TIMEOUT = 30.0  # no authenticated check this long after the answer ends t
 DRAIN_TIMEOUT = 30.0  # after SIGTERM, how long running calls may go on
 REDIS_TIMEOUT = 2.0  # connect and socket timeout of every registry request
 CERTIFICATE_MAX_AGE = 24 * 3600.0  # the shared DTLS certificate is renewed daily (valid 30 d)
+# Mean of each call's RTCP report intervals (x 0.5-1.5): libwebrtc's for audio, RFC 3550 §6.2's
+# minimum. aiortc's own 1 s is five times the wake-ups per call for nothing an echo needs.
+RTCP_INTERVAL = 5.0
 
 # --- the socket -------------------------------------------------------------------------------
 UDP_RCVBUF = 4 << 20  # SO_RCVBUF: bursts of many calls wait in the kernel, not on the wire

@@ -476,4 +476,6 @@ class IceLiteAgent:
                 self.close_reason = "consent_expired"
                 await self.close()
                 return
-            await asyncio.sleep(min(1.0, self._consent_timeout - idle))
+            # Sleep until the earliest moment consent could have expired: one wake-up per
+            # timeout per call, not one a second (close() cancels this task).
+            await asyncio.sleep(self._consent_timeout - idle)

@@ -157,6 +157,10 @@ class TransceiverService:
     async def start(self) -> None:
         aiortc_seam.check(ice_agent=IceLiteAgent)  # before any call: refuse a moved aiortc
         s = self.settings
+        try:
+            aiortc_seam.set_rtcp_interval(s.rtcp_interval)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if s.advertise_http:
             try:
                 wreg.TransceiverRecord(cluster=0, id=0, tunnel="0.0.0.0:1", http=s.advertise_http)

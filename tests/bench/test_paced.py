@@ -56,3 +56,25 @@ def test_plain_calls_are_paced_and_their_echoes_counted() -> None:
     assert [c.echoes for c in calls] == [10, 10, 10]
     assert len(media.late) == 30 and min(media.late) >= 0.0
     assert calls[0].arrivals == array.array("d")  # counting only: no timestamps kept
+
+
+def test_settle_stops_the_pacer_and_counts_what_never_came_back() -> None:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes packets, echoes none
+    sink.bind(("127.0.0.1", 0))
+    calls = paced.plain_calls(sink.getsockname(), 2, 1000)
+    media = paced.Media(calls, None, timestamps=False, poll_every=0.001)  # type: ignore[arg-type]
+    media.start()
+    try:
+        deadline = time.monotonic() + 10
+        while media.sent() < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lost = media.settle(quiet=0.05)
+        sent = media.sent()
+        assert lost == sent >= 10  # nothing was echoed
+        time.sleep(0.1)
+        assert media.sent() == sent and not media.ran_out  # the pacer stopped for good
+    finally:
+        media.close()
+        sink.close()
+        for c in calls:
+            c.sock.close()

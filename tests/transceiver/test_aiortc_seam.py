@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 from lab.peer import call
 from transceiver import aiortc_seam as seam
 from transceiver.ice import IceLiteAgent, host_candidates
-from transceiver.service import TransceiverService
+from transceiver.service import ConfigError, TransceiverService
 
 pytestmark = pytest.mark.timeout(60)
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -261,3 +261,38 @@ def test_fast_srtp_matches_pylibsrtp() -> None:
 
     bare = seam.FastSrtp(Bare())  # type: ignore[arg-type]
     assert bare.unprotect(bare.protect(b"rtp")) == b"rtp"
+
+
+# --- RTCP interval -------------------------------------------------------------------------------
+
+
+def test_rtcp_interval_scales_aiortc_s_report_sleeps() -> None:
+    import aiortc.rtcrtpreceiver
+    import aiortc.rtcrtpsender
+
+    before = seam.rtcp_interval()
+    try:
+        seam.set_rtcp_interval(5.0)
+        assert seam.rtcp_interval() == 5.0
+        for module in (aiortc.rtcrtpsender, aiortc.rtcrtpreceiver):
+            # what their _run_rtcp sleeps: 0.5 + random.random()
+            sleeps = [0.5 + module.random.random() for _ in range(2000)]
+            assert 2.5 <= min(sleeps) < 2.7 and 7.3 < max(sleeps) <= 7.5
+            assert 4.7 < sum(sleeps) / len(sleeps) < 5.3
+            assert 1 <= module.random.randint(1, 3) <= 3  # the rest is the real module's
+        seam.set_rtcp_interval(1.0)  # aiortc's own: 0.5-1.5 s
+        sleeps = [0.5 + aiortc.rtcrtpsender.random.random() for _ in range(2000)]
+        assert 0.5 <= min(sleeps) < 0.6 and 1.4 < max(sleeps) <= 1.5
+        for bad in (0.0, 0.4, 61.0, float("nan")):
+            with pytest.raises(ValueError, match="RTCP interval"):
+                seam.set_rtcp_interval(bad)
+        assert seam.rtcp_interval() == 1.0  # a refused value changes nothing
+    finally:
+        seam.set_rtcp_interval(before)
+
+
+async def test_the_service_sets_its_rtcp_interval(start_txr) -> None:
+    await start_txr(rtcp_interval=2.0)
+    assert seam.rtcp_interval() == 2.0
+    with pytest.raises(ConfigError, match="RTCP interval"):
+        await start_txr(rtcp_interval=0.1)

@@ -127,6 +127,7 @@ async def test_forged_media_from_a_known_relay_address_does_not_move_the_path(
             relay_tunnel_port=relay.tunnel_port,
             relays=RELAYS,
             media_path=media_path,
+            rtcp_interval=0.5,  # RTCP reports go out while the forgery runs (below)
         )
         relay.txr = txr.udp_addr
         client = await talking(http, txr)
