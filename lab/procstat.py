@@ -51,17 +51,28 @@ def cpu_seconds(pid: int) -> float:
     return sum(user_system_seconds(pid))
 
 
-def runqueue_wait_seconds(pid: int) -> float:
-    """Time the process tree's threads spent runnable but waiting for a CPU (schedstat field 2):
-    on a shared machine this tells "the server was starved" from "the server was slow"."""
+def _schedstat_seconds(pid: int, column: int) -> float:
+    """A /proc/<pid>/task/*/schedstat column (ns) over the process tree's live threads, in s."""
     total = 0
     for p in tree(pid):
         for task in Path(f"/proc/{p}/task").glob("*/schedstat"):
             try:
-                total += int(task.read_text().split()[1])
+                total += int(task.read_text().split()[column])
             except (OSError, IndexError, ValueError):
                 continue
     return total / 1e9
+
+
+def oncpu_seconds(pid: int) -> float:
+    """Time the process tree's threads ran on a CPU (schedstat field 1): cpu_seconds in ns
+    resolution instead of clock ticks, for spans of a few ms."""
+    return _schedstat_seconds(pid, 0)
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the process tree's threads spent runnable but waiting for a CPU (schedstat field 2):
+    on a shared machine this tells "the server was starved" from "the server was slow"."""
+    return _schedstat_seconds(pid, 1)
 
 
 def rss_kib(pid: int) -> int:
