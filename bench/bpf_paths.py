@@ -660,6 +660,9 @@ def run(samples: int = 20_000, repeat: int = 1_000_000, baseline: str = "main") 
         + ("" if old_dir is not None else " (not available here: no figures)")
         + "; delta: this build minus it.",
         "both builds run behind the same prologue restoring the client packet's TTL (see top).",
+        "one load of each build: a JIT image's placement alone moves a row by up to 15-20 ns "
+        "(bench.bpf_breakdown loads each copy several times), so a smaller delta is no measured "
+        "difference.",
         f"repeat rows: best of {TRIALS}, warm caches; a <-> row: mean of two paths run in turn.",
         "median rows: one packet per call; they include the kernel's timer and cold caches.",
         "FIB paths run in a veth sandbox netns with permanent neighbours (XDP_REDIRECT verdicts).",

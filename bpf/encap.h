@@ -3,6 +3,7 @@
 #define EDGE_ENCAP_H
 
 #include "constants.h"
+#include "eth.h"
 #include "reasons.h"
 #include "parse.h"
 #include "structs.h"
@@ -39,45 +40,56 @@ static __always_inline __be16 flow_entropy6(const __be32 *client_addr, __be16 cl
 			    client_port, vip_port);
 }
 
+/* The outer header's checksum, from its fields (id 0, DF, TTL ENCAP_TTL, UDP): summed in
+ * registers rather than read back from the packet right after its stores. */
+static __always_inline __sum16 encap_csum(__u8 tos, __u16 tot_len, __be32 saddr, __be32 daddr)
+{
+	__u32 s = edge_ntohl(saddr), d = edge_ntohl(daddr);
+	__u32 sum = (0x4500 | tos) + tot_len + IP_DF + (ENCAP_TTL << 8 | IPPROTO_UDP) + (s >> 16) +
+		    (s & 0xffff) + (d >> 16) + (d & 0xffff);
+
+	return (__sum16)edge_htons((__u16)~csum_fold(sum));
+}
+
 /* Prepends outer IPv4 + UDP in front of the client's packet (inner_len bytes, IPv4 or IPv6, left
  * untouched; tos is its TOS or traffic class). The Ethernet header moves to the new front with
  * its MACs unchanged: fib.h rewrites them on success, and a packet handed to the kernel must keep
- * our own MAC as its destination; its ethertype is IPv4's (the outer header's). REASON_CONTINUE,
- * or drop_encap when the packet cannot grow. */
+ * our own MAC as its destination; its ethertype is IPv4's (the outer header's). The headers are
+ * written field by field through typed pointers (one store each), not built on the stack and
+ * copied. REASON_CONTINUE, or drop_encap when the packet cannot grow. */
 static __always_inline __u32 encap_udp4(struct xdp_md *ctx, __u8 tos, __u16 inner_len,
 					__be32 saddr, __be32 daddr, __be16 sport, __be16 dport)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr eth_copy;
-	struct iphdr outer = {};
+	void *data, *data_end;
+	struct ethhdr *eth, *old_eth;
+	struct iphdr *ip;
 	struct udphdr *udp;
+	__u16 tot_len = inner_len + ENCAP_LEN;
 
-	if (data + ETH_HDR_LEN > data_end)
-		return REASON_DROP_ENCAP;
-	__builtin_memcpy(&eth_copy, data, ETH_HDR_LEN);
-	eth_copy.h_proto = edge_htons(ETH_P_IP); /* an IPv6 client's frame becomes IPv4 */
 	if (bpf_xdp_adjust_head(ctx, -ENCAP_LEN))
 		return REASON_DROP_ENCAP;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	old_eth = data + ENCAP_LEN; /* the frame's old front, still in place */
+	ip = data + ETH_HDR_LEN;
 	udp = data + ETH_HDR_LEN + IPV4_HDR_LEN;
-	if ((void *)(udp + 1) > data_end)
+	if ((void *)(old_eth + 1) > data_end)
 		return REASON_DROP_ENCAP;
 
-	outer.version = 4;
-	outer.ihl = 5;
-	outer.tos = tos;
-	outer.tot_len = edge_htons(inner_len + ENCAP_LEN);
-	outer.frag_off = edge_htons(IP_DF);
-	outer.ttl = ENCAP_TTL;
-	outer.protocol = IPPROTO_UDP;
-	outer.saddr = saddr;
-	outer.daddr = daddr;
-	outer.check = (__sum16)~ipv4_hdr_sum(&outer); /* summed with check 0 */
-
-	__builtin_memcpy(data, &eth_copy, ETH_HDR_LEN);
-	__builtin_memcpy(data + ETH_HDR_LEN, &outer, IPV4_HDR_LEN);
+	mac_copy(eth->h_dest, old_eth->h_dest); /* no overlap: 28 > 12 */
+	mac_copy(eth->h_source, old_eth->h_source);
+	eth->h_proto = edge_htons(ETH_P_IP); /* an IPv6 client's frame becomes IPv4 */
+	*(__u8 *)ip = 0x45;		     /* version 4, IHL 5 */
+	ip->tos = tos;
+	ip->tot_len = edge_htons(tot_len);
+	ip->id = 0;
+	ip->frag_off = edge_htons(IP_DF);
+	ip->ttl = ENCAP_TTL;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = encap_csum(tos, tot_len, saddr, daddr);
+	ip->saddr = saddr;
+	ip->daddr = daddr;
 	udp->source = sport;
 	udp->dest = dport;
 	udp->len = edge_htons(inner_len + UDP_HDR_LEN);
@@ -96,7 +108,8 @@ static __always_inline __u32 decap_udp4(struct xdp_md *ctx, __u16 ethertype)
 
 	if ((void *)(eth + 1) > data_end)
 		return REASON_DROP_ENCAP;
-	__builtin_memcpy(eth, data, 2 * ETH_ALEN); /* no overlap: 28 > 12 */
+	mac_copy(eth->h_dest, data); /* no overlap: 28 > 12 */
+	mac_copy(eth->h_source, data + ETH_ALEN);
 	eth->h_proto = edge_htons(ethertype);
 	if (bpf_xdp_adjust_head(ctx, ENCAP_LEN))
 		return REASON_DROP_ENCAP;

@@ -26,6 +26,7 @@
 #define EDGE_FIB_H
 
 #include "constants.h"
+#include "eth.h"
 #include "maps.h"
 #include "reasons.h"
 #include "structs.h"
@@ -56,8 +57,8 @@ static __always_inline __u32 fib_send(struct xdp_md *ctx, __u32 ifindex, const _
 
 	if ((void *)(eth + 1) > data_end)
 		return REASON_DROP_ENCAP;
-	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	mac_copy(eth->h_dest, dmac);
+	mac_copy(eth->h_source, smac);
 	if (ifindex == ctx->ingress_ifindex) {
 		*same_port = 1;
 		return fwd_reason;
@@ -126,8 +127,8 @@ static __always_inline __u32 fib_forward(struct xdp_md *ctx, const struct next_h
 		c->val.ifindex = fib.ifindex;
 		c->val.epoch = epoch;
 		c->val.max_len = hop->tot_len;
-		__builtin_memcpy(c->val.dmac, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(c->val.smac, fib.smac, ETH_ALEN);
+		mac_copy(c->val.dmac, fib.dmac);
+		mac_copy(c->val.smac, fib.smac);
 	}
 	return fib_send(ctx, fib.ifindex, fib.dmac, fib.smac, fwd_reason, same_port);
 }

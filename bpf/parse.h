@@ -108,6 +108,14 @@ static __always_inline __u32 check_udp4(const struct udp4 *d, __u32 l3_len)
 	return REASON_CONTINUE;
 }
 
+/* A 32-bit one's-complement sum folded to 16 bits (not inverted). */
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
 /* The one's-complement sum of a 20-byte IPv4 header (checksum field included), folded to 16
  * bits: 0xffff when its checksum verifies. Read as five 32-bit words, which fold to the same 16
  * bits as its ten 16-bit halves (RFC 1071 §2: the sum is order- and grouping-independent), in
@@ -119,9 +127,7 @@ static __always_inline __u16 ipv4_hdr_sum(const void *hdr)
 
 	sum = (sum & 0xffffffffULL) + (sum >> 32);
 	sum = (sum & 0xffffffffULL) + (sum >> 32);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)sum;
+	return csum_fold((__u32)sum);
 }
 
 /* Whether a 20-byte IPv4 header's checksum verifies. */
