@@ -8,10 +8,11 @@ cores only ever adds time). A piece on one path only (the encapsulation's checks
 tunnel-link check) shows half its cost in the cycle's mean.
 
 Each copy is loaded several times and a row is its fastest load: where the kernel places a JIT
-image moves the same program by up to 15-20 ns here (twelve loads of one build fell into a fast
-and a slow group by the image's address; the notes give this build's loads), and the fastest of
-eight loads is a fast one. One load against one load, as this bench compared before, is a
-lottery larger than most pieces: it is why a check of four compares once showed 14 ns.
+image moves the same program by up to 15-20 ns here (twelve loads of one build once fell into
+two groups, 117-124 and 134-150 ns, by the image's address; the notes give this run's loads of
+this build), and the fastest of eight loads is a fast one. One load against one load, as this
+bench compared before, is a lottery larger than most pieces: it is why a check of four compares
+once showed 14 ns.
 
 What it showed, and what changed for it (issue 12): two hash lookups per forwarded packet were
 not needed. A client packet asked `vips` before `flows`; a flow's VIP is ours by construction
@@ -231,6 +232,8 @@ def _load_again(prog: BPF) -> Any:
 
 
 def run(repeat: int = 200_000, trials: int = 9, loads: int = LOADS) -> Table:
+    if loads < 1 or trials < 1:
+        raise ValueError("--loads and --trials must be at least 1")
     repeat += repeat % 2
     frame = paths.client(paths.RTP)
     table = Table(
@@ -278,15 +281,15 @@ def run(repeat: int = 200_000, trials: int = 9, loads: int = LOADS) -> Table:
                 os.close(fn.fd)
             for prog in progs:
                 prog.cleanup()
-    typical = {name: min(v) for name, v in best.items()}
-    this = typical["this build"]
+    fastest = {name: min(v) for name, v in best.items()}
+    this = fastest["this build"]
     above = this - trivial_ns
     table.add("trivial XDP_PASS program", "-", "-", trivial_ns, "-", "-")
     table.add("this build, whole", "-", this, "-", above, "100 %")
     for v in VARIANTS:
-        cost = this - typical[v.piece] if v.kind == "stub" else typical[v.piece] - this
+        cost = this - fastest[v.piece] if v.kind == "stub" else fastest[v.piece] - this
         share = {"stub": f"{100 * cost / above:.0f} %", "avoided": "not in this build"}
-        table.add(v.piece, v.how, this, typical[v.piece], cost, share.get(v.kind, "at the margin"))
+        table.add(v.piece, v.how, this, fastest[v.piece], cost, share.get(v.kind, "at the margin"))
     spread = sorted(best["this build"])
     table.notes += [
         f"repeat {repeat:,} per trial, {trials} interleaved trials; each copy loaded {loads} "
@@ -306,6 +309,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--loads", type=int, default=LOADS, help="loads of each copy")
     args = parser.parse_args()
+    if args.loads < 1 or args.trials < 1:
+        parser.error("--loads and --trials must be at least 1")
     print(run(repeat=args.repeat, trials=args.trials, loads=args.loads).render_text())
 
 
