@@ -89,7 +89,7 @@ class Variant:
 
 # The entry point's first line: "one more" copies put their extra work right after it, where
 # both paths of the cycle run it.
-ENTRY = "int xdp_relay(struct xdp_md *ctx)\n{\n\t__u64 bytes"
+ENTRY = paths.ENTRY + "\n{\n\t__u64 bytes"
 
 
 _REDIRECT = "\tif (bpf_redirect(ifindex, 0) != XDP_REDIRECT)\n\t\treturn REASON_DROP_REDIRECT;"

@@ -105,14 +105,16 @@ class _ServerCpu:
         t0, c0 = time.monotonic(), procstat.oncpu_seconds(pid)
         time.sleep(idle_s)  # nothing else runs: the idle rate is the thing measured
         self.idle_rate = (procstat.oncpu_seconds(pid) - c0) / (time.monotonic() - t0)
-        self.at = self.t = 0.0
+        self.cpu_at_start = self.wall_at_start = 0.0
 
     def start(self) -> None:
-        self.at, self.t = procstat.oncpu_seconds(self.pid), time.monotonic()
+        self.cpu_at_start = procstat.oncpu_seconds(self.pid)
+        self.wall_at_start = time.monotonic()
 
     def per_call_ms(self, calls: int) -> float:
-        busy = procstat.oncpu_seconds(self.pid) - self.at
-        return 1000 * (busy - self.idle_rate * (time.monotonic() - self.t)) / calls
+        busy = procstat.oncpu_seconds(self.pid) - self.cpu_at_start
+        idle = self.idle_rate * (time.monotonic() - self.wall_at_start)
+        return 1000 * (busy - idle) / calls
 
 
 def _aiortc(lab: EdgeLab, url: str, calls: int, cpu: _ServerCpu) -> list[dict[str, float]]:
@@ -131,7 +133,9 @@ def _chromium(lab: EdgeLab, url: str, calls: int, cpu: _ServerCpu) -> list[dict[
     keys = lab.tmpdir / LAB_KEYS_FILE
     auth = ["--api-keys", str(keys)] if keys.exists() else []
     argv = [sys.executable, "-m", "lab.browsersetup", *auth, url, str(calls + 1)]
-    proc = lab.spawn_client(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # unbuffered: the warm-up line is read on its own, and communicate() reads the fd directly,
+    # so a buffered reader could hold (and lose) the next call's line
+    proc = lab.spawn_client(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     first = proc.stdout.readline() if ready else b""  # the warm-up call: not counted
