@@ -20,7 +20,7 @@ not needed. A client packet asked `vips` before `flows`; a flow's VIP is ours by
 miss asks `vips`. Both directions asked `transceivers` for the flow's endpoint; the flow now
 caches it under the map's generation `txr_gen`, which the controller bumps after removing or
 moving a transceiver (docs/wire-format.md §4), so a removed transceiver still stops at once.
-Each lookup is worth a hash map call (the two rows "not in this build"), and `bench.bpf_paths`
+Each lookup is worth a hash map call (rows "not in this build"), and `bench.bpf_paths`
 shows the cycle against the previous revision in the same run. The price: a datagram that is
 not ours (the host's own traffic on the relay's NIC) pays a flow miss before its VIP lookup,
 and a Binding request without a flow a flow lookup before its tag is verified.
@@ -33,26 +33,34 @@ and copies MACs as 16-bit words (`bpf/eth.h`, also used by the decap and the nex
 the previous revision, ten loads each, alternating and compared pair by pair: 1.5 ns off the
 cycle's mean. Instructions that wait for nothing are nearly free on this CPU; calls are not.
 
-What is left is calls. One more hash map lookup costs about 18-21 ns, one more bpf_redirect 9,
-two more bpf_xdp_adjust_head 18-21, while taking an inline check out (the three checksums, the
-tunnel-link check) saves 0-2 ns, and doing the client checksum twice measured faster (the
-barrier between the two changes how clang allocates registers for the rest of the path: code
-generation and placement move more than the checks do). Every forwarded packet makes four
-calls: its flow lookup, bpf_xdp_adjust_head, bpf_redirect and the coarse clock.
-With the next-hop cache (array lookups, which the verifier inlines) they are about half of the
-cycle; the other half is the dependent loads and compares of the parse and the checks, which no
-single stub shows. This machine's kernel returns from every
-call through the SRSO "Safe RET" thunk (`spec_rstack_overflow: Vulnerable: Safe RET, no
-microcode`), which makes calls dearer than on a host whose microcode covers it.
+Then the flow lookup, the largest call left (about 20 ns: the kernel's LRU hash code is four
+calls and returns). IPv4 flow hits and decaps now read this CPU's copy of the flow
+(`bpf/flowcopy.h`: a direct-mapped per-CPU array in front of `flows`, as the next-hop cache is
+in front of the FIB), an array lookup the verifier inlines, and ask `flows` about once per flow,
+CPU and second. What had kept it out was coherence: a flow moved or removed must stop at once on
+every CPU, and a generation bumped for every new flow would make every copy miss on a busy relay.
+It does not need one: a create or move bumps only its own slot's version (one shared array), the
+controller bumps `txr_gen` after the flow writes it makes, and what nothing announces (an LRU
+eviction) lives at most to the end of the copy's clock unit. Against the previous revision, six
+loads each, compared pair by pair: 26-27 ns off the cycle's mean (the row "flows lookup on every
+packet").
 
-So the issue's 60 ns above XDP_PASS is not reached by trimming checks (they cost next to
-nothing, and all of them stay); it takes fewer calls. The flow lookup: a per-CPU flow cache in
-front of `flows`, as the next-hop cache is in front of the FIB, whose price is coherence (a flow
-moved, removed or evicted on one CPU must stop at once on every CPU: a generation bumped on
-each, and a refill per flow and CPU after it). The clock: `bpf_jiffies64` is inlined, but it
-counts CONFIG_HZ ticks, while `seen` (which the controller reads) and the next-hop expiry
-count nanoseconds. The redirect: an edge host that reaches clients and transceivers through
-one NIC sends with XDP_TX and makes no redirect call at all.
+What is left is mostly the program itself: the three calls every forwarded packet still makes
+(bpf_xdp_adjust_head, bpf_redirect and the coarse clock) and the dependent loads
+and compares of the parse and the checks, which no single stub shows. One more hash map lookup
+costs about 16-21 ns, one more bpf_redirect 6-9, two more bpf_xdp_adjust_head 16-21, while
+taking an inline check out (the three checksums, the tunnel-link check) saves 0-4 ns each, and
+doing the client checksum twice measured faster (the barrier between the two changes how clang
+allocates registers for the rest of the path: code generation and placement move more than the
+checks do). This machine's kernel returns from every call through the SRSO "Safe RET" thunk
+(`spec_rstack_overflow: Vulnerable: Safe RET, no microcode`), which makes calls dearer than on a
+host whose microcode covers it.
+
+No check was given up for any of this. Further levers, not taken: the clock (`bpf_jiffies64` is
+inlined, about 3 ns, but it counts CONFIG_HZ ticks, while `seen`, which the controller reads, and
+the next-hop expiry count nanoseconds); the redirect (an edge host that reaches clients and
+transceivers through one NIC sends with XDP_TX and makes no redirect call at all); IPv6 flows,
+which have no copies yet.
 
     .venv/bin/python -m bench.bpf_breakdown [--repeat N] [--trials N] [--loads N]
 """
@@ -81,7 +89,6 @@ class Variant:
     piece: str
     how: str
     edits: tuple[tuple[str, str], ...]  # (text in bpf/, replacement), each must be found once
-    cache: bool = True  # txr_gen set (flows use their cached endpoint)
     # what the copy is: "stub" (a piece taken out), "avoided" (a lookup this build no longer
     # does, put back), "one more" (a piece done twice: what it adds at the margin)
     kind: str = "stub"
@@ -105,19 +112,29 @@ VARIANTS = (
         "the vips lookup before the flow lookup, as before",
         (
             (
-                "\t\tfv = flows.lookup(&fk);\n\t\tif (!fv && !vips.lookup(&vip))\n"
+                "\t\tfv = flow_lookup(&fk, 1, now);\n\t\tif (!fv && !vips.lookup(&vip))\n"
                 "\t\t\treturn REASON_PASS_NOT_OURS;",
                 "\t\tif (!vips.lookup(&vip))\n\t\t\treturn REASON_PASS_NOT_OURS;\n"
-                "\t\tfv = flows.lookup(&fk);",
+                "\t\tfv = flow_lookup(&fk, 1, now);",
             ),
         ),
         kind="avoided",
     ),
     Variant(
         "transceivers lookup on every packet",
-        "txr_gen 0: no flow uses its cached endpoint",
-        (),
-        cache=False,
+        "no flow uses its cached endpoint",
+        (("\tif (gen && live && cache >> TXR_CACHE_GEN_SHIFT == gen) {", "\tif (0) {"),),
+        kind="avoided",
+    ),
+    Variant(
+        "flows lookup on every packet",
+        "no flow copy is used",
+        (
+            (
+                "\tif (!c || !versionp || !genp)\n\t\treturn flows.lookup(fk);",
+                "\treturn flows.lookup(fk);",
+            ),
+        ),
         kind="avoided",
     ),
     Variant(
@@ -213,13 +230,6 @@ def _edited(source: str, variant: Variant) -> str:
     return source
 
 
-def _cycling(b: paths.Bench, cache: bool) -> None:
-    """bench.bpf_paths' cycle, with flows using their cached endpoint or not (txr_gen 0)."""
-    b.cycling()
-    if not cache:
-        b.relay[b"txr_gen"][b.relay[b"txr_gen"].Key(0)] = b.relay[b"txr_gen"].Leaf(0)
-
-
 def _load_again(prog: BPF) -> Any:
     """Another load of prog's entry point, with the same maps: the kernel places each JIT image
     anew. The first load stays in bcc's cache (cleanup closes it); the caller closes this one."""
@@ -253,7 +263,7 @@ def run(repeat: int = 200_000, trials: int = 9, loads: int = LOADS) -> Table:
                 prog = compile_relay(source=paths._prologue(_edited(source, variant)))
                 progs.append(prog)
                 b = paths.Bench(sandbox, worker, prog, base_fd)
-                _cycling(b, variant.cache)
+                b.cycling()
                 benches[variant.piece] = b
             # each copy's further loads in turn, so that no copy's images sit together
             fds = {name: [b.fd] for name, b in benches.items()}
@@ -296,7 +306,7 @@ def run(repeat: int = 200_000, trials: int = 9, loads: int = LOADS) -> Table:
         "times (its own JIT image each), a figure is its fastest load's fastest trial.",
         f"this build's {loads} loads: {', '.join(f'{ns:.0f}' for ns in spread)} ns: where the "
         "kernel places an image moves it by more than most pieces cost (see the text above).",
-        "piece costs: this build minus the copy without it; for the two rows marked 'not in "
+        "piece costs: this build minus the copy without it; for the rows marked 'not in "
         "this build', the copy minus this build (what this build saves); for the rows 'at the "
         "margin', the copy (which does the piece once more) minus this build.",
     ]

@@ -216,6 +216,14 @@ class Bench:
     def _set(self, table: str, key: object, value: object) -> None:
         self.relay[table.encode()][key] = value
 
+    def flows_changed(self) -> None:
+        """After the bench wrote or deleted flows behind the program's back: txr_gen's next
+        value, as the controller gives it, so that no flow copy (bpf/flowcopy.h)
+        outlives the change. Builds without txr_gen ignore it."""
+        if self.caches:
+            gen = self.relay[b"txr_gen"][ct.c_uint32(0)].value
+            self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(gen % 0xFFFF + 1))
+
     def setup(self, tunnel: tuple[str, int] = (TUNNEL, TUNNEL_PORT)) -> None:
         r = self.relay
         cfg = r[b"config"].Leaf()
@@ -229,7 +237,9 @@ class Bench:
         self.add_vip(VIP, VIP_PORT)
         if self.v6:
             self.add_vip6(VIP6, VIP_PORT)
-        if self.caches:  # as relayctl load starts it: flows cache their transceiver's endpoint
+        # as relayctl load starts it (1 when unset, never back: a flow copy made
+        # under an earlier value must not become valid again): flows cache their endpoint
+        if self.caches and not self.relay[b"txr_gen"][ct.c_uint32(0)].value:
             self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(1))
         k0, k1 = int.from_bytes(KEY[:8], "little"), int.from_bytes(KEY[8:], "little")
         self._set("keys", ct.c_uint32(KEY_ID), r[b"keys"].Leaf(k0, k1, 1, 0))
@@ -287,6 +297,7 @@ class Bench:
         # live, as a call's flow is (its client talks): a live flow may use its cached endpoint
         val.seen = (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
         flows[key] = val
+        self.flows_changed()
 
     def cycling(self) -> None:
         """The maps of the flow hit <-> decap cycle (see top): the encapsulated client packet
@@ -306,13 +317,17 @@ class Bench:
 
     def learn(self) -> None:
         """Route one Binding request so that the client's flow exists."""
-        self.relay[b"flows"].clear()
+        self.clear_flows()
         self.run(self.fd, self.binding())
         if len(self.relay[b"flows"].items()) != 1:
             raise RuntimeError("the STUN request did not create the flow")
 
-    def clear(self) -> None:
+    def clear_flows(self) -> None:
         self.relay[b"flows"].clear()
+        self.flows_changed()
+
+    def clear(self) -> None:
+        self.clear_flows()
         if self.v6:
             self.relay[b"flows6"].clear()
         if self.checks:
@@ -427,6 +442,7 @@ def _repeat_rows(n: int) -> list[Row]:
         ((key, val),) = flows.items()
         val.id = TXR_ID + 1
         flows[key] = val
+        b.flows_changed()
         b.run(b.fd, client(RTP))  # a client packet: live now
 
     def flooded(b: Bench) -> None:
@@ -439,7 +455,7 @@ def _repeat_rows(n: int) -> list[Row]:
         Row(
             "drop: no flow",
             "drop_no_flow",
-            steady(client(RTP), Reason.DROP_NO_FLOW, lambda b: b.relay[b"flows"].clear()),
+            steady(client(RTP), Reason.DROP_NO_FLOW, lambda b: b.clear_flows()),
         ),
         Row(
             "drop: bad tag (SipHash)",

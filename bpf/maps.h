@@ -103,4 +103,16 @@ BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
  * once (an operator with bpftool, the tests); the program never writes it. Not pinned. */
 BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
 
+/* flow_copies: key a slot number, flow_copy_slot_of() of a flow_key (a direct-mapped cache); value a
+ * copy of an IPv4 flow and what it was copied under. Written and read by the program only, each
+ * CPU its own copy (flowcopy.h explains when a copy is valid). Not pinned: each loaded program
+ * starts with an empty cache. */
+BPF_TABLE("percpu_array", __u32, struct flow_copy, flow_copies, FLOW_COPY_SLOTS);
+
+/* flow_versions: key a slot number; value how many times the program created or moved a flow
+ * of that slot (mod 2^32). Written by the program right after it writes `flows` (route_stun),
+ * read with every flow_lookup: a copy made under another version is stale, on every CPU.
+ * Not pinned (the cache it guards is not). */
+BPF_TABLE("array", __u32, __u32, flow_versions, FLOW_COPY_SLOTS);
+
 #endif

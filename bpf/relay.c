@@ -18,6 +18,7 @@
 #include "constants.h"
 #include "structs.h"
 #include "maps.h"
+#include "clock.h"
 #include "reasons.h"
 #include "counters.h"
 #include "parse.h"
@@ -26,6 +27,7 @@
 #include "ufrag.h"
 #include "encap.h"
 #include "hop.h"
+#include "flowcopy.h"
 #include "fib.h"
 
 /* fib_forward and the encapsulation are each inlined once: copies would blow the 512-byte
@@ -37,21 +39,6 @@
 #ifndef EDGE_FLOW_HIT_REASON
 #define EDGE_FLOW_HIT_REASON REASON_FWD_FLOW
 #endif
-
-/* The coarse clock, read once per packet and only by the paths that need it (the drops before
- * a flow or a FIB lookup do not pay the helper call): *now is 0 until the first read. */
-static __always_inline __u64 clock_now(__u64 *now)
-{
-	if (!*now)
-		*now = bpf_ktime_get_coarse_ns();
-	return *now;
-}
-
-/* The coarse clock as flow_val.seen counts it. */
-static __always_inline __u16 seen_of(__u64 now)
-{
-	return (__u16)(now >> FLOW_SEEN_SHIFT);
-}
 
 /* A client datagram's flow: its source, and the VIP it was sent to. */
 static __always_inline struct flow_key flow_key_of(const struct udp4 *d)
@@ -229,10 +216,12 @@ static __always_inline __u32 route_stun(struct xdp_md *ctx, struct flow_key *fk,
 			.created_ns = bpf_ktime_get_ns(),
 		};
 
-		if (fk6)
+		if (fk6) {
 			flows6.update(fk6, &nv);
-		else
+		} else {
 			flows.update(fk, &nv);
+			flow_written(fk); /* after the write: every CPU's copy of the old one is stale */
+		}
 	}
 	return REASON_FWD_STUN_NEW;
 }
@@ -468,7 +457,7 @@ static __always_inline __u32 from_tunnel(struct xdp_md *ctx, const struct udp4 *
 	fk.vip_addr = ip->saddr;
 	fk.client_port = udp->dest;
 	fk.vip_port = udp->source;
-	fv = flows.lookup(&fk);
+	fv = flow_lookup(&fk, 0, clock);
 	if (!fv)
 		return tunnel_refusal(d, &fk, REASON_DROP_DECAP_NO_FLOW);
 	step = flow_transceiver(fv, flow_live(fv, seen_of(clock_now(clock)), cfg), &txr);
@@ -560,7 +549,7 @@ static __always_inline __u32 relay4(struct xdp_md *ctx, const struct udp4 *d, st
 		struct flow_key fk = flow_key_of(d);
 		struct vip_key vip = {.addr = d->daddr, .port = d->dport};
 
-		fv = flows.lookup(&fk);
+		fv = flow_lookup(&fk, 1, now);
 		if (!fv && !vips.lookup(&vip))
 			return REASON_PASS_NOT_OURS;
 	}

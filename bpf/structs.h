@@ -135,6 +135,16 @@ struct nh_slot {
 	struct nh_val val;
 };
 
+/* One slot of the per-CPU flow copies (flowcopy.h): a copy of an IPv4 flow and what it is valid under.
+ * The key is stored and compared on every hit. */
+struct flow_copy {
+	struct flow_key key;
+	__u32 version; /* flow_versions[slot] when copied */
+	__u16 gen;     /* txr_gen[0] when copied (0: never filled) */
+	__u16 tick;    /* the coarse clock (FLOW_SEEN_SHIFT units) when copied */
+	struct flow_val val;
+};
+
 /* ---- between the path steps -------------------------------------------------------------- */
 
 /* What ufrag_verify learns from a ufrag besides the transceiver. */

@@ -21,6 +21,7 @@ from datapath.maps import (
     RelayMaps,
     Vip6Key,
     VipKey,
+    bump_txr_gen,
     fd_info,
     init_txr_gen,
     obj_get,
@@ -168,7 +169,10 @@ def _forget_flows(maps: RelayMaps, family: int, vips: set[bytes]) -> int:
     flows = maps["flows" if family == 4 else "flows6"]
     keyf = VipKey if family == 4 else Vip6Key
     doomed = [k for k in flows.keys() if bytes(keyf(k.vip_addr, k.vip_port, 0)) in vips]
-    return sum(1 for k in doomed if flows.delete(k))
+    deleted = sum(1 for k in doomed if flows.delete(k))
+    if deleted:  # after the deletes: no flow copy in the running program outlives them
+        bump_txr_gen(maps)
+    return deleted
 
 
 def load(

@@ -378,7 +378,9 @@ def next_txr_gen(gen: int) -> int:
 
 def bump_txr_gen(maps: RelayMaps) -> int:
     """Give txr_gen its next value: call it right after removing or changing a transceiver, so
-    that no flow uses an endpoint it cached before (bpf/relay.c flow_transceiver). Returns it."""
+    that no flow uses an endpoint it cached before (bpf/relay.c flow_transceiver), and right
+    after deleting or changing flows, so that no CPU uses a copy of them in the program's flow
+    cache (bpf/flowcopy.h). Returns it."""
     gen = next_txr_gen(read_txr_gen(maps))
     maps["txr_gen"].update(ct.c_uint32(0), ct.c_uint32(gen))
     return gen

@@ -179,6 +179,8 @@ class Relay:
         self.maps = {name: bpf[name.encode()] for name in MAP_NAMES}
         # the per-CPU next-hop cache (bpf/fib.h) and its flush epoch, both unpinned
         self.nexthops, self.nh_epoch = bpf[b"nexthops"], bpf[b"nh_epoch"]
+        # the per-CPU flow copies (bpf/flowcopy.h) and their slot versions, both unpinned
+        self.flow_copy_map, self.flow_versions = bpf[b"flow_copies"], bpf[b"flow_versions"]
 
     # -- maps ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -195,7 +197,9 @@ class Relay:
             "flows6",
         ):
             self.maps[name].clear()  # arrays: every slot zeroed (per CPU for counters)
-        self.set_txr_gen(1)  # as relayctl load starts it
+        # a new generation (relayctl load starts at 1): no flow copied in the cache by an
+        # earlier case is valid (bpf/flowcopy.h)
+        self.set_txr_gen(next_txr_gen(self.txr_gen()))
         self.bpf[b"ufrag_rates"].clear()
         self.flush_nexthops()
         self.keys({})
@@ -318,7 +322,36 @@ class Relay:
         val = flows.Leaf()
         val.cluster, val.id, val.created_ns = txr.cluster, txr.id, created_ns
         val.seen = seen_now() if live else (seen_now() - IDLE) & 0xFFFF
-        flows[self.flow_key(**where)] = val
+        self.write_flow(self.flow_key(**where), val)
+
+    def write_flow(self, key: ct.Structure, val: ct.Structure) -> None:
+        """flows[key] = val, then the key's flow copy slot version bumped, as the program
+        does after its own writes: no CPU uses a copy of the old flow."""
+        self.maps["flows"][key] = val
+        slot = ct.c_uint32(self.flow_copy_slot(key))
+        self.flow_versions[slot] = ct.c_uint32((self.flow_versions[slot].value + 1) & 0xFFFFFFFF)
+
+    def flow_copy_slot(self, key: ct.Structure) -> int:
+        """The flow copy slot of a flows key: flow_copy_slot_of() in bpf/flowcopy.h."""
+        x = key.client_addr ^ ((key.client_port << 16) | key.vip_port)
+        x ^= (key.vip_addr * 0x85EBCA6B) & 0xFFFFFFFF
+        bits = self.flow_copy_map.max_entries.bit_length() - 1  # FLOW_COPY_BITS of this build
+        return ((x * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
+
+    def flow_copies(self, **where: object) -> list[ct.Structure]:
+        """The CPUs' copies of a flow that a packet would use now (bpf/flowcopy.h: key,
+        slot version and txr_gen current, made in this clock unit; a client packet also wants
+        `seen` of this unit)."""
+        key = self.flow_key(**where)
+        slot = ct.c_uint32(self.flow_copy_slot(key))
+        version, gen = self.flow_versions[slot].value, self.txr_gen()
+        return [
+            c
+            for c in self.flow_copy_map.getvalue(slot)
+            if bytes(c.key) == bytes(key)
+            and gen
+            and (c.gen, c.version, c.tick) == (gen, version, seen_now())
+        ]
 
     def get_flow(self, **where: object) -> ct.Structure | None:
         if ":" in str(where.get("client", "")):

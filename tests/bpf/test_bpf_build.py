@@ -33,6 +33,7 @@ LIMITS = {
     "STUN_MAX_OFFSET": 2048,
     "NH_CACHE_NS": 1000,
     "NH_CACHE_BITS": 8,
+    "FLOW_COPY_BITS": 8,
     "FLOW_IDLE_S": 5,
     "UFRAG_FLOW_LIMIT": 2,
     "UFRAG_WINDOW_S": 30,
@@ -56,7 +57,8 @@ def test_every_limit_is_overridable() -> None:
     defined = re.findall(r"^#define (\w+)", limits, re.M)
     guarded = re.findall(r"^#ifndef (\w+)\n#define \1\b", limits, re.M)
     assert set(LIMITS) == set(guarded)
-    assert set(defined) - set(guarded) == {"NH_CACHE_SLOTS"}  # derived from NH_CACHE_BITS
+    # derived from NH_CACHE_BITS and FLOW_COPY_BITS
+    assert set(defined) - set(guarded) == {"NH_CACHE_SLOTS", "FLOW_COPY_SLOTS"}
 
 
 def test_a_build_with_other_limits(relay: Relay) -> None:
@@ -66,6 +68,8 @@ def test_a_build_with_other_limits(relay: Relay) -> None:
         for name, limit in SIZES.items():
             assert bpf[name.encode()].max_entries == LIMITS[limit], name
         assert bpf[b"nexthops"].max_entries == 1 << LIMITS["NH_CACHE_BITS"]
+        for name in (b"flow_copies", b"flow_versions"):
+            assert bpf[name].max_entries == 1 << LIMITS["FLOW_COPY_BITS"]
         small.reset()
         # USERNAME as the second attribute is within a walk of 2, as the third it is not
         second = client_frame(build_message(0x0001, [(0x8022, b"x"), (ATTR_USERNAME, USERNAME)]))

@@ -67,7 +67,7 @@ def flow_seen_ago(txr: Txr, ago: int) -> Setup:
         key = relay.flow_key()
         val = flows[key]
         val.seen = (seen_now() - ago) & 0xFFFF
-        flows[key] = val
+        relay.write_flow(key, val)
 
     return setup
 

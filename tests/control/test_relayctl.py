@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from control.reasons import Reason
-from datapath.maps import SPECS, FlowKey, FlowVal, PinnedMap, be16, be32
+from datapath.maps import SPECS, FlowKey, FlowVal, PinnedMap, be16, be32, next_txr_gen
 from tests.control.ctl_lab import BPFFS, RELAY_ADDR, Lab, ip
 
 pytestmark = pytest.mark.lab
@@ -92,6 +92,7 @@ def test_reload_in_generic_mode_keeps_flows_and_replaces_vips(loaded: Lab) -> No
     kept = FlowKey(be32("198.18.0.3"), be32(RELAY_ADDR), be16(40001), be16(443))
     with PinnedMap(BPFFS / lab.name / "flows", SPECS["flows"]) as flows:
         flows.update(kept, FlowVal(3, 0, 78, 0))
+    gen = _txr_gen(lab)
     lab.relayctl(
         "load",
         "--name",
@@ -107,6 +108,9 @@ def test_reload_in_generic_mode_keeps_flows_and_replaces_vips(loaded: Lab) -> No
     shown = lab.json("map", "show")
     assert shown["vips"] == [f"{RELAY_ADDR}:443"] and shown["config"]["tunnel"].endswith(":6081")
     assert [f["transceiver"] for f in lab.json("flows")] == [78]
+    # after the deletes, txr_gen moved on: the program that runs until the new one is attached
+    # uses no copy of a deleted flow (bpf/flowcopy.h)
+    assert _txr_gen(lab) == next_txr_gen(gen)
     with PinnedMap(BPFFS / lab.name / "vips", SPECS["vips"]) as vmap:
         assert [(k.addr, k.port, v.value) for k, v in vmap.items()] == [
             (be32(RELAY_ADDR), be16(443), 0)
@@ -114,6 +118,11 @@ def test_reload_in_generic_mode_keeps_flows_and_replaces_vips(loaded: Lab) -> No
     with PinnedMap(BPFFS / lab.name / "config", SPECS["config"]) as cfg:
         c = cfg.lookup(ct.c_uint32(0))
         assert (c.tunnel_addr, c.tunnel_port) == (be32(RELAY_ADDR), be16(6081))
+
+
+def _txr_gen(lab: Lab) -> int:
+    with PinnedMap(BPFFS / lab.name / "txr_gen", SPECS["txr_gen"]) as gen:
+        return int(gen.lookup(ct.c_uint32(0)).value)
 
 
 def test_reload_moves_every_attachment_and_unload_detaches_all(loaded: Lab) -> None:
