@@ -131,7 +131,7 @@ VARIANTS = (
         "no flow copy is used",
         (
             (
-                "\tif (!c || !versionp || !genp)\n\t\treturn flows.lookup(fk);",
+                "\tif (!tagp || !versionp || !genp)\n\t\treturn flows.lookup(fk);",
                 "\treturn flows.lookup(fk);",
             ),
         ),

@@ -153,8 +153,8 @@
 #endif
 #define NH_CACHE_SLOTS (1U << NH_CACHE_BITS)
 
-/* The per-CPU flow copies (flowcopy.h): 2^bits slots per CPU (48 bytes each: 768 KiB per CPU at 14
- * bits), and as many shared slot versions. */
+/* The per-CPU flow copies (flowcopy.h): 2^bits slots per CPU (48 bytes and a 4-byte tag each:
+ * 832 KiB per CPU at 14 bits), and as many shared slot versions. */
 #ifndef FLOW_COPY_BITS
 #define FLOW_COPY_BITS 14
 #endif

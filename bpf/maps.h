@@ -109,6 +109,11 @@ BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
  * starts with an empty cache. */
 BPF_TABLE("percpu_array", __u32, struct flow_copy, flow_copies, FLOW_COPY_SLOTS);
 
+/* flow_copy_tags: key a slot number; value the tag (flow_copy_hash() | 1) of the flow copied in
+ * that slot of flow_copies on this CPU, 0: none. Written and read by the program only, each CPU
+ * its own: only a slot whose tag matches is read (flowcopy.h says why). Not pinned. */
+BPF_TABLE("percpu_array", __u32, __u32, flow_copy_tags, FLOW_COPY_SLOTS);
+
 /* flow_versions: key a slot number; value how many times the program created or moved a flow
  * of that slot (mod 2^32). Written by the program right after it writes `flows` (route_stun),
  * read with every flow_lookup: a copy made under another version is stale, on every CPU.

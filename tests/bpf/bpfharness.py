@@ -181,6 +181,7 @@ class Relay:
         self.nexthops, self.nh_epoch = bpf[b"nexthops"], bpf[b"nh_epoch"]
         # the per-CPU flow copies (bpf/flowcopy.h) and their slot versions, both unpinned
         self.flow_copy_map, self.flow_versions = bpf[b"flow_copies"], bpf[b"flow_versions"]
+        self.flow_copy_tags = bpf[b"flow_copy_tags"]
 
     # -- maps ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -331,12 +332,16 @@ class Relay:
         slot = ct.c_uint32(self.flow_copy_slot(key))
         self.flow_versions[slot] = ct.c_uint32((self.flow_versions[slot].value + 1) & 0xFFFFFFFF)
 
-    def flow_copy_slot(self, key: ct.Structure) -> int:
-        """The flow copy slot of a flows key: flow_copy_slot_of() in bpf/flowcopy.h."""
+    def flow_copy_hash(self, key: ct.Structure) -> int:
+        """flow_copy_hash() in bpf/flowcopy.h: its top bits are the slot, it | 1 the tag."""
         x = key.client_addr ^ ((key.client_port << 16) | key.vip_port)
         x ^= (key.vip_addr * 0x85EBCA6B) & 0xFFFFFFFF
+        return (x * 0x9E3779B1) & 0xFFFFFFFF
+
+    def flow_copy_slot(self, key: ct.Structure) -> int:
+        """The flow copy slot of a flows key: flow_copy_slot_of() in bpf/flowcopy.h."""
         bits = self.flow_copy_map.max_entries.bit_length() - 1  # FLOW_COPY_BITS of this build
-        return ((x * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
+        return self.flow_copy_hash(key) >> (32 - bits)
 
     def flow_copies(self, **where: object) -> list[ct.Structure]:
         """The CPUs' copies of a flow that a packet would use now (bpf/flowcopy.h: key,
@@ -345,11 +350,13 @@ class Relay:
         key = self.flow_key(**where)
         slot = ct.c_uint32(self.flow_copy_slot(key))
         version, gen = self.flow_versions[slot].value, self.txr_gen()
+        tags = self.flow_copy_tags.getvalue(slot)
         return [
             c
-            for c in self.flow_copy_map.getvalue(slot)
+            for c, tag in zip(self.flow_copy_map.getvalue(slot), tags, strict=True)
             if bytes(c.key) == bytes(key)
             and gen
+            and int(tag) == self.flow_copy_hash(key) | 1
             and (c.gen, c.version, c.tick) == (gen, version, seen_now())
         ]
 

@@ -68,7 +68,7 @@ def test_a_build_with_other_limits(relay: Relay) -> None:
         for name, limit in SIZES.items():
             assert bpf[name.encode()].max_entries == LIMITS[limit], name
         assert bpf[b"nexthops"].max_entries == 1 << LIMITS["NH_CACHE_BITS"]
-        for name in (b"flow_copies", b"flow_versions"):
+        for name in (b"flow_copies", b"flow_copy_tags", b"flow_versions"):
             assert bpf[name].max_entries == 1 << LIMITS["FLOW_COPY_BITS"]
         small.reset()
         # USERNAME as the second attribute is within a walk of 2, as the third it is not

@@ -172,5 +172,6 @@ def test_the_slot_function_is_the_programs(relay: Relay) -> None:
         relay.set_flow(NEAR, live=True, port=port)
         assert relay.run(client_frame(RTP, port=port)).reason == Reason.FWD_FLOW
         assert relay.flow_copies(port=port)  # in the slot the harness computed
-    assert relay.flow_versions.max_entries == relay.flow_copy_map.max_entries == 1 << 14
+    slots = {relay.flow_versions.max_entries, relay.flow_copy_map.max_entries}
+    assert slots | {relay.flow_copy_tags.max_entries} == {1 << 14}
     assert ct.sizeof(relay.flow_copy_map.Leaf._type_) == 48  # per CPU (bpf/constants.h)
