@@ -8,6 +8,8 @@
  * When a copy may be used instead of the flow. Every writer of `flows` makes the copies it could
  * leave stale fail one of these checks, and each check's value is read before the `flows`
  * lookup that fills a copy, so a copy filled before a write is never used after it:
+ *  - the slot's tag (flow_copy_tags, this CPU) is the key's hash | 1: a filter only, the key
+ *    itself is compared too;
  *  - version == flow_versions[slot]: the program bumps it right after it creates or moves a flow
  *    of that slot (route_stun), on one shared array, so a copy on any CPU goes stale at once;
  *  - gen == txr_gen[0] (not 0): the controller bumps txr_gen after it deletes or writes flows
@@ -23,7 +25,7 @@
  * the copy or the flow: both are valid as the rules above stand.
  *
  * Only this CPU's program writes its slots (XDP does not nest on a CPU), so no locking is
- * needed and no copy is ever half written. IPv6 flows (`flows6`) are not cached. */
+ * needed and no copy is ever half written. IPv6 flows (`flows6`) have no copies. */
 #ifndef EDGE_FLOWCOPY_H
 #define EDGE_FLOWCOPY_H
 
