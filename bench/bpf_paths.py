@@ -46,6 +46,7 @@ from bcc import BPF
 from bench.table import Table
 from control.program import BPF_DIR, compile_relay, load_xdp_fn, relay_source
 from control.reasons import Reason
+from datapath.maps import next_txr_gen
 from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
@@ -222,7 +223,7 @@ class Bench:
         outlives the change. Builds without txr_gen ignore it."""
         if self.caches:
             gen = self.relay[b"txr_gen"][ct.c_uint32(0)].value
-            self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(gen % 0xFFFF + 1))
+            self._set("txr_gen", ct.c_uint32(0), ct.c_uint32(next_txr_gen(gen)))
 
     def setup(self, tunnel: tuple[str, int] = (TUNNEL, TUNNEL_PORT)) -> None:
         r = self.relay
