@@ -480,6 +480,14 @@ def tunnelled(frame: bytes, txr: Txr, via: bytes | None = VIA_NEAR) -> bytes:
     return head + encapsulate(forward_hop(frame[14:]), TUNNEL_ADDR, txr.addr, txr.port)
 
 
+def reply_from(txr: Txr) -> bytes:
+    """txr's reply to the harness client (RTP from the VIP's first port), tunnelled from txr to
+    the relay, as it arrives on txr0."""
+    inner = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, RTP)
+    outer = ipv4_udp(txr.addr, txr.port, TUNNEL_ADDR, TUNNEL_PORT, inner)
+    return eth(outer, dst=TXR_LINK.mac, src=NEAR_TXR[1])
+
+
 Setup = Callable[["Relay"], object]
 
 

@@ -13,29 +13,21 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from control.reasons import Reason
-from lab.fibsandbox import NEAR_TXR
 from tests.bpf.bpfharness import (
-    CLIENT,
     CLIENT_PORT,
     NEAR,
     ON_CLIENT_LINK,
     RTP,
-    TUNNEL_ADDR,
-    TUNNEL_PORT,
     TXR_LINK,
     VIA_TX_TXR,
-    VIP,
-    VIP_PORTS,
     XDP_DROP,
     Relay,
-    Txr,
     binding,
     client_frame,
-    eth,
+    reply_from,
     seen_now,
     tunnelled,
 )
-from wire.encap import ipv4_udp
 
 FRAME = client_frame(RTP)
 
@@ -49,16 +41,6 @@ def one_cpu(relay: Relay) -> Iterator[None]:
         yield
     finally:
         relay.worker.call(os.sched_setaffinity, 0, allowed)
-
-
-def reply_from(txr: Txr) -> bytes:
-    """txr's tunnelled reply to the harness client, as it arrives on txr0."""
-    inner = ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, RTP)
-    return eth(
-        ipv4_udp(txr.addr, txr.port, TUNNEL_ADDR, TUNNEL_PORT, inner),
-        dst=TXR_LINK.mac,
-        src=NEAR_TXR[1],
-    )
 
 
 def within_one_unit(steps: Callable[[], None]) -> None:

@@ -7,45 +7,31 @@ from __future__ import annotations
 
 from control.reasons import Reason
 from datapath.maps import be16, be32, next_txr_gen
-from lab.fibsandbox import NEAR_TXR
 from tests.bpf.bpfharness import (
-    CLIENT,
-    CLIENT_PORT,
     NEAR,
     ON_CLIENT_LINK,
     RTP,
-    TUNNEL_ADDR,
-    TUNNEL_PORT,
     TXR_LINK,
     VIA_CLIENT_GATEWAY,
     VIA_TX_TXR,
-    VIP,
-    VIP_PORTS,
     XDP_DROP,
     XDP_REDIRECT,
     XDP_TX,
     Relay,
     Txr,
     client_frame,
-    eth,
+    reply_from,
     tunnelled,
 )
-from wire.encap import forward_hop, ipv4_udp
+from wire.encap import forward_hop
 
 FRAME = client_frame(RTP)
 MOVED = Txr(NEAR.cluster, NEAR.id, ON_CLIENT_LINK.addr, 7000)  # NEAR's ids, another endpoint
-REPLY = eth(ipv4_udp(VIP, VIP_PORTS[0], CLIENT, CLIENT_PORT, RTP))
 
 
 def cache_word(txr: Txr, gen: int) -> int:
     """flow_val.txr_cache for txr looked up under gen: addr | port << 32 | gen << 48."""
     return be32(txr.addr) | be16(txr.port) << 32 | gen << 48
-
-
-def reply_from(txr: Txr) -> bytes:
-    """A transceiver's reply to the harness client, tunnelled from txr to the relay (on txr0)."""
-    inner = ipv4_udp(txr.addr, txr.port, TUNNEL_ADDR, TUNNEL_PORT, REPLY[14:])
-    return eth(inner, dst=TXR_LINK.mac, src=NEAR_TXR[1])
 
 
 def decapsulated(frame: bytes) -> bytes:
