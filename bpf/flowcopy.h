@@ -82,6 +82,7 @@ static __always_inline struct flow_val *flow_lookup(struct flow_key *fk, int cli
 	version = *(volatile __u32 *)versionp;
 	gen = (__u16)*(volatile __u32 *)genp;
 	if (*tagp == tag && gen) {
+		/* looked up only here: even a per-CPU array lookup reads its pointer table */
 		c = flow_copies.lookup(&slot);
 		if (c && c->gen == gen && c->version == version && flow_key_eq(&c->key, fk)) {
 			/* the clock only for a matching slot: traffic not ours never reads it */

@@ -103,10 +103,10 @@ BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
  * once (an operator with bpftool, the tests); the program never writes it. Not pinned. */
 BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
 
-/* flow_copies: key a slot number, flow_copy_slot_of() of a flow_key (a direct-mapped cache); value a
+/* flow_copies: key a slot number, flow_copy_slot_of() of a flow_key (direct-mapped); value a
  * copy of an IPv4 flow and what it was copied under. Written and read by the program only, each
  * CPU its own copy (flowcopy.h explains when a copy is valid). Not pinned: each loaded program
- * starts with an empty cache. */
+ * starts with no copies. */
 BPF_TABLE("percpu_array", __u32, struct flow_copy, flow_copies, FLOW_COPY_SLOTS);
 
 /* flow_copy_tags: key a slot number; value the tag (flow_copy_hash() | 1) of the flow copied in

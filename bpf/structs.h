@@ -135,8 +135,8 @@ struct nh_slot {
 	struct nh_val val;
 };
 
-/* One slot of the per-CPU flow copies (flowcopy.h): a copy of an IPv4 flow and what it is valid under.
- * The key is stored and compared on every hit. */
+/* One slot of the per-CPU flow copies (flowcopy.h): a copy of an IPv4 flow and what it is
+ * valid under. The key is stored and compared on every hit. */
 struct flow_copy {
 	struct flow_key key;
 	__u32 version; /* flow_versions[slot] when copied */
