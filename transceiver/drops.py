@@ -22,6 +22,8 @@ NO_USERNAME = "no_username"  # Binding request without USERNAME or MESSAGE-INTEG
 BAD_INTEGRITY = "bad_integrity"  # MESSAGE-INTEGRITY does not verify: 401, no state change
 ROLE_CONFLICT = "role_conflict"  # the client claims to be controlled: we are lite, 487
 PROBE_LIMITED = "probe_limited"  # authenticated, from an unverified path, beyond the call's budget
+# authenticated, naming a client ufrag with no password yet (a restart before its PATCH): unanswered
+UNKNOWN_CLIENT_UFRAG = "unknown_client_ufrag"
 # outbound (a call's agent): media the path's send credit did not cover, not sent
 SEND_NO_CREDIT = "send_no_credit"
 
@@ -33,6 +35,7 @@ DROP_REASONS = (
     BAD_INTEGRITY,
     ROLE_CONFLICT,
     PROBE_LIMITED,
+    UNKNOWN_CLIENT_UFRAG,
     NO_ROUTE,
     TUNNEL_UNKNOWN_RELAY,
     TUNNEL_BAD_INNER,

@@ -10,11 +10,16 @@ carries every call here, and a lite agent never sends a check. aiortc only needs
 of aioice.Connection (ufrag/pwd, candidates, gather_candidates, connect, recv, send, close,
 get_event; aiortc_seam.ice_surface_missing() checks that at start-up), which is implemented below.
 
-Binding requests (the client is the controlling full agent; we only answer):
+Binding requests (the client is the controlling full agent; we only answer). USERNAME is
+`server ufrag:client ufrag`; the server part picks the password (see ICE restart below):
 - no USERNAME or no MESSAGE-INTEGRITY: 400, counted `no_username`;
 - MESSAGE-INTEGRITY that does not verify with this call's password: 401, `bad_integrity`, and no
   state changes at all (no consent refresh, no selection, no binding);
 - a client claiming ICE-CONTROLLED: 487, `role_conflict` (we are lite, hence controlled);
+- a client ufrag we have no password for (a client that restarted ICE, its PATCH not here yet):
+  no answer, `unknown_client_ufrag`; the path is remembered and checked as soon as the PATCH
+  brings that password (restart()). An answer now would tell the client the path works, and it
+  would move its media there before we could verify it;
 - otherwise the success response (XOR-MAPPED-ADDRESS = the client address, MESSAGE-INTEGRITY,
   FINGERPRINT); on a verified path (below) that is all, on a new one a check of our own first.
 Error responses carry no MESSAGE-INTEGRITY: we cannot sign with a key the peer did not prove.
@@ -24,8 +29,9 @@ authenticated request proves only that the sender knows the call's password, and
 the password of their own call, so a request spoofed from a victim's address must not aim the
 call's media at the victim. On a path not yet verified the agent answers the request and sends
 its own Binding request there (before the answer, so it reaches the client first), with a
-random 96-bit transaction id and the client's credentials from the offer. Only a host that
-receives at that address sees the id; its success response, signed with the client's password,
+random 96-bit transaction id, USERNAME `client ufrag:server ufrag` as the request named them and
+the client's password for that ufrag. Only a host that receives at that address sees the id;
+its success response, signed with that password,
 verifies the path, and only then does the mux bind it (route datagrams on it to this call) and
 may it be selected. So a spoofed request costs its sender one answer and one check to the
 victim, both about its own size, and moves nothing.
@@ -38,6 +44,15 @@ sends its next consent check from the new address, and that check's path wins on
 Browsers start DTLS as soon as their first check succeeds but nominate tens of milliseconds
 later (Chromium: ~55 ms here); waiting for USE-CANDIDATE left their ClientHello queued that long.
 ICE-lite servers such as mediasoup do the same.
+
+ICE restart (RFC 8445 §9): restart() takes new credentials on both sides, and the previous ones
+stay valid until the client nominates a verified path under our new ufrag (then the mux forgets
+the old ufrag: `on_retire`); the session before it goes on meanwhile, as the RFC asks. This is
+what libwebrtc needs: its new sockets check at once, before the PATCH answer has reached it,
+with our old ufrag and password and its own new ufrag, and it keeps those connections (and
+those credentials) after the answer. Each half of a USERNAME is matched on its own, so a check
+`old server ufrag:new client ufrag` is answered with the old password and checked back as
+`new client ufrag:old server ufrag` with the client's new password.
 
 Consent freshness (RFC 7675): no authenticated check on a verified path for `consent_timeout`
 seconds closes the agent, which ends the call (browsers and aioice send one every ~5 s).
@@ -63,6 +78,7 @@ from transceiver.drops import (
     PROBE_LIMITED,
     ROLE_CONFLICT,
     SEND_NO_CREDIT,
+    UNKNOWN_CLIENT_UFRAG,
     UNKNOWN_UFRAG,
 )
 from transceiver.paths import Path, Route
@@ -131,11 +147,16 @@ def binding_check(username: str, password: bytes, tie_breaker: int) -> tuple[byt
 class _Pending:
     """A path that authenticated a check but has not answered ours yet."""
 
-    __slots__ = ("nominated", "txids")
+    __slots__ = ("client", "nominated", "nominated_under", "password", "route", "server", "txids")
 
-    def __init__(self) -> None:
+    def __init__(self, route: Route) -> None:
+        self.route = route  # the latest datagram's: where a check of ours goes
+        self.server = ""  # the ufrags the path's latest check named, which ours echoes swapped
+        self.client = ""
+        self.password = b""  # the client's password our checks in `txids` are signed with
         self.txids: list[bytes] = []
         self.nominated = False
+        self.nominated_under = ""  # the server ufrag of the check that sent USE-CANDIDATE
 
 
 def binding_error(request: aiostun.Message, code: int, reason: str) -> bytes:
@@ -161,12 +182,19 @@ class IceLiteAgent:
         consent_timeout: float = defaults.CONSENT_TIMEOUT,
         setup_timeout: float = defaults.SETUP_TIMEOUT,
         on_close: Callable[[IceLiteAgent], None] | None = None,
+        on_retire: Callable[[IceLiteAgent, str], None] | None = None,
         probes: dict[bytes, IceLiteAgent] | None = None,
         drop: Callable[[str], None] | None = None,
     ) -> None:
         self.local_username = local_username
         self.local_password = random_password()
         self._password_key = self.local_password.encode("utf8")
+        # The server ufrag and password before the last restart, valid until retired (see the
+        # module doc), and the client's credentials of that time; on_retire(agent, ufrag) tells
+        # the mux when the old ufrag stops finding this call.
+        self._previous_local: tuple[str, bytes] | None = None
+        self._previous_remote: tuple[str, str] | None = None
+        self._on_retire = on_retire
         self._candidates = candidates
         self._gathered = False
         self._consent_timeout = consent_timeout
@@ -210,6 +238,25 @@ class IceLiteAgent:
     def selected(self) -> Path | None:
         return None if self.selected_route is None else self.selected_route.path
 
+    @property
+    def ufrags(self) -> list[str]:
+        """The server ufrags that find this call: the current one, and the previous one until
+        it is retired."""
+        previous = self._previous_local
+        return [self.local_username] if previous is None else [self.local_username, previous[0]]
+
+    def _local_key(self, ufrag: str) -> bytes | None:
+        if ufrag == self.local_username:
+            return self._password_key
+        previous = self._previous_local
+        return previous[1] if previous is not None and ufrag == previous[0] else None
+
+    def _client_password(self, ufrag: str) -> bytes | None:
+        if ufrag == self.remote_username and self.remote_password is not None:
+            return self.remote_password.encode("utf8")
+        previous = self._previous_remote
+        return previous[1].encode("utf8") if previous is not None and ufrag == previous[0] else None
+
     def is_verified(self, route: Route) -> bool:
         """Whether the path answered one of our checks (so the mux bound it to us)."""
         return route in self.routes
@@ -237,29 +284,35 @@ class IceLiteAgent:
         if msg.message_class != aiostun.Class.REQUEST:
             return IGNORED  # an indication, or an error response: nothing to do for a lite agent
         username = msg.attributes.get("USERNAME")
-        if isinstance(username, str) and username.split(":", 1)[0] != self.local_username:
+        server, _, client = username.partition(":") if isinstance(username, str) else ("", "", "")
+        key = self._local_key(server)
+        if isinstance(username, str) and key is None:
             return OTHER_CALL
-        if not isinstance(username, str) or "MESSAGE-INTEGRITY" not in msg.attributes:
+        if key is None or "MESSAGE-INTEGRITY" not in msg.attributes:
             route.send(binding_error(msg, 400, "Bad Request"))
             return NO_USERNAME
-        if not msg.check_message_integrity(self._password_key):
+        if not msg.check_message_integrity(key):
             route.send(binding_error(msg, 401, "Unauthenticated"))
             return BAD_INTEGRITY
         if "ICE-CONTROLLED" in msg.attributes:
             route.send(binding_error(msg, 487, "Role Conflict"))
             return ROLE_CONFLICT
-        self.checks += 1
         nominate = "USE-CANDIDATE" in msg.attributes
-        answer = binding_success(msg, route.path.client, self._password_key)
-        if not self.is_verified(route):
+        if not self.is_verified(route) or self._client_password(client) is None:
+            pending = self._track(route, server, client, nominate)
+            if not pending.password:
+                return UNKNOWN_CLIENT_UFRAG  # unanswered: restart() checks the path back
             if not self._probe_budget():
                 return PROBE_LIMITED
-            self._probe(route, nominate)  # first, so the client sees it before our answer
-            route.send(answer)
+            self.checks += 1
+            self._probe(pending)  # first, so the client sees it before our answer
+            route.send(binding_success(msg, route.path.client, key))
             return PROBING
+        self.checks += 1
+        answer = binding_success(msg, route.path.client, key)
         self.last_check = time.monotonic()
         route.authenticated(len(data), relay)
-        self._consider(route, nominate)
+        self._consider(route, nominate, server)
         route.send(answer)
         return AUTHENTICATED
 
@@ -276,29 +329,41 @@ class IceLiteAgent:
         self._probe_tokens -= 1
         return True
 
-    def _probe(self, route: Route, nominate: bool) -> None:
-        """Send our check on a path not verified yet (bounded: see PROBE_PATHS, PROBE_TXIDS)."""
+    def _track(self, route: Route, server: str, client: str, nominate: bool) -> _Pending:
+        """Remember an authenticated check from a path not verified yet (bounded: PROBE_PATHS)
+        with the credentials it named; `password` is b"" while we have none for its client."""
         pending = self._pending.pop(route.key, None)
         if pending is None:
-            pending = _Pending()
+            pending = _Pending(route)
             if len(self._pending) >= defaults.PROBE_PATHS:  # forget the oldest
                 oldest = self._pending.pop(next(iter(self._pending)))
                 self._forget(oldest.txids)
         self._pending[route.key] = pending  # newest last
-        pending.nominated = pending.nominated or nominate
-        if self.remote_username is None or self.remote_password is None:
-            return  # no offer yet, no credentials to check with: the path stays unverified
+        password = self._client_password(client) or b""
+        if password != pending.password:  # checks of ours signed otherwise prove nothing now
+            self._forget(pending.txids)
+            pending.txids.clear()
+        pending.route, pending.server, pending.client, pending.password = (
+            route,
+            server,
+            client,
+            password,
+        )
+        if nominate:
+            pending.nominated, pending.nominated_under = True, server
+        return pending
+
+    def _probe(self, pending: _Pending) -> None:
+        """Send our check to a pending path (bounded: PROBE_TXIDS checks in flight per path)."""
         check, txid = binding_check(
-            f"{self.remote_username}:{self.local_username}",
-            self.remote_password.encode("utf8"),
-            self._tie_breaker,
+            f"{pending.client}:{pending.server}", pending.password, self._tie_breaker
         )
         pending.txids.append(txid)
         self._probes[txid] = self
         if len(pending.txids) > defaults.PROBE_TXIDS:
             self._forget([pending.txids.pop(0)])
         self.probes_sent += 1
-        route.send(check)
+        pending.route.send(check)
 
     def _forget(self, txids: list[bytes]) -> None:
         for txid in txids:
@@ -313,7 +378,7 @@ class IceLiteAgent:
         pending = self._pending.get(route.key)
         if pending is None or txid not in pending.txids:
             return IGNORED  # ours, but sent to another path: not proof for this one
-        if not msg.check_message_integrity((self.remote_password or "").encode("utf8")):
+        if not msg.check_message_integrity(pending.password):
             return BAD_INTEGRITY
         del self._pending[route.key]
         self._forget(pending.txids)
@@ -324,17 +389,20 @@ class IceLiteAgent:
         if route not in self.routes:
             self.routes.append(route)
         log.debug("%s: verified %s", self.local_username, route.path)
-        self._consider(route, pending.nominated)
+        self._consider(route, pending.nominated, pending.nominated_under)
         return AUTHENTICATED
 
-    def _consider(self, route: Route, nominate: bool) -> None:
-        """Selection among verified paths (see the module doc)."""
+    def _consider(self, route: Route, nominate: bool, under: str = "") -> None:
+        """Selection among verified paths (see the module doc); `under`: the server ufrag of
+        the nominating check (a nomination under the current one ends the previous session)."""
         current = self.selected_route
         if nominate:
             if current is not route:
                 log.debug("%s: nominated %s", self.local_username, route.path)
             self.nominated = True
             self._select(route)
+            if under == self.local_username:
+                self._retire_previous()
         elif current is None:
             self._select(route)
         elif current is not route and time.monotonic() - current.heard > defaults.PATH_SILENCE:
@@ -370,24 +438,41 @@ class IceLiteAgent:
     # --- ICE restart (RFC 8445 §9, WHIP PATCH) -------------------------------------------------
 
     def restart(self, ufrag: str, remote_username: str, remote_password: str) -> str:
-        """New credentials on both sides, at once; returns our new password.
+        """New credentials on both sides; returns our new password.
 
-        From here on only checks under `ufrag` authenticate (the mux forgets the old one in
-        the same step). The selected path and its bound routes stay, so DTLS and media go on
-        where they were until a check under the new credentials verifies and selects another
-        path; checks of ours still in flight were signed for the old client credentials, so
-        they are forgotten (their answers would not verify).
+        The previous ones stay valid until the client nominates a verified path under `ufrag`
+        (see the module doc; one before them, after two quick restarts, is retired now). The
+        selected path and its bound routes stay, so DTLS and media go on where they were until
+        a nomination selects another path. Checks of ours in flight are forgotten; paths whose
+        checks named the client's new ufrag before we knew its password are checked now.
         """
+        self._retire_previous()
+        self._previous_local = (self.local_username, self._password_key)
+        if self.remote_username is not None and self.remote_password is not None:
+            self._previous_remote = (self.remote_username, self.remote_password)
         self.local_username = ufrag
         self.local_password = random_password()
         self._password_key = self.local_password.encode("utf8")
         self.remote_username = remote_username
         self.remote_password = remote_password
+        waiting = [p for p in self._pending.values() if p.client == remote_username]
         for pending in self._pending.values():
             self._forget(pending.txids)
         self._pending.clear()
         self.nominated = False  # the client nominates again under the new credentials
+        for pending in waiting:
+            if self._probe_budget():
+                self._track(pending.route, pending.server, pending.client, pending.nominated)
+                self._probe(self._pending[pending.route.key])
         return self.local_password
+
+    def _retire_previous(self) -> None:
+        """The session before the last restart is over: its server ufrag and password stop."""
+        previous, self._previous_local, self._previous_remote = self._previous_local, None, None
+        if previous is not None:
+            log.debug("%s: retired the previous ufrag %s", self.local_username, previous[0])
+            if self._on_retire is not None:
+                self._on_retire(self, previous[0])
 
     # --- the aioice.Connection surface aiortc uses ---------------------------------------------
 

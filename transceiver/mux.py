@@ -91,16 +91,21 @@ class SocketMux(asyncio.DatagramProtocol):
     def register(self, agent: IceLiteAgent) -> None:
         self._agents[agent.local_username] = agent
 
-    def rekey(self, agent: IceLiteAgent, old_ufrag: str) -> None:
-        """After an ICE restart: first packets under the agent's new ufrag find it, the old
-        ufrag finds nothing (counted `unknown_ufrag`). Bound paths stay bound."""
-        if self._agents.get(old_ufrag) is agent:
-            del self._agents[old_ufrag]
+    def rekey(self, agent: IceLiteAgent) -> None:
+        """After an ICE restart: first packets under the agent's new ufrag find it, and those
+        under the old one still do until the agent retires it (retire()). Bound paths stay
+        bound."""
         self._agents[agent.local_username] = agent
 
+    def retire(self, agent: IceLiteAgent, ufrag: str) -> None:
+        """The agent's session before a restart is over: `ufrag` finds nothing from now on
+        (counted `unknown_ufrag`). The agent's on_retire."""
+        if self._agents.get(ufrag) is agent:
+            del self._agents[ufrag]
+
     def unregister(self, agent: IceLiteAgent) -> None:
-        if self._agents.get(agent.local_username) is agent:
-            del self._agents[agent.local_username]
+        for ufrag in agent.ufrags:
+            self.retire(agent, ufrag)
         for route in agent.routes:
             table = self._table(route)
             if table.get(route.key) is route:  # not rebound to another call since
@@ -124,7 +129,8 @@ class SocketMux(asyncio.DatagramProtocol):
         return self._agents.get(ufrag)
 
     def registered(self) -> list[IceLiteAgent]:
-        return list(self._agents.values())
+        """Every call, once (a call just restarted has two ufrags)."""
+        return list(dict.fromkeys(self._agents.values()))
 
     def paths_of(self, agent: IceLiteAgent) -> list[Path]:
         """The paths currently bound to `agent`."""

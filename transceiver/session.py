@@ -82,6 +82,7 @@ class CallSession:
             consent_timeout=consent_timeout,
             setup_timeout=setup_timeout,
             on_close=self._ice_closed,
+            on_retire=mux.retire,
             probes=mux.probes,
             drop=mux.drop,
         )
@@ -135,12 +136,12 @@ class CallSession:
         return add_ice_lite(pc.localDescription.sdp)
 
     def restart_ice(self, ufrag: str, remote_username: str, remote_password: str) -> str:
-        """ICE restart: the agent takes new credentials, the mux routes `ufrag` to it instead
-        of the old ufrag; aiortc (DTLS, SRTP, SCTP) and the app's Call do not notice.
-        Returns the new server password."""
+        """ICE restart: the agent takes new credentials, the mux routes `ufrag` to it too (the
+        old ufrag until the agent retires it); aiortc (DTLS, SRTP, SCTP) and the app's Call do
+        not notice. Returns the new server password."""
         old = self.ice.local_username
         password = self.ice.restart(ufrag, remote_username, remote_password)
-        self._mux.rekey(self.ice, old)
+        self._mux.rekey(self.ice)
         self.ice_restarts += 1
         log.info("call %s: ICE restart, ufrag %s -> %s", self.id, old, ufrag)
         return password

@@ -40,7 +40,7 @@ def request(
 ) -> bytes:
     msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
     if username is not None or agent is not None:
-        msg.attributes["USERNAME"] = username or f"{agent.local_username}:client"
+        msg.attributes["USERNAME"] = username or f"{agent.local_username}:{CLIENT_UFRAG}"
     msg.attributes["PRIORITY"] = 1
     msg.attributes["ICE-CONTROLLING"] = 7
     msg.attributes.update(attrs)

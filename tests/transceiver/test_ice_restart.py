@@ -20,7 +20,7 @@ from lab.peer import ClientPeer
 from lab.tunnelrelay import TunnelRelay
 from tests.transceiver.conftest import TEST_KEY, TEST_KEY_ID
 from transceiver import aiortc_seam
-from transceiver.drops import BAD_INTEGRITY, UNKNOWN_UFRAG
+from transceiver.drops import BAD_INTEGRITY, UNKNOWN_CLIENT_UFRAG, UNKNOWN_UFRAG
 from transceiver.ice import AUTHENTICATED, OTHER_CALL, PROBING
 from transceiver.sdp import SDPFRAG, IceFragment, OfferError, ice_fragment, parse_ice_fragment
 from transceiver.service import TransceiverService
@@ -121,7 +121,8 @@ async def test_client_moves_to_a_new_address_and_the_same_call_goes_on(
         print(f"\naiortc ICE restart to {NEW_HOST}: PATCH->connected {ms:.0f} ms, gap {gap:.0f} ms")
         assert gap < 3000
 
-        # The old credentials no longer get in: old ufrag unknown, new ufrag with old pwd fails.
+        # The new session was nominated, which ended the old one: old ufrag unknown, new
+        # ufrag with the old password refused.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             drops = txr.mux.drops[UNKNOWN_UFRAG]
@@ -280,49 +281,93 @@ def test_fragments_parse_and_build() -> None:
         parse_ice_fragment("a=x\r\n" * 3000)
 
 
-def test_agent_restart_forgets_old_credentials_and_checks_in_flight() -> None:
-    """IceLiteAgent.restart alone: old ufrag and password stop at once, a check of ours sent
-    before the restart no longer verifies a path, the selected path stays selected."""
-    from tests.transceiver.test_ice import CLIENT_PWD, Recorder, make_agent, probe_of, request
+def _answer(probe: aiostun.Message, password: str) -> bytes:
+    """The client's success response to our check, signed with `password`."""
+    msg = aiostun.Message(
+        aiostun.Method.BINDING, aiostun.Class.RESPONSE, transaction_id=probe.transaction_id
+    )
+    msg.add_message_integrity(password.encode())
+    return bytes(msg)
 
-    agent = make_agent()
+
+def test_agent_restart_keeps_the_old_session_until_the_new_one_is_nominated() -> None:
+    """IceLiteAgent.restart alone, in the order libwebrtc produces on a real network: its new
+    socket checks before the PATCH has arrived, under our OLD ufrag and its NEW one. Nothing is
+    answered then; the PATCH's password checks that path back at once; the old credentials
+    work until a nomination under the new ufrag, and stop then."""
+    from tests.transceiver.test_ice import (
+        CLIENT_PWD,
+        CLIENT_UFRAG,
+        Recorder,
+        make_agent,
+        probe_of,
+        request,
+    )
+
+    retired: list[str] = []
+    agent = make_agent(on_retire=lambda a, ufrag: retired.append(ufrag))
     old_ufrag, old_pwd = agent.local_username, agent.local_password
     known = Recorder(agent, ("192.0.2.1", 4000))
     assert agent.stun_received(request(agent), known) == PROBING
-    probe = probe_of(known)
-    answer = aiostun.Message(
-        aiostun.Method.BINDING, aiostun.Class.RESPONSE, transaction_id=probe.transaction_id
-    )
-    answer.add_message_integrity(agent.remote_password.encode())  # type: ignore[union-attr]
-    assert agent.stun_received(bytes(answer), known) == AUTHENTICATED
+    assert agent.stun_received(_answer(probe_of(known), CLIENT_PWD), known) == AUTHENTICATED
     assert agent.selected_route is known
+    # A path checked under the old credentials, its check of ours still in flight.
     moved = Recorder(agent, ("192.0.2.9", 5000))
     assert agent.stun_received(request(agent), moved) == PROBING
     in_flight = probe_of(moved)
+    # The client's new socket, before the PATCH: our old ufrag, its new one. Unanswered.
+    early = Recorder(agent, ("192.0.2.2", 6000))
+    before = agent.checks
+    held = request(agent, username=f"{old_ufrag}:newc", **{"USE-CANDIDATE": None})
+    assert agent.stun_received(held, early) == UNKNOWN_CLIENT_UFRAG
+    assert early.sent == [] and agent.checks == before and agent.selected_route is known
+    # The same with a wrong password is refused as any other (401), and remembers nothing.
+    stranger = Recorder(agent, ("192.0.2.3", 7000))
+    bad = request(agent, username=f"{old_ufrag}:newc", password="x" * 24)
+    assert agent.stun_received(bad, stranger) == BAD_INTEGRITY
 
-    new_ufrag = "N" * 24
-    pwd = agent.restart(new_ufrag, "newc", "n" * 24)
+    new_ufrag, new_client_pwd = "N" * 24, "n" * 24
+    pwd = agent.restart(new_ufrag, "newc", new_client_pwd)
     assert (agent.local_username, agent.local_password) == (new_ufrag, pwd) and pwd != old_pwd
+    assert agent.ufrags == [new_ufrag, old_ufrag] and retired == []
     assert agent.selected_route is known and not agent.nominated
-    # The old ufrag is another call's now; the new ufrag with the old password is refused.
+    assert stranger.sent[1:] == []  # its 401 only: no check of ours went there
+    # The early path is checked back at once, as its check named the credentials.
+    check = probe_of(early)
+    assert check.attributes["USERNAME"] == f"newc:{old_ufrag}"
+    assert check.check_message_integrity(new_client_pwd.encode())
+    assert not check.check_message_integrity(CLIENT_PWD.encode())
+    # The answer to our pre-restart check (signed for the old client password) is forgotten.
+    late = _answer(in_flight, CLIENT_PWD)
+    assert agent.stun_received(late, moved) == OTHER_CALL and not agent.is_verified(moved)
+    # The early path answers: verified, and selected by the USE-CANDIDATE it sent.
+    assert agent.stun_received(_answer(check, new_client_pwd), early) == AUTHENTICATED
+    assert agent.selected_route is early and agent.nominated
+    assert retired == []  # that nomination was under the old ufrag: the old session goes on
+    # Old credentials still work (the old socket's consent), answered with the old password.
+    known.sent.clear()
     assert (
-        agent.stun_received(request(None, username=f"{old_ufrag}:x", password=old_pwd), known)
-        == OTHER_CALL
+        agent.stun_received(
+            request(agent, username=f"{old_ufrag}:{CLIENT_UFRAG}", password=old_pwd), known
+        )
+        == AUTHENTICATED
     )
-    assert agent.stun_received(request(agent, password=old_pwd), known) == BAD_INTEGRITY
-    # The client's answer to our pre-restart check (old client password) verifies nothing.
-    late = aiostun.Message(
-        aiostun.Method.BINDING, aiostun.Class.RESPONSE, transaction_id=in_flight.transaction_id
+    (answer,) = [aiostun.parse_message(d) for d in known.sent]
+    assert answer.check_message_integrity(old_pwd.encode())
+    # A nomination under the new ufrag ends the old session: its ufrag and password stop.
+    nominate = request(agent, username=f"{new_ufrag}:newc", **{"USE-CANDIDATE": None})
+    assert agent.stun_received(nominate, early) == AUTHENTICATED
+    assert retired == [old_ufrag] and agent.ufrags == [new_ufrag]
+    old_check = request(None, username=f"{old_ufrag}:newc", password=old_pwd)
+    assert agent.stun_received(old_check, early) == OTHER_CALL
+    assert (
+        agent.stun_received(request(agent, username=f"{new_ufrag}:newc", password=old_pwd), early)
+        == BAD_INTEGRITY
     )
-    late.add_message_integrity(CLIENT_PWD.encode())
-    assert agent.stun_received(bytes(late), moved) == OTHER_CALL
-    assert agent.is_verified(moved) is False
-    # Under the new credentials the new path is checked (signed for the client's new password).
-    moved.sent.clear()
-    assert agent.stun_received(request(agent, **{"USE-CANDIDATE": None}), moved) == PROBING
-    check = probe_of(moved)
-    assert check.attributes["USERNAME"] == f"newc:{new_ufrag}"
-    assert check.check_message_integrity(b"n" * 24)
+    # Two restarts before any nomination: the one before the previous retires at the second.
+    agent.restart("T" * 24, "third", "t" * 24)
+    agent.restart("F" * 24, "fourth", "f" * 24)
+    assert retired == [old_ufrag, new_ufrag] and agent.ufrags == ["F" * 24, "T" * 24]
 
 
 async def test_client_sender_survives_sends_while_the_old_sockets_close(

@@ -197,6 +197,27 @@ async def test_first_packet_by_ufrag_then_by_path(started) -> None:
     assert mux.drops == {drops.NO_ROUTE: 2, drops.UNKNOWN_UFRAG: 1}
 
 
+def test_a_restarted_call_has_both_ufrags_until_it_retires_one() -> None:
+    """rekey() adds the new ufrag, the agent's on_retire (mux.retire) removes the old one, and
+    a call is listed once meanwhile; unregister() removes whichever it still has."""
+    mux = SocketMux()
+    a = IceLiteAgent(local_username="A" * 24, candidates=[], on_retire=mux.retire)
+    a.remote_username, a.remote_password = "client", CLIENT_PWD
+    other = agent("B", mux)
+    mux.register(a)
+    mux.register(other)
+    a.restart("C" * 24, "client2", "d" * 24)
+    mux.rekey(a)
+    assert mux.agent_for("A" * 24) is a and mux.agent_for("C" * 24) is a
+    assert mux.registered() == [a, other]
+    a.restart("E" * 24, "client3", "e" * 24)  # again, before a nomination: "A"s retire
+    mux.rekey(a)
+    assert mux.agent_for("A" * 24) is None and mux.agent_for("C" * 24) is a
+    mux.unregister(a)
+    assert [mux.agent_for(u * 24) for u in "ACE"] == [None, None, None]
+    assert mux.registered() == [other]
+
+
 async def test_what_no_call_takes_is_counted_and_unanswered(started) -> None:
     mux, _ = started
     a = agent("A")
