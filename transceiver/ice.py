@@ -47,7 +47,8 @@ ICE-lite servers such as mediasoup do the same.
 
 ICE restart (RFC 8445 §9): restart() takes new credentials on both sides, and the previous ones
 stay valid until the client nominates a verified path under our new ufrag (then the mux forgets
-the old ufrag: `on_retire`); the session before it goes on meanwhile, as the RFC asks. This is
+the old ufrag: `on_retire`), or the next restart; the session before it goes on meanwhile, as
+the RFC asks (and for as long as a client keeps using the old ufrag on a connection). This is
 what libwebrtc needs: its new sockets check at once, before the PATCH answer has reached it,
 with our old ufrag and password and its own new ufrag, and it keeps those connections (and
 those credentials) after the answer. Each half of a USERNAME is matched on its own, so a check
