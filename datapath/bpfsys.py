@@ -342,36 +342,6 @@ def prog_test_run(
     return TestRunResult(attr.retval, buf_out.raw[: attr.data_size_out], attr.duration)
 
 
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-
-
-def prog_test_run_live(
-    prog_fd: int, data: bytes, *, ingress_ifindex: int, repeat: int, batch_size: int = 0
-) -> int:
-    """Run an XDP program `repeat` times in live-frames mode: every run gets a page initialised
-    with `data` (once per page: recycled pages keep what the last run wrote), and its verdict is
-    carried out for real (XDP_TX, XDP_REDIRECT transmit), as xdp-trafficgen does. Returns the
-    kernel's mean ns per run. Needs kernel 5.18+."""
-    if len(data) < 14:
-        raise ValueError("an XDP test run needs at least an Ethernet header (14 bytes)")
-    buf_in = ctypes.create_string_buffer(data, len(data))
-    ctx = XdpMd(data=0, data_end=len(data), ingress_ifindex=ingress_ifindex)
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(data),
-        data_in=ctypes.addressof(buf_in),
-        repeat=repeat,
-        ctx_size_in=ctypes.sizeof(ctx),
-        ctx_in=ctypes.addressof(ctx),
-        flags=BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size=batch_size,
-    )
-    rc = _call(PROG_TEST_RUN, attr)
-    if rc < 0:
-        _raise(rc, "BPF_PROG_TEST_RUN (live frames)")
-    return attr.duration
-
-
 # --- program information ---------------------------------------------------------------------
 
 PROG_GET_FD_BY_ID = 13
