@@ -76,16 +76,20 @@ GEN_LINK = ("gen0", "gen1")  # the generator's own veth pair: out of gen0, its p
 
 # The generator: each round broadcasts the circulating frame to `fanout` (FANOUT entries for the
 # link under test, the last one gen0: the frame itself goes round again) until `rounds` is 0.
-# One frame circulates, so only one CPU at a time runs this: no atomics needed.
+# Only the frame blast() sent circulates (IPv4, its length): anything else the kernel sends on
+# gen0 would become a second circulating frame. One frame, so one CPU at a time: no atomics.
 GENERATOR_SRC = r"""
-struct gen_state { u64 rounds, first_ns, last_ns; };
+struct gen_state { u64 rounds, first_ns, last_ns, frame_len; };
 BPF_DEVMAP(fanout, FANOUT + 1);
 BPF_ARRAY(state, struct gen_state, 1);
 int xdp_gen(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    unsigned char *eth = data;
     int zero = 0;
     struct gen_state *s = state.lookup(&zero);
-    if (!s || !s->rounds)
-        return XDP_DROP;  /* the budget is spent: the circulating frame ends here */
+    if (!s || !s->rounds || data + 14 > end || eth[12] != 0x08 || eth[13] != 0x00 ||
+        (u64)(end - data) != s->frame_len)
+        return XDP_DROP;  /* not ours, or the budget is spent: the frame ends here */
     u64 now = bpf_ktime_get_ns();
     if (!s->first_ns)
         s->first_ns = now;
@@ -171,12 +175,23 @@ class Rig:
     def __init__(self, sandbox: Sandbox, worker: NetnsWorker) -> None:
         self.sandbox, self.worker = sandbox, worker
         out, back = GEN_LINK
-        for cmd in (
-            ["link", "add", out, "type", "veth", "peer", "name", back],
-            ["link", "set", out, "up"],
-            ["link", "set", back, "up"],
-        ):
-            subprocess.run(["ip", "-n", sandbox.name, *cmd], check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "-n", sandbox.name, "link", "add", out, "type", "veth", "peer", "name", back],
+            check=True,
+            capture_output=True,
+        )
+        for dev in GEN_LINK:  # no IPv6 chatter (router solicitations, MLD) into the generator
+            sysctl = f"net.ipv6.conf.{dev}.disable_ipv6=1"
+            subprocess.run(
+                ["ip", "netns", "exec", sandbox.name, "sysctl", "-qw", sysctl],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                ["ip", "-n", sandbox.name, "link", "set", dev, "up"],
+                check=True,
+                capture_output=True,
+            )
         self._gen_out = worker.call(socket.if_nametoindex, out)
         self.sink = BPF(text=SINK_SRC)
         sink_fd = self.sink.load_func(b"xdp_sink", BPF.XDP).fd
@@ -230,7 +245,7 @@ class Rig:
         self.worker.call(arm)
         self.sink[b"seen"].clear()
         state = self.gen[b"state"]
-        state[ct.c_int(0)] = state.Leaf(packets // FANOUT, 0, 0)
+        state[ct.c_int(0)] = state.Leaf(packets // FANOUT, 0, 0, len(frame))
         refused = self.refused()
         self.inject(frame, GEN_LINK[0])
         deadline = time.monotonic() + 60
