@@ -12,8 +12,8 @@
  * would refuse as too big).
  *
  * Trade-off: the kernel gives XDP no cheap way to learn that a route or neighbour changed, so an
- * entry is trusted for NH_CACHE_NS after its lookup (coarse clock: one tick of resolution, a
- * fraction of bpf_ktime_get_ns's cost). Within that window a route or neighbour change (a new
+ * entry is trusted for NH_CACHE_NS after its lookup (the program's coarse clock, clock.h: a
+ * tick or two of resolution, read by a helper call once per jiffy). Within that window a route or neighbour change (a new
  * gateway, a neighbour MAC, a removed route) is not seen by packets whose answer is cached; after
  * it the next packet asks the FIB. Bumping nh_epoch[0] (one map write) invalidates every entry at
  * once. Neither map is pinned: each loaded program starts with an empty cache.
@@ -68,7 +68,7 @@ static __always_inline __u32 fib_send(struct xdp_md *ctx, __u32 ifindex, const _
 	return fwd_reason;
 }
 
-/* Sends the packet hop describes toward its next hop (now: bpf_ktime_get_coarse_ns()):
+/* Sends the packet hop describes toward its next hop (now: clock.h's coarse clock):
  * fwd_reason (a forward reason) with *same_port as fib_send sets it, or what the FIB refused
  * (drop_fib, drop_too_big, or pass_fib_no_neigh: the kernel forwards it and resolves the
  * neighbour). */

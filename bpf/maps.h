@@ -103,6 +103,11 @@ BPF_TABLE("percpu_array", __u32, struct nh_slot, nexthops, NH_CACHE_SLOTS);
  * once (an operator with bpftool, the tests); the program never writes it. Not pinned. */
 BPF_TABLE("array", __u32, __u32, nh_epoch, 1);
 
+/* clock_readings[0]: this CPU's last reading of the coarse clock and the jiffy it was taken in
+ * (clock.h: the helper is called once per jiffy, not per packet). Written and read by the
+ * program only, each CPU its own. Not pinned. */
+BPF_TABLE("percpu_array", __u32, struct clock_reading, clock_readings, 1);
+
 /* flow_copies: key a slot number, flow_copy_slot_of() of a flow_key (direct-mapped); value a
  * copy of an IPv4 flow and what it was copied under. Written and read by the program only, each
  * CPU its own copy (flowcopy.h explains when a copy is valid). Not pinned: each loaded program

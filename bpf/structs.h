@@ -135,6 +135,12 @@ struct nh_slot {
 	struct nh_val val;
 };
 
+/* This CPU's last reading of the coarse clock and the jiffy it was taken in (clock.h). */
+struct clock_reading {
+	__u64 jiffies; /* bpf_jiffies64() when read; 0: never */
+	__u64 ns;      /* bpf_ktime_get_coarse_ns() then */
+};
+
 /* One slot of the per-CPU flow copies (flowcopy.h): a copy of an IPv4 flow and what it is
  * valid under. The key is stored and compared on every hit. */
 struct flow_copy {

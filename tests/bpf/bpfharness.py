@@ -182,6 +182,8 @@ class Relay:
         # the per-CPU flow copies (bpf/flowcopy.h) and their slot versions, both unpinned
         self.flow_copy_map, self.flow_versions = bpf[b"flow_copies"], bpf[b"flow_versions"]
         self.flow_copy_tags = bpf[b"flow_copy_tags"]
+        # each CPU's last coarse clock reading (bpf/clock.h), unpinned
+        self.clock_readings = bpf[b"clock_readings"]
 
     # -- maps ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -202,6 +204,7 @@ class Relay:
         # earlier case is valid (bpf/flowcopy.h)
         self.set_txr_gen(next_txr_gen(self.txr_gen()))
         self.bpf[b"ufrag_rates"].clear()
+        self.clock_readings.clear()  # a reading a case made up is not the next case's clock
         self.flush_nexthops()
         self.keys({})
         self.maps["config"].clear()
