@@ -140,9 +140,19 @@ FLOW_SEEN_SHIFT = 30  # bpf/constants.h: flow_val.seen counts coarse ns >> 30, m
 IDLE = 1000  # seen-units ago: older than any idle time the tests use
 
 
+def coarse_ns() -> int:
+    """The coarse clock now, as bpf_ktime_get_coarse_ns reads it."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def seen_of(ns: int) -> int:
+    """flow_val.seen for a coarse clock reading (seen_of() in bpf/clock.h)."""
+    return (ns >> FLOW_SEEN_SHIFT) & 0xFFFF
+
+
 def seen_now() -> int:
-    """flow_val.seen as the program would write it now (bpf_ktime_get_coarse_ns)."""
-    return (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
+    """flow_val.seen as the program would write it now."""
+    return seen_of(coarse_ns())
 
 
 def wall_offset_for(epoch: int) -> int:

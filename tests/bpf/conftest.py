@@ -3,6 +3,7 @@ session (compiling takes seconds), maps reset before every test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +28,16 @@ def relay_session() -> Iterator[Relay]:
 def relay(relay_session: Relay) -> Relay:
     relay_session.reset()
     return relay_session
+
+
+@pytest.fixture
+def one_cpu(relay: Relay) -> Iterator[int]:
+    """The harness's namespace thread on one CPU for the test (yielded: BPF_PROG_TEST_RUN runs
+    on the calling CPU, so consecutive packets share its per-CPU maps), then back to all it had."""
+    allowed = relay.worker.call(os.sched_getaffinity, 0)
+    cpu = min(allowed)
+    relay.worker.call(os.sched_setaffinity, 0, {cpu})
+    try:
+        yield cpu
+    finally:
+        relay.worker.call(os.sched_setaffinity, 0, allowed)

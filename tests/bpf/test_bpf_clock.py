@@ -1,51 +1,26 @@
 """The program's clock (bpf/clock.h): the coarse clock, read by the helper once per jiffy on
 each CPU and answered from that CPU's reading for the rest of the jiffy. What shows which clock
 a packet read: the `seen` a client packet writes into its flow (seen_of(now)). BPF_PROG_TEST_RUN
-runs on the calling CPU: the tests pin the harness's namespace thread to one CPU."""
+runs on the calling CPU: each test pins the harness's namespace thread to one (`one_cpu`);
+the relay fixture's reset clears the readings a test made up."""
 
 from __future__ import annotations
 
 import ctypes as ct
-import os
-import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.bpf.bpfharness import (
-    CLOCK_MONOTONIC_COARSE,
     FLOW_SEEN_SHIFT,
     NEAR,
     RTP,
     Relay,
     client_frame,
+    coarse_ns,
+    seen_of,
     tunnelled,
 )
 
 FRAME = client_frame(RTP)
 AHEAD = 5 << FLOW_SEEN_SHIFT  # a made-up reading five seen units ahead of the real clock
-
-
-@pytest.fixture(autouse=True)
-def one_cpu(relay: Relay) -> Iterator[int]:
-    """The harness's namespace thread on one CPU for the test (yielded), then back to all it
-    had; the readings a test made up are cleared either way."""
-    allowed = relay.worker.call(os.sched_getaffinity, 0)
-    cpu = min(allowed)
-    relay.worker.call(os.sched_setaffinity, 0, {cpu})
-    try:
-        yield cpu
-    finally:
-        relay.worker.call(os.sched_setaffinity, 0, allowed)
-        relay.clock_readings.clear()
-
-
-def coarse_ns() -> int:
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-
-
-def seen_of(ns: int) -> int:
-    return (ns >> FLOW_SEEN_SHIFT) & 0xFFFF
 
 
 def readings(relay: Relay) -> list[tuple[int, int]]:

@@ -7,8 +7,7 @@ namespace thread to one CPU, so consecutive packets share one copy."""
 from __future__ import annotations
 
 import ctypes as ct
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -32,15 +31,7 @@ from tests.bpf.bpfharness import (
 FRAME = client_frame(RTP)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu(relay: Relay) -> Iterator[None]:
-    """The harness's namespace thread on one CPU for the test, then back to all it had."""
-    allowed = relay.worker.call(os.sched_getaffinity, 0)
-    relay.worker.call(os.sched_setaffinity, 0, {min(allowed)})
-    try:
-        yield
-    finally:
-        relay.worker.call(os.sched_setaffinity, 0, allowed)
+pytestmark = pytest.mark.usefixtures("one_cpu")  # tests/bpf/conftest.py
 
 
 def within_one_unit(steps: Callable[[], None]) -> None:
