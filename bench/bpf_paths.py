@@ -46,7 +46,7 @@ from bcc import BPF
 from bench.table import Table
 from control.program import BPF_DIR, compile_relay, load_xdp_fn, relay_source
 from control.reasons import Reason
-from datapath.maps import next_txr_gen
+from datapath.maps import next_txr_gen, seen_now
 from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
@@ -70,8 +70,6 @@ KEY_ID, KEY = 1, bytes.fromhex("5ec2e7a1d04b3f96a8173c0d2e4f6b81")
 CLIENT, CLIENT_PORT = "198.19.64.5", 50000
 RTP = bytes([0x80, 0x6F]) + bytes(160)  # about a 20 ms Opus packet
 TRIALS = 5
-CLOCK_MONOTONIC_COARSE = 6  # linux/time.h: the clock of bpf_ktime_get_coarse_ns
-FLOW_SEEN_SHIFT = 30  # bpf/constants.h
 FLOW_IDLE_S = 10  # bpf/constants.h: the default, which Bench.setup leaves in place
 ENTRY = "int xdp_relay(struct xdp_md *ctx)"
 VIP6, CLIENT6 = "2001:db8:ed80::10", "2001:db8:ed40::5"  # lab.fibsandbox's IPv6 routes
@@ -201,12 +199,6 @@ def _baseline_dir(rev: str, into: Path) -> Path | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return into
-
-
-def seen_now() -> int:
-    """A flow's `seen` for this moment, as the program writes it: the coarse clock in
-    FLOW_SEEN_SHIFT units (about 1.07 s), 16 bits."""
-    return (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) >> FLOW_SEEN_SHIFT) & 0xFFFF
 
 
 class Bench:

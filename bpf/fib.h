@@ -15,8 +15,9 @@
  * entry is trusted for NH_CACHE_NS after its lookup (the program's coarse clock, clock.h: a
  * tick or two of resolution, read by a helper call once per jiffy). Within that window a route
  * or neighbour change (a new gateway, a neighbour MAC, a removed route) is not seen by packets
- * whose answer is cached; after it the next packet asks the FIB. Bumping nh_epoch[0] (one map write) invalidates every entry at
- * once. Neither map is pinned: each loaded program starts with an empty cache.
+ * whose answer is cached; after it the next packet asks the FIB. Bumping nh_epoch[0] (one map
+ * write) invalidates every entry at once. Neither map is pinned: each loaded program starts
+ * with an empty cache.
  *
  * Layout: a direct-mapped per-CPU array (slot = hash of the key, the key stored and compared), not
  * a hash map: the lookup is inlined by the verifier and a miss overwrites the slot in place, with

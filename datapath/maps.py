@@ -392,6 +392,25 @@ def init_txr_gen(maps: RelayMaps) -> None:
         maps["txr_gen"].update(ct.c_uint32(0), ct.c_uint32(1))
 
 
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h: bpf_ktime_get_coarse_ns's clock (time does not name it)
+FLOW_SEEN_SHIFT = 30  # bpf/constants.h: flow_val.seen counts coarse ns >> 30 (~1.07 s), mod 2^16
+
+
+def coarse_ns() -> int:
+    """The coarse clock now, as bpf_ktime_get_coarse_ns reads it."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def seen_of(ns: int) -> int:
+    """flow_val.seen for a coarse clock reading (seen_of() in bpf/clock.h)."""
+    return (ns >> FLOW_SEEN_SHIFT) & 0xFFFF
+
+
+def seen_now() -> int:
+    """flow_val.seen as the program would write it now."""
+    return seen_of(coarse_ns())
+
+
 def wall_offset_ns() -> int:
     """Unix time minus CLOCK_MONOTONIC (the program's bpf_ktime_get_ns clock), in ns."""
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)

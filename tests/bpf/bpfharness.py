@@ -24,7 +24,14 @@ from bcc import BPF
 
 from control.program import MAP_NAMES
 from control.reasons import Reason
-from datapath.maps import CLUSTER_LOCAL, next_txr_gen
+from datapath.maps import (  # noqa: F401 (the flow clock, re-exported to the tests)
+    CLUSTER_LOCAL,
+    FLOW_SEEN_SHIFT,
+    coarse_ns,
+    next_txr_gen,
+    seen_now,
+    seen_of,
+)
 from lab.fibsandbox import (
     CLIENT_LINK,
     NEAR_TXR,
@@ -135,24 +142,7 @@ def binding(txr: Txr, *, nonce: bytes = b"\x01\x02\x03\x04", epoch: int | None =
     return build_binding_request(mint(KEY_ID, KEY, txr.cluster, txr.id, nonce, epoch) + ":cl1E")
 
 
-CLOCK_MONOTONIC_COARSE = 6  # linux/time.h (the time module does not name it)
-FLOW_SEEN_SHIFT = 30  # bpf/constants.h: flow_val.seen counts coarse ns >> 30, mod 2^16
 IDLE = 1000  # seen-units ago: older than any idle time the tests use
-
-
-def coarse_ns() -> int:
-    """The coarse clock now, as bpf_ktime_get_coarse_ns reads it."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-
-
-def seen_of(ns: int) -> int:
-    """flow_val.seen for a coarse clock reading (seen_of() in bpf/clock.h)."""
-    return (ns >> FLOW_SEEN_SHIFT) & 0xFFFF
-
-
-def seen_now() -> int:
-    """flow_val.seen as the program would write it now."""
-    return seen_of(coarse_ns())
 
 
 def wall_offset_for(epoch: int) -> int:
